@@ -1,0 +1,225 @@
+"""Boolean weight masks as pytrees, and the project's `.npz` mask file format.
+
+A mask tree has the structure of the params it masks: a boolean array of the kernel's shape for a
+prunable leaf, `None` for a leaf that is never pruned (biases, BN scales, ...). `None` is a real
+"not prunable", never an all-ones array that looks prunable.
+
+Mask file format (shared by every tool of the project): an `.npz` with one boolean (or 0/1) array
+per prunable layer, keyed by its param path joined with "/" (e.g. `features/conv3/kernel`), stored
+in network order (the order of the arrays in the file is the order of the layers). 4-D arrays are
+convs `[kh, kw, c_in, c_out]`, 2-D arrays dense `[c_in, c_out]` (Flax "hwio" layout). Files in
+PyTorch layout (`[c_out, c_in, kh, kw]`, linear `[out, in]`, "oihw") are converted on load and on
+save when `layout="oihw"` is given. Weight files use the same keys and layouts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+LAYOUTS = ("hwio", "oihw")
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def default_prunable(path: str, leaf: Any) -> bool:
+    """The default rule: every conv and dense kernel (a leaf named `kernel` of rank 2 or 4)."""
+    return path.rsplit("/", 1)[-1] == "kernel" and np.ndim(leaf) in (2, 4)
+
+
+def flatten(tree: PyTree) -> dict[str, Any]:
+    """Flattens nested dicts to `{"a/b/kernel": leaf}`, keeping insertion order, dropping `None`.
+
+    Unlike `jax.tree_util` (which sorts dict keys), this keeps the order in which the dicts were
+    built, so a Flax params tree fresh from `init` flattens in network order.
+    """
+    out: dict[str, Any] = {}
+
+    def visit(prefix: str, node: Any) -> None:
+        if node is None:
+            return
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                visit(f"{prefix}/{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = node
+
+    visit("", tree)
+    return out
+
+
+def unflatten(flat: Mapping[str, Any], like: PyTree) -> PyTree:
+    """Builds a tree shaped like the nested dicts `like`, leaves from `flat` and `None` elsewhere.
+
+    Raises:
+      ValueError: if `flat` has a key that is not a leaf path of `like`.
+    """
+    paths = flatten(like)
+    unknown = [k for k in flat if k not in paths]
+    if unknown:
+        raise ValueError(f"flat: unknown layer paths {unknown[:3]}; known: {list(paths)[:6]}...")
+
+    def build(prefix: str, node: Any) -> Any:
+        if isinstance(node, Mapping):
+            return {k: build(f"{prefix}/{k}" if prefix else str(k), v) for k, v in node.items()}
+        return flat.get(prefix)
+
+    return build("", like)
+
+
+def make_masks(
+    params: PyTree, prunable: Callable[[str, Any], bool] = default_prunable
+) -> PyTree:
+    """All-true boolean masks for the prunable leaves of `params`, `None` for the others."""
+
+    def build(prefix: str, node: Any) -> Any:
+        if isinstance(node, Mapping):
+            return {k: build(f"{prefix}/{k}" if prefix else str(k), v) for k, v in node.items()}
+        return jnp.ones(jnp.shape(node), bool) if prunable(prefix, node) else None
+
+    return build("", params)
+
+
+def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
+    """Zeroes the masked-out weights: `w * mask` on prunable leaves, other leaves unchanged."""
+    return jax.tree.map(
+        lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
+        masks,
+        params,
+        is_leaf=_is_none,
+    )
+
+
+def sparsity_report(masks: PyTree) -> dict[str, Any]:
+    """Fraction of pruned weights, per layer path and over all prunable weights."""
+    flat = flatten(masks)
+    layers = {}
+    total = kept = 0
+    for name, m in flat.items():
+        m = np.asarray(m)
+        layers[name] = float(1.0 - m.mean()) if m.size else 0.0
+        total += m.size
+        kept += int(m.sum())
+    return {"global": float(1.0 - kept / total) if total else 0.0, "layers": layers}
+
+
+def to_hwio(array: np.ndarray, layout: str) -> np.ndarray:
+    """Converts a kernel from `layout` ("hwio" or "oihw") to Flax's hwio layout."""
+    _check_layout(layout)
+    if layout == "hwio":
+        return array
+    if array.ndim == 4:
+        return np.transpose(array, (2, 3, 1, 0))
+    if array.ndim == 2:
+        return np.transpose(array, (1, 0))
+    raise ValueError(f"layout: an oihw array must be 2-D or 4-D, got shape {array.shape}")
+
+
+def from_hwio(array: np.ndarray, layout: str) -> np.ndarray:
+    """Converts a Flax hwio kernel to `layout` ("hwio" or "oihw")."""
+    _check_layout(layout)
+    if layout == "hwio":
+        return array
+    if array.ndim == 4:
+        return np.transpose(array, (3, 2, 0, 1))
+    if array.ndim == 2:
+        return np.transpose(array, (1, 0))
+    raise ValueError(f"layout: a kernel must be 2-D or 4-D, got shape {array.shape}")
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: unknown layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
+
+
+def _read_npz(path: str, what: str) -> dict[str, np.ndarray]:
+    if not os.path.isfile(path):
+        raise ValueError(f"{what}: no such file {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise ValueError(f"{what}: {path!r} is not a readable .npz file ({e})") from None
+    if not arrays:
+        raise ValueError(f"{what}: {path!r} holds no arrays; expected one per prunable layer")
+    for k, a in arrays.items():
+        if a.ndim not in (2, 4):
+            raise ValueError(
+                f"{what}: array {k!r} in {path!r} has shape {a.shape}; allowed: 4-D conv or 2-D dense"
+            )
+    return arrays
+
+
+def load_mask_file(path: str, layout: str = "hwio") -> dict[str, np.ndarray]:
+    """Reads a mask `.npz` (boolean or 0/1 arrays) into `{path: bool hwio array}` in file order.
+
+    Raises:
+      ValueError: missing/unreadable/empty file, arrays of the wrong rank, values other than 0/1.
+    """
+    _check_layout(layout)
+    out = {}
+    for k, a in _read_npz(path, "masks").items():
+        if a.dtype != bool:
+            if not (np.issubdtype(a.dtype, np.number) and np.isin(a, (0, 1)).all()):
+                raise ValueError(
+                    f"masks: array {k!r} in {path!r} is not boolean; allowed: bool or 0/1 values"
+                )
+            a = a.astype(bool)
+        out[k] = to_hwio(a, layout)
+    return out
+
+
+def load_weight_file(path: str, layout: str = "hwio") -> dict[str, np.ndarray]:
+    """Reads a weights `.npz` (float arrays, same keys as the masks) into hwio float32 arrays."""
+    _check_layout(layout)
+    return {
+        k: to_hwio(np.asarray(a, np.float32), layout)
+        for k, a in _read_npz(path, "weights").items()
+    }
+
+
+def save_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """Writes `arrays` to `path` in order, atomically (a reader never sees a half-written file)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_mask_file(
+    path: str, masks: Mapping[str, Any] | PyTree, layout: str = "hwio"
+) -> None:
+    """Writes masks (a flat `{path: array}` dict or a mask tree) as a mask `.npz`, in order."""
+    _check_layout(layout)
+    flat = flatten(masks)
+    save_npz_atomic(path, {k: from_hwio(np.asarray(v, bool), layout) for k, v in flat.items()})
+
+
+def check_same_keys(masks: Mapping[str, Any], weights: Mapping[str, Any]) -> None:
+    """Raises ValueError unless `weights` has the same layer keys and shapes as `masks`."""
+    missing = [k for k in masks if k not in weights]
+    if missing:
+        raise ValueError(f"weights: no array for mask layers {missing[:3]}")
+    for k, m in masks.items():
+        if np.shape(weights[k]) != np.shape(m):
+            raise ValueError(
+                f"weights: {k!r} has shape {np.shape(weights[k])}, the mask has {np.shape(m)}"
+            )
+

@@ -1,0 +1,138 @@
+"""Workload metrics of a PE array: one definition, shared by the rebalance report and the simulator.
+
+A layer's work is split into groups of `n` processing elements (PEs) that run in lock-step; a group
+finishes when its most loaded PE finishes. Everything here is a function of per-group sums and
+maxima of the PE loads (load = non-zero weights held by a PE), so callers with a static `n`
+(a `[G, n]` load table) and callers with a traced `n` (segment reductions in the simulator) share
+the same formulas. `n` may be a traced array.
+
+Per group (idle PEs count as load 0, so `mean = sum / n`):
+  utilization            = mean / max                                   (physical)
+  utilization_normalized = 1 - (max - ceil(mean)) / max * n / (n - 1)  (the paper code's figure;
+                           1 when balanced, 0 when one PE does everything; 1 for n = 1)
+  wasted                 = n * max - sum   (PE-slots idle while the busiest PE works)
+Per layer: utilizations are the mean over non-empty groups (max > 0); latency = sum of group max;
+wasted = sum over groups; dynamic = total non-zeros. A layer with no non-zero weight has NaN
+utilizations (undefined: there is no work), latency 0 and wasted 0.
+Per network: utilizations are the mean over the analysed layers that have work; latency, wasted
+and dynamic are sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+
+class Metrics(NamedTuple):
+    """Workload figures of a layer or a network, in load units (non-zero weights)."""
+
+    utilization: jnp.ndarray
+    utilization_normalized: jnp.ndarray
+    latency: jnp.ndarray
+    wasted: jnp.ndarray
+    dynamic: jnp.ndarray
+
+    def to_dict(self) -> dict[str, float | None]:
+        """Python floats for JSON; NaN (a layer without work) becomes None."""
+        out = {}
+        for k, v in self._asdict().items():
+            f = float(v)
+            out[k] = None if np.isnan(f) else f
+        return out
+
+
+def group_figures(group_sum, group_max, n):
+    """Per-group `(utilization, utilization_normalized, wasted)`; NaN utilizations where max == 0.
+
+    Args:
+      group_sum: `[..., G]` total load of each group (integers).
+      group_max: `[..., G]` load of the busiest PE of each group.
+      n: PEs per group (int or traced scalar), broadcastable against the groups.
+    """
+    group_sum = jnp.asarray(group_sum)
+    group_max = jnp.asarray(group_max)
+    n = jnp.asarray(n)
+    maxf = group_max.astype(jnp.float32)
+    safe_max = jnp.where(group_max > 0, maxf, 1.0)
+    nf = n.astype(jnp.float32)
+    util = group_sum.astype(jnp.float32) / (nf * safe_max)
+    ceil_mean = ((group_sum + n - 1) // n).astype(jnp.float32)  # exact integer ceil(sum / n)
+    scale = jnp.where(n > 1, nf / jnp.maximum(nf - 1.0, 1.0), 0.0)
+    util_norm = 1.0 - (maxf - ceil_mean) / safe_max * scale
+    empty = group_max <= 0
+    util = jnp.where(empty, jnp.nan, util)
+    util_norm = jnp.where(empty, jnp.nan, util_norm)
+    wasted = n * group_max - group_sum
+    return util, util_norm, wasted
+
+
+def layer_metrics(group_sum, group_max, n) -> Metrics:
+    """A layer's `Metrics` from its per-group sums and maxima `[G]` (see the module docstring)."""
+    util, util_norm, wasted = group_figures(group_sum, group_max, n)
+    return Metrics(
+        utilization=jnp.nanmean(util) if util.size else jnp.float32(jnp.nan),
+        utilization_normalized=jnp.nanmean(util_norm) if util.size else jnp.float32(jnp.nan),
+        latency=jnp.sum(group_max),
+        wasted=jnp.sum(wasted),
+        dynamic=jnp.sum(group_sum),
+    )
+
+
+def loads_metrics(loads, n: int | None = None) -> Metrics:
+    """A layer's `Metrics` from a static `[G, n]` table of PE loads (idle PEs hold 0)."""
+    loads = jnp.asarray(loads)
+    return layer_metrics(loads.sum(-1), loads.max(-1), loads.shape[-1] if n is None else n)
+
+
+def network_metrics(layers: Sequence[Metrics]) -> Metrics:
+    """Combines analysed layers: mean utilizations over layers with work, summed latency/waste."""
+    if not layers:
+        nan = jnp.float32(jnp.nan)
+        zero = jnp.int32(0)
+        return Metrics(nan, nan, zero, zero, zero)
+    stack = Metrics(*(jnp.stack([jnp.asarray(x) for x in col]) for col in zip(*layers)))
+    return Metrics(
+        utilization=_nanmean_or_nan(stack.utilization),
+        utilization_normalized=_nanmean_or_nan(stack.utilization_normalized),
+        latency=stack.latency.sum(),
+        wasted=stack.wasted.sum(),
+        dynamic=stack.dynamic.sum(),
+    )
+
+
+def _nanmean_or_nan(x):
+    ok = ~jnp.isnan(x)
+    return jnp.where(ok.any(), jnp.sum(jnp.where(ok, x, 0.0)) / jnp.maximum(ok.sum(), 1), jnp.nan)
+
+
+def analysed_layers(
+    shapes: Mapping[str, Sequence[int]] | Sequence[Sequence[int]],
+    *,
+    conv_only: bool = True,
+    skip_first: bool = True,
+) -> list[bool]:
+    """Which layers the workload analysis covers, in network order.
+
+    The paper's default: conv layers only (4-D kernels), the first conv left out (it sees the
+    analog image, not spikes, and runs once under direct encoding).
+
+    Args:
+      shapes: kernel shapes in network order (a dict `{path: shape}` or a list).
+      conv_only: leave dense (2-D) layers out.
+      skip_first: leave the first conv layer out.
+    """
+    shape_list = list(shapes.values()) if isinstance(shapes, Mapping) else list(shapes)
+    out = []
+    seen_conv = False
+    for shape in shape_list:
+        is_conv = len(shape) == 4
+        keep = is_conv or not conv_only
+        if is_conv and not seen_conv:
+            seen_conv = True
+            keep = keep and not skip_first
+        out.append(keep)
+    return out
