@@ -77,9 +77,7 @@ def unflatten(flat: Mapping[str, Any], like: PyTree) -> PyTree:
     return build("", like)
 
 
-def make_masks(
-    params: PyTree, prunable: Callable[[str, Any], bool] = default_prunable
-) -> PyTree:
+def make_masks(params: PyTree, prunable: Callable[[str, Any], bool] = default_prunable) -> PyTree:
     """All-true boolean masks for the prunable leaves of `params`, `None` for the others."""
 
     def build(prefix: str, node: Any) -> Any:
@@ -155,7 +153,7 @@ def _read_npz(path: str, what: str) -> dict[str, np.ndarray]:
     for k, a in arrays.items():
         if a.ndim not in (2, 4):
             raise ValueError(
-                f"{what}: array {k!r} in {path!r} has shape {a.shape}; allowed: 4-D conv or 2-D dense"
+                f"{what}: array {k!r} in {path!r} has shape {a.shape}; allowed: 4-D conv, 2-D dense"
             )
     return arrays
 
@@ -183,8 +181,7 @@ def load_weight_file(path: str, layout: str = "hwio") -> dict[str, np.ndarray]:
     """Reads a weights `.npz` (float arrays, same keys as the masks) into hwio float32 arrays."""
     _check_layout(layout)
     return {
-        k: to_hwio(np.asarray(a, np.float32), layout)
-        for k, a in _read_npz(path, "weights").items()
+        k: to_hwio(np.asarray(a, np.float32), layout) for k, a in _read_npz(path, "weights").items()
     }
 
 
@@ -203,9 +200,7 @@ def save_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
         raise
 
 
-def save_mask_file(
-    path: str, masks: Mapping[str, Any] | PyTree, layout: str = "hwio"
-) -> None:
+def save_mask_file(path: str, masks: Mapping[str, Any] | PyTree, layout: str = "hwio") -> None:
     """Writes masks (a flat `{path: array}` dict or a mask tree) as a mask `.npz`, in order."""
     _check_layout(layout)
     flat = flatten(masks)
@@ -222,4 +217,3 @@ def check_same_keys(masks: Mapping[str, Any], weights: Mapping[str, Any]) -> Non
             raise ValueError(
                 f"weights: {k!r} has shape {np.shape(weights[k])}, the mask has {np.shape(m)}"
             )
-

@@ -94,7 +94,9 @@ def network_metrics(layers: Sequence[Metrics]) -> Metrics:
         nan = jnp.float32(jnp.nan)
         zero = jnp.int32(0)
         return Metrics(nan, nan, zero, zero, zero)
-    stack = Metrics(*(jnp.stack([jnp.asarray(x) for x in col]) for col in zip(*layers)))
+    stack = Metrics(
+        *(jnp.stack([jnp.asarray(x) for x in col]) for col in zip(*layers, strict=True))
+    )
     return Metrics(
         utilization=_nanmean_or_nan(stack.utilization),
         utilization_normalized=_nanmean_or_nan(stack.utilization_normalized),
