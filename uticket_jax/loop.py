@@ -1,0 +1,222 @@
+"""Epoch loops around the jitted steps: data-parallel batches, augmentation, progress, NaN guard.
+
+Data parallelism: a 1-D mesh over all devices (axis "data"); each batch is split over it along
+the batch axis and the train state is replicated, so the jitted `train_step` runs SPMD with a
+gradient all-reduce inserted by XLA. With one device this is the plain single-device path.
+On several hosts, call `jax.distributed.initialize()` first; each process then feeds its own
+slice of the global batch (`jax.make_array_from_process_local_data`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from uticket_jax import data as data_lib
+from uticket_jax import train as train_lib
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite (one-line message: where and what to try)."""
+
+
+class DataParallel(NamedTuple):
+    """Shardings of a data-parallel run: batches split over "data", state replicated."""
+
+    mesh: Mesh
+    batch: NamedSharding
+    replicated: NamedSharding
+
+    @property
+    def size(self) -> int:
+        return self.mesh.devices.size
+
+
+def data_parallel(devices: list[jax.Device] | None = None) -> DataParallel:
+    """A 1-D data-parallel mesh over `devices` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else devices
+    mesh = Mesh(np.asarray(devices), ("data",))
+    return DataParallel(
+        mesh, NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+    )
+
+
+def check_batch_size(batch_size: int, n: int, dp: DataParallel) -> None:
+    """Raises ValueError unless `batch_size` fits the data and splits evenly over the devices."""
+    if batch_size <= 0 or batch_size > n:
+        raise ValueError(
+            f"batch_size: must be in [1, {n}] (the training set size), got {batch_size}"
+        )
+    per_process = dp.size // jax.process_count()
+    if batch_size % dp.size:
+        raise ValueError(
+            f"batch_size: {batch_size} does not split over {dp.size} devices; use a multiple of"
+            f" {dp.size} ({per_process} per process)"
+        )
+
+
+def shard(dp: DataParallel, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+    """Places host batches on the mesh, split along axis 0 (this process's rows on its devices)."""
+    if jax.process_count() == 1:
+        return tuple(jax.device_put(a, dp.batch) for a in arrays)
+    return tuple(jax.make_array_from_process_local_data(dp.batch, a) for a in arrays)
+
+
+def replicate(dp: DataParallel, tree: Any) -> Any:
+    """Places a pytree (e.g. the train state) on every device of the mesh."""
+    return jax.device_put(tree, dp.replicated)
+
+
+def train_epoch(
+    state: train_lib.TrainState,
+    dataset: data_lib.Dataset,
+    *,
+    batch_size: int,
+    key: jax.Array,
+    epoch: int,
+    dp: DataParallel,
+    desc: str = "train",
+    progress: bool = True,
+) -> tuple[train_lib.TrainState, dict[str, float]]:
+    """One epoch over the shuffled training set; returns the new state and mean loss/accuracy.
+
+    The batch order depends only on `(key, epoch)`, augmentation keys on `(key, epoch, step)`,
+    so an epoch replayed from a checkpoint is the same epoch, bit for bit.
+
+    Raises:
+      TrainingDiverged: if the epoch's loss is NaN or infinite (checked once per epoch, so the
+        caller's last checkpoint is still the last good state).
+    """
+    order_key, aug_key = jax.random.split(key)
+    aug_key = jax.random.fold_in(aug_key, epoch)
+    n = dataset.train_images.shape[0]
+    steps = data_lib.num_batches(n, batch_size)
+    losses, accs = [], []
+    it = data_lib.batches(
+        dataset.train_images,
+        dataset.train_labels,
+        batch_size=batch_size,
+        key=order_key,
+        epoch=epoch,
+    )
+    for step, (images, labels) in enumerate(
+        tqdm(it, total=steps, desc=desc, leave=False, disable=not progress)
+    ):
+        images, labels = shard(dp, images, labels)
+        if dataset.augment:
+            images = data_lib.augment(
+                jax.random.fold_in(aug_key, step),
+                images,
+                flip=dataset.hflip,
+                fill=dataset.pad_value,
+            )
+        state, metrics = train_lib.train_step(state, images, labels)
+        losses.append(metrics["loss"])
+        accs.append(metrics["accuracy"])
+    loss = float(jnp.mean(jnp.stack(losses)))
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"loss is {loss} in {desc} epoch {epoch}; try a lower --lr or more --timesteps"
+        )
+    return state, {"loss": loss, "accuracy": float(jnp.mean(jnp.stack(accs)))}
+
+
+def evaluate(
+    state: train_lib.TrainState,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    dp: DataParallel,
+) -> dict[str, float]:
+    """Test loss and accuracy over every example exactly once (BN in eval mode)."""
+    batch_size = max(dp.size, batch_size - batch_size % dp.size)
+    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    for x, y, valid in data_lib.eval_batches(images, labels, batch_size=batch_size):
+        out = train_lib.eval_step(state, *shard(dp, x, y, valid))
+        for k in totals:
+            totals[k] += float(out[k])
+    count = max(totals["count"], 1.0)
+    return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count}
+
+
+def init_variables(model: Any, image_shape: tuple[int, ...], key: jax.Array) -> dict[str, Any]:
+    """Initial `{"params", "batch_stats"}` of a model for images of `image_shape` (H, W, C)."""
+    return dict(model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False))
+
+
+def fit(
+    state: train_lib.TrainState,
+    dataset: data_lib.Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    key: jax.Array,
+    dp: DataParallel,
+    start_epoch: int = 0,
+    eval_batch_size: int = 256,
+    on_epoch_end: Any = None,
+    desc: str = "train",
+    progress: bool = True,
+) -> tuple[train_lib.TrainState, list[dict[str, float]]]:
+    """Trains epochs `start_epoch .. epochs - 1`, evaluating on the test set after each.
+
+    Args:
+      state: the train state to start from (fresh, or restored from a checkpoint).
+      dataset: the data.
+      epochs: total epochs of the run (> 0); the loop resumes at `start_epoch`.
+      batch_size: global batch size (split over `dp`).
+      key: the run's data key (batch order and augmentation derive from it and the epoch).
+      dp: data-parallel shardings (`data_parallel()`).
+      start_epoch: first epoch to run (for resuming).
+      eval_batch_size: rows per evaluation batch.
+      on_epoch_end: optional `f(epoch, state, record)` called after each epoch (checkpointing).
+      desc: label of the progress bar.
+      progress: show progress bars.
+
+    Returns:
+      The final state and one record per epoch run:
+      `{"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"}`.
+    """
+    if epochs <= 0:
+        raise ValueError(f"epochs: must be >= 1, got {epochs}")
+    check_batch_size(batch_size, dataset.train_images.shape[0], dp)
+    state = replicate(dp, state)
+    history = []
+    bar = tqdm(range(start_epoch, epochs), desc=desc, leave=False, disable=not progress)
+    for epoch in bar:
+        state, stats = train_epoch(
+            state,
+            dataset,
+            batch_size=batch_size,
+            key=key,
+            epoch=epoch,
+            dp=dp,
+            desc=f"{desc} epoch {epoch}",
+            progress=progress,
+        )
+        test = evaluate(
+            state,
+            dataset.test_images,
+            dataset.test_labels,
+            batch_size=eval_batch_size,
+            dp=dp,
+        )
+        record = {
+            "epoch": epoch,
+            "train_loss": stats["loss"],
+            "train_accuracy": stats["accuracy"],
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+        }
+        bar.set_postfix(loss=f"{stats['loss']:.3f}", test_acc=f"{test['accuracy']:.3f}")
+        history.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, state, record)
+    return state, history
