@@ -46,7 +46,7 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]], columns: Iterable[str] | None = None):
-    """Writes flat dict rows as CSV (columns: `columns`, or the union of keys in first-seen order)."""
+    """Writes dict rows as CSV (columns: `columns`, else all keys in first-seen order)."""
     if columns is None:
         columns = list(dict.fromkeys(k for row in rows for k in row))
     buf = io.StringIO()
