@@ -1,0 +1,87 @@
+"""Orbax checkpoints of a run: a pytree of arrays plus a JSON record of where the run stands.
+
+Each save is a numbered orbax step holding two items, `state` (arrays, restored into the exact
+structure of a template) and `meta` (JSON: progress counters, results so far). Saves are
+finished before `save` returns, so a run killed at any point resumes from the last complete step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be restored (corrupt, or from a different configuration)."""
+
+
+class Checkpointer:
+    """Numbered checkpoints under `directory`, keeping the newest `max_to_keep`."""
+
+    def __init__(self, directory: str, max_to_keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """The newest complete step, or None when there is none."""
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Saves `state` (a pytree of arrays) and `meta` (JSON-able) as `step`, synchronously."""
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+        )
+        self._manager.wait_until_finished()
+
+    def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Restores `(state, meta)` of `step` (default: the newest) into `template`'s structure.
+
+        Raises:
+          CheckpointError: no checkpoint, unreadable files, or arrays that do not match the
+            template (a checkpoint of another model or configuration).
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"--resume: no checkpoint found under {self.directory}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as e:  # orbax raises many types for a damaged or foreign checkpoint
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"--resume: checkpoint step {step} under {self.directory} cannot be restored"
+                f" into this run's configuration ({first})"
+            ) from None
+        _check_shapes(template, restored.state, step, self.directory)
+        return restored.state, restored.meta
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _check_shapes(template: Any, state: Any, step: int, directory: str) -> None:
+    want = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), template)
+    got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), state)
+    if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+        raise CheckpointError(
+            f"--resume: checkpoint step {step} under {directory} holds arrays of other shapes"
+            " than this run's model and flags"
+        )
