@@ -402,7 +402,7 @@ def test_batches_deterministic_per_key_and_epoch():
         np.testing.assert_array_equal(xb[:, 0], yb)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)  # each new N compiles a permutation
 @given(
     n=st.integers(1, 40),
     frac=st.floats(0.0, 1.0),
@@ -479,7 +479,7 @@ def _match(out, img, fill):
 @pytest.mark.parametrize("flip", [True, False])
 @pytest.mark.parametrize("use_fill", [False, True])
 def test_augment_is_window_of_padded_image(flip, use_fill):
-    images = RNG.normal(size=(48, 12, 10, 3)).astype(np.float32)
+    images = RNG.normal(size=(24, 12, 10, 3)).astype(np.float32)
     fill = np.array([-1.5, 0.25, 2.0], np.float32) if use_fill else np.zeros(3, np.float32)
     key = jax.random.key(11)
     out = data.augment(key, images, flip=flip, fill=fill if use_fill else None)
@@ -491,9 +491,18 @@ def test_augment_is_window_of_padded_image(flip, use_fill):
     assert all(f is not None for f in found)
     mirrored = [f[2] for f in found]
     assert any(mirrored) == flip and (not flip or not all(mirrored))
-    assert len({f[:2] for f in found}) > 10  # offsets vary over the 81 possible
+    assert len({f[:2] for f in found}) > 6  # offsets vary over the 81 possible
     other = data.augment(jax.random.key(12), images, flip=flip)
     assert not np.array_equal(np.asarray(out), np.asarray(other))
+
+
+def test_augment_offsets_span_full_range():
+    """Every shift 0..8 in each axis occurs (fixed key, so deterministic), flips about half."""
+    images = RNG.normal(size=(300, 5, 5, 1)).astype(np.float32)
+    out = np.asarray(data.augment(jax.random.key(21), images))
+    found = [_match(o, img, np.zeros(1, np.float32)) for o, img in zip(out, images, strict=True)]
+    assert {f[0] for f in found} == set(range(9)) and {f[1] for f in found} == set(range(9))
+    assert 100 < sum(f[2] for f in found) < 200
 
 
 def test_augment_flip_is_mirror_and_no_recompile():
