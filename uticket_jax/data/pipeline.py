@@ -29,7 +29,8 @@ class Dataset(NamedTuple):
     """A classification dataset held in host memory.
 
     Attributes:
-      train_images: [N, H, W, C] float32, normalized ((x/255 - mean) / std per channel).
+      train_images: [N, H, W, C] float32, normalized: (x - mean) / std per channel, x the
+        pixels scaled to [0, 1] (x/255; x/16 for digits).
       train_labels: [N] int32 in [0, num_classes).
       test_images: [M, H, W, C] float32, normalized with the same constants.
       test_labels: [M] int32.
@@ -39,6 +40,8 @@ class Dataset(NamedTuple):
       augment: whether training applies `augment` (random crop, maybe flip).
       hflip: whether that augmentation includes the random horizontal flip.
       mean, std: per-channel constants used to normalize (in [0, 1] pixel units), or None.
+
+    Build it with keywords; the metadata after `image_shape` has defaults.
     """
 
     train_images: np.ndarray
