@@ -55,7 +55,7 @@ def _check_flags() -> str:
 
 def run() -> dict:
     arch = _check_flags()
-    dataset = data.load_dataset(_DATASET.value, data_dir=_DATA_DIR.value, seed=_SEED.value)
+    dataset = data.load_dataset(_DATASET.value, data_dir=_DATA_DIR.value)
     dp = loop.data_parallel()
     loop.check_batch_size(_BATCH.value, dataset.train_images.shape[0], dp)
     workdir = results.prepare_workdir(_WORKDIR.value, overwrite=_OVERWRITE.value)
