@@ -1,0 +1,63 @@
+"""Analytical PE-array accelerator model: configs, mask count tables, vectorized sweeps."""
+
+from uticket_jax.hardware.config import (
+    DEFAULTS,
+    MAPPINGS,
+    HardwareConfig,
+    config_grid,
+    config_rows,
+    make_config,
+    mapping_id,
+    num_configs,
+    stack_configs,
+    take_configs,
+    validate_config,
+)
+from uticket_jax.hardware.simulator import (
+    ENERGY_TERMS,
+    Figures,
+    SweepResult,
+    figures_dict,
+    ratios,
+    simulate,
+    simulate_masks,
+    sweep_rows,
+)
+from uticket_jax.hardware.tables import (
+    LayerSpec,
+    LayerTables,
+    count_tables,
+    describe_layers,
+    load_spike_rates,
+    network_tables,
+    spike_rate_vector,
+)
+
+__all__ = [
+    "DEFAULTS",
+    "ENERGY_TERMS",
+    "MAPPINGS",
+    "Figures",
+    "HardwareConfig",
+    "LayerSpec",
+    "LayerTables",
+    "SweepResult",
+    "config_grid",
+    "config_rows",
+    "count_tables",
+    "describe_layers",
+    "figures_dict",
+    "load_spike_rates",
+    "make_config",
+    "mapping_id",
+    "network_tables",
+    "num_configs",
+    "ratios",
+    "simulate",
+    "simulate_masks",
+    "spike_rate_vector",
+    "stack_configs",
+    "sweep_rows",
+    "take_configs",
+    "validate_config",
+]

@@ -1,0 +1,313 @@
+"""Analytical PE-array simulator: masks -> latency, utilization and energy for many configs at once.
+
+Model (lock-step, weight-stationary array; Yin et al., IEEE TETCI 2024, Sec. on hardware):
+  A layer's non-zero weights are spread over groups of `n_pe` PEs by a mapping (the workload
+  model of `uticket_jax.workload`). Every non-zero weight is applied at each of the layer's `P`
+  output positions and `T` time steps, so with per-group loads `load[g, j]`:
+    cycles            = sum_g max_j load[g, j] * P * T
+    wasted PE-cycles  = sum_g sum_j (max_j load[g, j] - load[g, j]) * P * T
+    accumulates       = nnz * P * T * (input spike rate if activity-aware else 1)
+  Energy (J) = e_acc * accumulates + e_fetch * nnz + e_idle * wasted PE-cycles
+               + leak_w * n_pe * cycles / clock.
+  Weights are fetched ONCE per layer: in a weight-stationary array a PE loads its non-zeros into
+  its register file and keeps them while all positions and time steps stream past (that is what
+  makes the latency formula above hold), so fetches do not scale with T or P.
+  Utilization, normalized utilization, latency/wasted/dynamic in load units: exactly the figures
+  of `workload.metrics` (same code). Network figures cover the analysed layers only.
+
+Mappings with a traced `n = n_pe`:
+  output_channel: group of channel o is o // n; group max/sum by `segment_max/segment_sum` over
+    a static bound of c_out segments (the most any n >= 1 makes; unused segments are empty).
+  input_split: the group is one output channel; slice size s = ceil(c_in / n); PE j < n holds
+    input channels [min(j s, c_in), min((j+1) s, c_in)), load = prefix difference; PEs are
+    evaluated up to a static bound min(c_in, n_cap) and masked beyond n.
+
+Evaluation: the workload part depends on (mapping, n_pe) only, so a sweep evaluates it once per
+distinct n_pe (vmapped, traced n) and then every config (vmapped) from a gather of it; the
+mapping is dispatched outside jit (one compiled kernel per mapping). With several devices the
+config axis is sharded (`NamedSharding(Mesh(devices, ('config',)), P('config'))`).
+
+Precision: load-unit figures (latency, wasted, dynamic) are exact int32 (a host check refuses
+configs whose counts could overflow); cycles, seconds and energies are float32 products and sums of
+those exact counts, relative error ~1e-6 (float32 rounding of a handful of operations).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from uticket_jax.hardware.config import (
+    MAPPINGS,
+    HardwareConfig,
+    config_rows,
+    num_configs,
+    take_configs,
+    validate_config,
+)
+from uticket_jax.hardware.tables import LayerSpec, LayerTables, network_tables, spike_rate_vector
+from uticket_jax.workload.metrics import Metrics, layer_metrics, network_metrics
+
+ENERGY_TERMS = ("accumulate", "weight_fetch", "idle", "leakage")
+_PJ = 1e-12
+_INT32_MAX = 2**31 - 1
+
+
+class Figures(NamedTuple):
+    """Simulator outputs of a layer `[N, L]` or a network `[N]`; load units and SI units."""
+
+    utilization: Any
+    utilization_normalized: Any
+    latency: Any  # load units: sum over groups of the max PE load
+    wasted: Any  # load units
+    dynamic: Any  # non-zero weights
+    cycles: Any
+    seconds: Any
+    wasted_pe_cycles: Any
+    energy_accumulate: Any  # J
+    energy_weight_fetch: Any  # J
+    energy_idle: Any  # J
+    energy_leakage: Any  # J
+    energy_total: Any  # J
+
+
+class SweepResult(NamedTuple):
+    """Per-layer figures (`[N, L]` arrays) and network figures (`[N]` arrays) of N configs."""
+
+    layers: Figures
+    network: Figures
+
+
+def _group_loads(table: LayerTables, n, mapping: int, n_cap: int):
+    """Per-group `(sum, max)` of one layer for a traced `n`; `[G]` with a static G bound."""
+    if mapping == 0:  # output_channel
+        counts = table.channel_counts  # [C]
+        c_out = counts.shape[0]
+        seg = jnp.arange(c_out, dtype=jnp.int32) // n  # group of each output channel
+        gsum = jax.ops.segment_sum(counts, seg, num_segments=c_out)
+        gmax = jax.ops.segment_max(counts, seg, num_segments=c_out)
+        return gsum, jnp.maximum(gmax, 0)  # empty segments hold the dtype minimum
+    prefix = table.prefix  # [C, K + 1]
+    c_in = prefix.shape[1] - 1
+    s = (c_in + n - 1) // n  # slice size ceil(c_in / n)
+    j = jnp.arange(min(c_in, n_cap), dtype=jnp.int32)  # static bound on the non-empty slices
+    start = jnp.minimum(j * s, c_in)
+    stop = jnp.minimum(start + s, c_in)
+    loads = prefix[:, stop] - prefix[:, start]  # [C, J]
+    loads = jnp.where(j < n, loads, 0)
+    return prefix[:, c_in], loads.max(axis=1)
+
+
+def _workload(tables, n, mapping: int, n_cap: int, analysed: tuple[bool, ...]):
+    """Per-layer `Metrics` (stacked `[L]`) and the network `Metrics` for one traced `n`."""
+    per_layer = [layer_metrics(*_group_loads(t, n, mapping, n_cap), n) for t in tables]
+    net = network_metrics([m for m, a in zip(per_layer, analysed, strict=True) if a])
+    stacked = Metrics(
+        *(jnp.stack([jnp.asarray(x) for x in col]) for col in zip(*per_layer, strict=True))
+    )
+    return stacked, net
+
+
+def _figures(wl: Metrics, net: Metrics, cfg: HardwareConfig, pixels, rates, analysed):
+    """Cycles, seconds and energy of one config from its workload (`[L]` and network)."""
+    scale = pixels * cfg.timesteps.astype(jnp.float32)  # [L] positions x steps
+    latency = wl.latency.astype(jnp.float32)
+    wasted = wl.wasted.astype(jnp.float32)
+    dynamic = wl.dynamic.astype(jnp.float32)
+    cycles = latency * scale
+    seconds = cycles / cfg.clock_hz
+    wasted_pe_cycles = wasted * scale
+    rate = jnp.where(cfg.activity_aware, rates, 1.0)
+    e_acc = cfg.e_acc_pj * _PJ * (dynamic * scale * rate)
+    e_fetch = cfg.e_fetch_pj * _PJ * dynamic
+    e_idle = cfg.e_idle_pj * _PJ * wasted_pe_cycles
+    e_leak = cfg.leak_w * cfg.n_pe.astype(jnp.float32) * seconds
+    total = e_acc + e_fetch + e_idle + e_leak
+    layer = Figures(*wl, cycles, seconds, wasted_pe_cycles, e_acc, e_fetch, e_idle, e_leak, total)
+    sums = [jnp.sum(jnp.where(analysed, x, 0.0)) for x in layer[5:]]
+    return layer, Figures(*net, *sums)
+
+
+# Static: mapping (selects the kernel), n_cap (bounds the input_split PE axis, a power of two
+# >= every n of the call) and analysed (which layers the network sums cover).
+@functools.partial(jax.jit, static_argnames=("mapping", "n_cap", "analysed"))
+def _simulate_mapping(tables, pixels, rates, uniq_n, inv, configs, *, mapping, n_cap, analysed):
+    """Invariant: every config's figures equal the loop oracle of that config alone."""
+    wl, net = jax.vmap(lambda n: _workload(tables, n, mapping, n_cap, analysed))(uniq_n)  # [U, ...]
+    mask = jnp.asarray(analysed)  # [L]
+
+    def one(k, cfg):
+        pick = lambda x: x[k]
+        return _figures(jax.tree.map(pick, wl), jax.tree.map(pick, net), cfg, pixels, rates, mask)
+
+    return jax.vmap(one)(inv, configs)
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(int(x) - 1, 0).bit_length()
+
+
+def _check_int32(specs: Sequence[LayerSpec], tables: Sequence[LayerTables], n_max: int, m: int):
+    """Refuses n_pe so large that the int32 wasted-load counts could overflow."""
+    bound = 0
+    for spec, t in zip(specs, tables, strict=True):
+        kh, kw, c_in, c_out = spec.kernel_shape
+        if m == 0:
+            bound += (c_out + n_max - 1) * int(np.max(np.asarray(t.channel_counts), initial=0))
+        else:
+            bound += c_out * kh * kw * (c_in + n_max - 1)
+    if bound > _INT32_MAX:
+        raise ValueError(
+            f"n_pe: up to {n_max} PEs with mapping {MAPPINGS[m]} could overflow the exact int32 "
+            "load counts of this network; use fewer PEs"
+        )
+
+
+def simulate(
+    tables: Sequence[LayerTables],
+    specs: Sequence[LayerSpec],
+    configs: HardwareConfig,
+    *,
+    spike_rates: np.ndarray | Mapping[str, float] | None = None,
+    dedupe: bool = True,
+    devices: Sequence[jax.Device] | None = None,
+) -> SweepResult:
+    """Evaluates a batch of hardware configs on one network.
+
+    Args:
+      tables: per-layer count tables (`tables.network_tables`), in the order of `specs`.
+      specs: layer descriptions (`tables.describe_layers`).
+      configs: a batch `HardwareConfig` `[N]` (a scalar config counts as N = 1).
+      spike_rates: per-layer input spike rates, `[L]` or `{path: rate}`; used by configs with
+        `activity_aware`. None: rate 1.
+      dedupe: evaluate the workload once per distinct `n_pe` (True) or once per config (False);
+        the results are identical, dedupe is faster for sweeps over energy constants.
+      devices: devices to shard the config axis over (default: all of `jax.devices()`; one
+        device runs unsharded).
+    Returns:
+      `SweepResult` of numpy arrays, layers `[N, L]`, network `[N]`, in the order of `configs`.
+    """
+    if len(tables) != len(specs) or not specs:
+        raise ValueError(f"tables: need one table per layer spec, got {len(tables)}/{len(specs)}")
+    validate_config(configs)
+    configs = HardwareConfig(*(np.atleast_1d(np.asarray(f)) for f in configs))
+    if configs.n_pe.ndim != 1:
+        raise ValueError(f"configs: fields must be 1-D batches, got shape {configs.n_pe.shape}")
+    if spike_rates is None or isinstance(spike_rates, Mapping):
+        rates = spike_rate_vector(spike_rates, specs)
+    else:
+        rates = np.asarray(spike_rates, np.float32)
+        if rates.shape != (len(specs),) or not ((rates >= 0) & (rates <= 1)).all():
+            raise ValueError(f"spike_rates: need {len(specs)} rates in [0, 1], got {rates}")
+    devices = list(jax.devices() if devices is None else devices)
+    pixels = np.asarray([s.pixels for s in specs], np.float32)
+    analysed = tuple(bool(s.analysed) for s in specs)
+    tables = [LayerTables(*(jnp.asarray(x, jnp.int32) for x in t)) for t in tables]
+    n_total = num_configs(configs)
+    parts: list[tuple[np.ndarray, SweepResult]] = []
+    for m in np.unique(configs.mapping):
+        idx = np.flatnonzero(configs.mapping == m)
+        sub = take_configs(configs, idx)
+        n_max = int(sub.n_pe.max())
+        _check_int32(specs, tables, n_max, int(m))
+        if dedupe:
+            uniq, inv = np.unique(sub.n_pe, return_inverse=True)
+            uniq = np.pad(uniq, (0, _pow2(len(uniq)) - len(uniq)), mode="edge")
+        else:
+            uniq, inv = sub.n_pe, np.arange(len(idx))
+        n_cap = _pow2(n_max) if m == 1 else 0
+        out = _run(tables, pixels, rates, uniq, inv, sub, int(m), n_cap, analysed, devices)
+        parts.append((idx, out))
+    order = np.empty(n_total, np.int64)
+    order[np.concatenate([i for i, _ in parts])] = np.arange(n_total)
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[r for _, r in parts])
+
+
+def _run(tables, pixels, rates, uniq, inv, configs, mapping, n_cap, analysed, devices):
+    """One compiled call; shards the config axis when several devices are given."""
+    n = num_configs(configs)
+    inv = np.asarray(inv, np.int32)
+    uniq = np.asarray(uniq, np.int32)
+    args = (tables, pixels, rates, uniq)
+    if len(devices) > 1:
+        d = len(devices)
+        pad = (-n) % d
+        configs = HardwareConfig(*(np.concatenate([f, np.repeat(f[-1:], pad)]) for f in configs))
+        inv = np.concatenate([inv, np.repeat(inv[-1:], pad)])
+        mesh = Mesh(np.asarray(devices), ("config",))
+        split = NamedSharding(mesh, PartitionSpec("config"))
+        repl = NamedSharding(mesh, PartitionSpec())
+        args = jax.device_put(args, repl)
+        inv, configs = jax.device_put((inv, configs), split)
+    out = _simulate_mapping(*args, inv, configs, mapping=mapping, n_cap=n_cap, analysed=analysed)
+    return SweepResult(*jax.tree.map(lambda x: np.asarray(x)[:n], out))
+
+
+def simulate_masks(
+    masks: Mapping[str, np.ndarray],
+    specs: Sequence[LayerSpec],
+    configs: HardwareConfig,
+    **kwargs: Any,
+) -> SweepResult:
+    """`simulate` from masks: builds the count tables of `specs`' layers, then evaluates."""
+    return simulate(network_tables(masks, specs), specs, configs, **kwargs)
+
+
+def _num(x) -> float | None:
+    f = float(x)
+    return None if np.isnan(f) else f
+
+
+def figures_dict(fig: Figures, i: int, j: int | None = None) -> dict[str, Any]:
+    """Config `i` (and layer `j`) of `fig` as JSON-ready `F` (energy grouped by term)."""
+    at = (lambda a: np.asarray(a)[i]) if j is None else (lambda a: np.asarray(a)[i, j])
+    d = {k: _num(at(v)) for k, v in fig._asdict().items() if not k.startswith("energy_")}
+    d["energy"] = {t: _num(at(getattr(fig, f"energy_{t}"))) for t in ENERGY_TERMS}
+    d["energy_total"] = _num(at(fig.energy_total))
+    return d
+
+
+def ratios(result: SweepResult, baseline: SweepResult) -> Figures:
+    """Network figures of `result` divided by those of `baseline`, config by config (NaN on 0/0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return Figures(
+            *(
+                np.asarray(a, np.float64) / np.asarray(b, np.float64)
+                for a, b in zip(result.network, baseline.network, strict=True)
+            )
+        )
+
+
+def sweep_rows(
+    result: SweepResult,
+    configs: HardwareConfig,
+    specs: Sequence[LayerSpec],
+    label: str,
+    baseline: SweepResult | None = None,
+    baseline_label: str | None = None,
+) -> list[dict[str, Any]]:
+    """JSON rows `{"masks", "config", "network": F, "layers": [{"name", "analysed", ...F}]}`.
+
+    With `baseline`, each row also holds `"vs_baseline": {"masks": baseline_label, ...ratios}`
+    (this network's figure over the baseline's for the same config).
+    """
+    cfg_rows = config_rows(configs)
+    rat = ratios(result, baseline) if baseline is not None else None
+    rows = []
+    for i, cfg in enumerate(cfg_rows):
+        row: dict[str, Any] = {"masks": label, "config": cfg}
+        row["network"] = figures_dict(result.network, i)
+        row["layers"] = [
+            {"name": s.name, "analysed": s.analysed, **figures_dict(result.layers, i, j)}
+            for j, s in enumerate(specs)
+        ]
+        if rat is not None:
+            row["vs_baseline"] = {"masks": baseline_label, **figures_dict(rat, i)}
+        rows.append(row)
+    return rows
