@@ -135,7 +135,7 @@ def config_grid(**axes: Sequence[Any] | Any) -> HardwareConfig:
     """The Cartesian product of per-field value lists as a batch `HardwareConfig` `[N]`.
 
     Fields not given take `DEFAULTS`; a scalar counts as a one-value list. The order is
-    row-major over `HardwareConfig._fields` (mapping varies slower than n_pe, and so on).
+    row-major: mapping varies slowest, then n_pe, then the other fields in field order.
 
     Args:
       **axes: field name -> list of values (mapping as names or ids).
@@ -147,21 +147,18 @@ def config_grid(**axes: Sequence[Any] | Any) -> HardwareConfig:
         raise ValueError(
             f"config: unknown fields {sorted(unknown)}; known: {HardwareConfig._fields}"
         )
+    order = ("mapping", "n_pe") + tuple(
+        k for k in HardwareConfig._fields if k not in ("mapping", "n_pe")
+    )
     lists = []
-    for k in HardwareConfig._fields:
+    for k in order:
         v = axes.get(k, DEFAULTS[k])
         v = list(v) if isinstance(v, list | tuple | np.ndarray) else [v]
         if not v:
             raise ValueError(f"{k}: empty list of values")
         lists.append(v)
-    combos = list(itertools.product(*lists))
-    cols = list(zip(*combos, strict=True))
-    cfg = HardwareConfig(
-        **{
-            k: _field_array(k, list(col))
-            for k, col in zip(HardwareConfig._fields, cols, strict=True)
-        }
-    )
+    cols = list(zip(*itertools.product(*lists), strict=True))
+    cfg = HardwareConfig(**{k: _field_array(k, list(c)) for k, c in zip(order, cols, strict=True)})
     validate_config(cfg)
     return cfg
 

@@ -47,6 +47,7 @@ from uticket_jax.hardware.config import (
     MAPPINGS,
     HardwareConfig,
     config_rows,
+    mapping_id,
     num_configs,
     take_configs,
     validate_config,
@@ -102,6 +103,29 @@ def _group_loads(table: LayerTables, n, mapping: int, n_cap: int):
     loads = prefix[:, stop] - prefix[:, start]  # [C, J]
     loads = jnp.where(j < n, loads, 0)
     return prefix[:, c_in], loads.max(axis=1)
+
+
+# Static: mapping (selects the reduction) and n_cap (bounds the input_split PE axis).
+@functools.partial(jax.jit, static_argnames=("mapping", "n_cap"))
+def _group_loads_jit(table, n, *, mapping, n_cap):
+    return _group_loads(table, n, mapping, n_cap)
+
+
+def group_loads(table: LayerTables, n_pe, mapping: str, n_cap: int | None = None):
+    """Per-group `(sum, max)` PE loads of one layer for a traced `n_pe` (segment reductions).
+
+    Args:
+      table: the layer's `LayerTables`.
+      n_pe: PEs per group (int or traced scalar >= 1).
+      mapping: "output_channel" or "input_split".
+      n_cap: static upper bound of `n_pe` for input_split (default: c_in, always enough).
+    Returns:
+      `(group_sum [c_out], group_max [c_out])` int32; groups past the real ones are 0. Equal, on
+      the real groups, to `workload.mappings.pe_loads(mask, n_pe, mapping)` summed / maxed over PEs.
+    """
+    m = mapping_id(mapping)
+    cap = int(table.prefix.shape[1] - 1) if n_cap is None else int(n_cap)
+    return _group_loads_jit(table, jnp.asarray(n_pe, jnp.int32), mapping=m, n_cap=cap)
 
 
 def _workload(tables, n, mapping: int, n_cap: int, analysed: tuple[bool, ...]):
@@ -291,11 +315,13 @@ def sweep_rows(
     label: str,
     baseline: SweepResult | None = None,
     baseline_label: str | None = None,
+    layers: bool = True,
 ) -> list[dict[str, Any]]:
     """JSON rows `{"masks", "config", "network": F, "layers": [{"name", "analysed", ...F}]}`.
 
     With `baseline`, each row also holds `"vs_baseline": {"masks": baseline_label, ...ratios}`
-    (this network's figure over the baseline's for the same config).
+    (this network's figure over the baseline's for the same config). `layers=False` leaves the
+    per-layer list out (large sweeps).
     """
     cfg_rows = config_rows(configs)
     rat = ratios(result, baseline) if baseline is not None else None
@@ -303,11 +329,62 @@ def sweep_rows(
     for i, cfg in enumerate(cfg_rows):
         row: dict[str, Any] = {"masks": label, "config": cfg}
         row["network"] = figures_dict(result.network, i)
-        row["layers"] = [
-            {"name": s.name, "analysed": s.analysed, **figures_dict(result.layers, i, j)}
-            for j, s in enumerate(specs)
-        ]
+        if layers:
+            row["layers"] = [
+                {"name": s.name, "analysed": s.analysed, **figures_dict(result.layers, i, j)}
+                for j, s in enumerate(specs)
+            ]
         if rat is not None:
             row["vs_baseline"] = {"masks": baseline_label, **figures_dict(rat, i)}
         rows.append(row)
     return rows
+
+
+def sweep_networks(
+    networks: Mapping[str, Mapping[str, np.ndarray]],
+    specs: Sequence[LayerSpec],
+    configs: HardwareConfig,
+    *,
+    spike_rates: np.ndarray | Mapping[str, float] | None = None,
+    baseline: str | None = None,
+    layers: bool = True,
+) -> list[dict[str, Any]]:
+    """Evaluates every config on every network (masks of the same layers) and returns JSON rows.
+
+    Args:
+      networks: `{label: {path: hwio mask}}`, e.g. a u-Ticket and an LTH ticket of one network.
+      specs: the shared layer descriptions.
+      configs: batch of configs `[N]`.
+      spike_rates: per-layer input spike rates for activity-aware configs.
+      baseline: label of the network the others are compared with (`vs_baseline` ratios).
+      layers: include per-layer figures in the rows.
+    Returns:
+      `len(networks) * N` rows (network-major), see `sweep_rows`.
+    """
+    if baseline is not None and baseline not in networks:
+        raise ValueError(f"baseline: {baseline!r} is not one of {list(networks)}")
+    results = {
+        k: simulate_masks(m, specs, configs, spike_rates=spike_rates) for k, m in networks.items()
+    }
+    rows = []
+    for label, res in results.items():
+        base = results[baseline] if baseline is not None and label != baseline else None
+        rows += sweep_rows(res, configs, specs, label, base, baseline, layers=layers)
+    return rows
+
+
+def flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A sweep row without its layers as one flat dict (CSV): config, network and ratio columns."""
+    out: dict[str, Any] = {"masks": row["masks"], **row["config"]}
+    for section in ("network", "vs_baseline"):
+        if section not in row:
+            continue
+        prefix = "" if section == "network" else "vs_baseline_"
+        for k, v in row[section].items():
+            if k == "masks":
+                out["baseline"] = v
+            elif k == "energy":
+                out.update({f"{prefix}energy_{t}": e for t, e in v.items()})
+            else:
+                out[f"{prefix}{k}"] = v
+    return out

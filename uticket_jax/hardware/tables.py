@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uticket_jax.workload.mappings import INPUT_SPLIT, OUTPUT_CHANNEL
 from uticket_jax.workload.metrics import analysed_layers
 
 ARCHS = ("auto", "vgg", "resnet")
@@ -76,14 +77,15 @@ def as_hwio4(shape: Sequence[int]) -> tuple[int, int, int, int]:
 @jax.jit
 def _count_tables(mask):
     """Invariant: prefix[:, -1] == channel_counts == non-zeros per output channel."""
-    per_in = jnp.sum(mask, axis=(0, 1), dtype=jnp.int32)  # [c_in, c_out]
-    zero = jnp.zeros((1, per_in.shape[1]), jnp.int32)
-    prefix = jnp.concatenate([zero, jnp.cumsum(per_in, axis=0, dtype=jnp.int32)], axis=0).T
-    return LayerTables(channel_counts=per_in.sum(0), prefix=prefix)  # [c_out], [c_out, c_in+1]
+    counts = OUTPUT_CHANNEL.channel_counts(mask)  # [c_out]
+    per_in = INPUT_SPLIT.channel_counts(mask)  # [c_out, c_in]
+    zero = jnp.zeros((per_in.shape[0], 1), jnp.int32)
+    prefix = jnp.concatenate([zero, jnp.cumsum(per_in, axis=1, dtype=jnp.int32)], axis=1)
+    return LayerTables(channel_counts=counts, prefix=prefix)  # [c_out], [c_out, c_in + 1]
 
 
 def count_tables(mask) -> LayerTables:
-    """Count tables of one layer's boolean mask.
+    """Count tables of one layer's boolean mask (the workload mappings' `channel_counts`).
 
     Args:
       mask: `[kh, kw, c_in, c_out]` or dense `[c_in, c_out]` boolean (or 0/1) array.
@@ -93,8 +95,6 @@ def count_tables(mask) -> LayerTables:
     mask = jnp.asarray(mask)
     if mask.ndim not in (2, 4):
         raise ValueError(f"mask: must be 4-D hwio or 2-D dense, got shape {mask.shape}")
-    if mask.ndim == 2:
-        mask = mask[None, None]
     return _count_tables(mask.astype(bool))
 
 
@@ -115,7 +115,7 @@ def network_tables(
     return out
 
 
-def _vgg_sizes(shapes: Mapping[str, tuple[int, ...]], input_hw: tuple[int, int]) -> list[int]:
+def _vgg_sizes(shapes: Mapping[str, tuple[int, ...]], input_hw: tuple[int, int]) -> list:
     names = list(shapes)
     convs = [k for k in names if len(shapes[k]) == 4]
     # Stages = runs of equal c_out; VGG's last run of equal channels is two stages.
@@ -172,7 +172,7 @@ def _dense_sizes(shapes, names, size, prev_c, hw) -> None:
         first = False
 
 
-def _resnet_sizes(shapes: Mapping[str, tuple[int, ...]], input_hw: tuple[int, int]) -> list[int]:
+def _resnet_sizes(shapes: Mapping[str, tuple[int, ...]], input_hw: tuple[int, int]) -> list:
     names = list(shapes)
     size = {}
     h, w = input_hw
@@ -312,3 +312,14 @@ def load_spike_rates(path: str) -> dict[str, float]:
     if not isinstance(rates, dict):
         raise ValueError(f"spike_rates: {path!r} must hold a JSON object {{layer_path: rate}}")
     return rates
+
+
+def check_same_layers(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], what: str) -> None:
+    """Raises ValueError (naming `what`) unless `b` has the layers and shapes of `a`, in order."""
+    if list(a) != list(b):
+        raise ValueError(f"{what}: layers {list(b)[:3]}... differ from the masks' {list(a)[:3]}...")
+    for k in a:
+        if np.shape(a[k]) != np.shape(b[k]):
+            raise ValueError(
+                f"{what}: {k!r} has shape {np.shape(b[k])}, the masks have {np.shape(a[k])}"
+            )

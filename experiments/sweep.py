@@ -1,0 +1,211 @@
+r"""Hardware sweep: latency, utilization and energy of masks over a grid of PE-array configs.
+
+Example (a u-Ticket ticket against its LTH ticket, both mappings, 5 array sizes; ~5 s on CPU):
+  python experiments/sweep.py --masks runs/uticket/masks.npz --compare runs/lth/masks.npz \
+      --n_pe 4,8,16,32,64 --mapping output_channel,input_split --timesteps 5 --input_size 32 \
+      --out runs/sweep
+Energy constants sweep too: each hardware flag takes a comma list (the grid is their product),
+and `--grid` expands every single-valued energy flag to x{1/4, 1/2, 1, 2, 4} (625 variants).
+Writes DIR/sweep.json, DIR/sweep.csv, DIR/{latency,energy,utilization}.png; prints a table.
+`--compare dense` compares with the all-ones masks of the same layers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from uticket_jax import hardware, plots
+from uticket_jax.masks import LAYOUTS, load_mask_file
+
+_MASKS = flags.DEFINE_string("masks", None, "Mask .npz file (one array per prunable layer).")
+_LAYOUT = flags.DEFINE_string("layout", "hwio", f"Layout of the mask files: {', '.join(LAYOUTS)}.")
+_COMPARE = flags.DEFINE_string("compare", None, "Baseline mask .npz (or 'dense') for ratios.")
+_N_PE = flags.DEFINE_string("n_pe", "4,8,16,32,64", "Comma list of PEs per group.")
+_MAPPING = flags.DEFINE_string(
+    "mapping", "output_channel,input_split", f"Comma list of: {', '.join(hardware.MAPPINGS)}."
+)
+_SKIP_FIRST = flags.DEFINE_bool("skip_first_layer", True, "Leave the first conv out (paper).")
+_CONV_ONLY = flags.DEFINE_bool("conv_only", True, "Analyse conv layers only (paper).")
+_TIMESTEPS = flags.DEFINE_string("timesteps", "5", "Comma list of SNN time steps T.")
+_INPUT_SIZE = flags.DEFINE_integer("input_size", 32, "Input height = width (derives out sizes).")
+_OUT_SIZES = flags.DEFINE_string(
+    "out_sizes", None, "Comma list of output sizes, one per layer in file order (overrides).)"
+)
+_ARCH = flags.DEFINE_string("arch", "auto", "Output-size rule: auto, vgg or resnet.")
+_RATES = flags.DEFINE_string("spike_rates", None, "JSON {layer_path: input spike rate in [0,1]}.")
+_CLOCK = flags.DEFINE_string("clock_mhz", "500", "Comma list of clock frequencies, MHz.")
+_E_ACC = flags.DEFINE_string("e_acc_pj", "0.1", "Comma list: energy per accumulate, pJ.")
+_E_FETCH = flags.DEFINE_string("e_fetch_pj", "5.0", "Comma list: energy per weight fetch, pJ.")
+_E_IDLE = flags.DEFINE_string("e_idle_pj", "0.03", "Comma list: energy per idle PE-cycle, pJ.")
+_LEAK = flags.DEFINE_string("leak_uw", "10", "Comma list: leakage power per PE, microwatts.")
+_GRID = flags.DEFINE_bool("grid", False, "Expand single energy values to x{1/4,1/2,1,2,4}.")
+_LAYER_ROWS = flags.DEFINE_bool("layer_rows", True, "Per-layer figures in sweep.json.")
+_MAX_PRINT = flags.DEFINE_integer("print_rows", 40, "Table rows printed (0: none).")
+_OUT = flags.DEFINE_string("out", None, "Output directory.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into a non-empty --out directory.")
+
+GRID_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _floats(flag, scale: float = 1.0, grid: bool = False) -> list[float]:
+    try:
+        vals = [float(v) * scale for v in flag.value.split(",") if v.strip()]
+    except ValueError:
+        msg = f"--{flag.name}: expected a comma list of numbers, got {flag.value!r}"
+        raise ValueError(msg) from None
+    if not vals or not all(np.isfinite(vals)):
+        raise ValueError(f"--{flag.name}: expected finite numbers, got {flag.value!r}")
+    if any(v < 0 for v in vals):
+        raise ValueError(f"--{flag.name}: must be >= 0, got {flag.value!r}")
+    return [v * s for v in vals for s in GRID_SCALES] if grid and len(vals) == 1 else vals
+
+
+def _ints(flag) -> list[int]:
+    try:
+        vals = [int(v) for v in flag.value.split(",") if v.strip()]
+    except ValueError:
+        msg = f"--{flag.name}: expected a comma list of integers, got {flag.value!r}"
+        raise ValueError(msg) from None
+    if not vals or min(vals) <= 0:
+        raise ValueError(f"--{flag.name}: must be integers >= 1, got {flag.value!r}")
+    return vals
+
+
+def _configs() -> hardware.HardwareConfig:
+    mappings = [m.strip() for m in _MAPPING.value.split(",") if m.strip()]
+    for m in mappings:
+        if m not in hardware.MAPPINGS:
+            raise ValueError(f"--mapping: unknown {m!r}; allowed: {', '.join(hardware.MAPPINGS)}")
+    if not mappings:
+        raise ValueError("--mapping: give at least one mapping")
+    clocks = _floats(_CLOCK, 1e6)
+    if min(clocks) <= 0:
+        raise ValueError(f"--clock_mhz: must be > 0, got {_CLOCK.value!r}")
+    grid = _GRID.value
+    return hardware.config_grid(
+        n_pe=_ints(_N_PE),
+        mapping=mappings,
+        timesteps=_ints(_TIMESTEPS),
+        clock_hz=clocks,
+        e_acc_pj=_floats(_E_ACC, grid=grid),
+        e_fetch_pj=_floats(_E_FETCH, grid=grid),
+        e_idle_pj=_floats(_E_IDLE, grid=grid),
+        leak_w=_floats(_LEAK, 1e-6, grid=grid),
+        activity_aware=[_RATES.value is not None],
+    )
+
+
+def _prepare_out(path: str) -> None:
+    if os.path.isdir(path) and os.listdir(path) and not _OVERWRITE.value:
+        raise ValueError(
+            f"--out: {path!r} exists and is not empty; pass --overwrite to write there"
+        )
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out: {path!r} is a file, not a directory")
+    os.makedirs(path, exist_ok=True)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def _table(rows: list[dict], limit: int) -> str:
+    head = ["masks", "mapping", "n_pe", "T", "util", "util_norm", "cycles", "seconds", "energy_J"]
+    has_ratio = any("vs_baseline" in r for r in rows)
+    head += ["lat_ratio", "energy_ratio"] if has_ratio else []
+    lines = [head]
+    for r in rows[:limit]:
+        c, n = r["config"], r["network"]
+        line = [os.path.basename(r["masks"]), c["mapping"], str(c["n_pe"]), str(c["timesteps"])]
+        line += [_fmt(n[k]) for k in ("utilization", "utilization_normalized", "cycles", "seconds")]
+        line.append(_fmt(n["energy_total"]))
+        if has_ratio:
+            vs = r.get("vs_baseline")
+            line += [_fmt(vs["seconds"]), _fmt(vs["energy_total"])] if vs else ["", ""]
+        lines.append(line)
+    widths = [max(len(x[i]) for x in lines) for i in range(len(head))]
+    text = "\n".join("  ".join(x.ljust(w) for x, w in zip(ln, widths, strict=True)) for ln in lines)
+    more = len(rows) - limit
+    return text + (f"\n... {more} more rows in sweep.csv" if more > 0 else "")
+
+
+def run() -> list[dict]:
+    if not _MASKS.value:
+        raise ValueError("--masks: required (a mask .npz file)")
+    if not _OUT.value:
+        raise ValueError("--out: required (an output directory)")
+    if _INPUT_SIZE.value <= 0:
+        raise ValueError(f"--input_size: must be >= 1, got {_INPUT_SIZE.value}")
+    if _LAYOUT.value not in LAYOUTS:
+        raise ValueError(f"--layout: unknown {_LAYOUT.value!r}; allowed: {', '.join(LAYOUTS)}")
+    configs = _configs()
+    masks = load_mask_file(_MASKS.value, _LAYOUT.value)
+    networks = {_MASKS.value: masks}
+    if _COMPARE.value == "dense":
+        networks["dense"] = {k: np.ones_like(v) for k, v in masks.items()}
+    elif _COMPARE.value:
+        other = load_mask_file(_COMPARE.value, _LAYOUT.value)
+        hardware.check_same_layers(masks, other, "--compare")
+        networks[_COMPARE.value] = other
+    out_sizes = None
+    if _OUT_SIZES.value:
+        out_sizes = _ints(_OUT_SIZES)
+    specs = hardware.describe_layers(
+        {k: v.shape for k, v in masks.items()},
+        input_size=_INPUT_SIZE.value,
+        out_sizes=out_sizes,
+        arch=_ARCH.value,
+        conv_only=_CONV_ONLY.value,
+        skip_first=_SKIP_FIRST.value,
+    )
+    rates = hardware.load_spike_rates(_RATES.value) if _RATES.value else None
+    hardware.spike_rate_vector(rates, specs)  # validates before anything is written
+    _prepare_out(_OUT.value)
+    baseline = _COMPARE.value if _COMPARE.value else None
+    rows = hardware.sweep_networks(
+        networks, specs, configs, spike_rates=rates, baseline=baseline, layers=_LAYER_ROWS.value
+    )
+    _write_atomic(os.path.join(_OUT.value, "sweep.json"), json.dumps(rows))
+    flat = [hardware.flat_row(r) for r in rows]
+    fields = list(dict.fromkeys(k for r in flat for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(flat)
+    _write_atomic(os.path.join(_OUT.value, "sweep.csv"), buf.getvalue())
+    plots.sweep_plots(rows, _OUT.value)
+    if _MAX_PRINT.value > 0:
+        print(_table(rows, _MAX_PRINT.value))
+    print(
+        f"{len(rows)} rows ({len(networks)} masks x {hardware.num_configs(configs)} configs) "
+        f"-> {_OUT.value}"
+    )
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        run()
+    except ValueError as e:
+        print(f"sweep: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
