@@ -1,0 +1,235 @@
+"""Network-level workload: PE loads, metrics and u-Ticket rebalancing over every layer of a net.
+
+Masks are a flat `{path: bool hwio kernel}` dict in network order (the mask-file format) or a mask
+pytree (flattened with `uticket_jax.masks.flatten`; `None` leaves are not prunable). Which layers
+are analysed follows `metrics.analysed_layers` (default, as the paper: conv layers only, the first
+conv left out); the others pass through unchanged and stay out of the network figures.
+
+All layers go through one compiled call per step (counting, then selecting), so a whole VGG16 costs
+two dispatches, not two per layer; the loop over layers runs inside the trace.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uticket_jax import masks as masks_lib
+from uticket_jax.workload import mappings as mp
+from uticket_jax.workload import rebalance as rb
+from uticket_jax.workload.metrics import Metrics, analysed_layers, loads_metrics, network_metrics
+
+
+class NetworkReport(NamedTuple):
+    """Per-layer `RebalanceReport`s (in network order) and the network `Metrics` before/after."""
+
+    names: tuple[str, ...]
+    analysed: tuple[bool, ...]
+    layers: tuple[rb.RebalanceReport, ...]
+    before: Metrics
+    after: Metrics
+
+
+def _flat(masks: Any, what: str = "masks") -> dict[str, Any]:
+    flat = masks_lib.flatten(masks)
+    if not flat:
+        raise ValueError(f"{what}: no layers (expected a {{path: kernel}} dict or a mask tree)")
+    for name, m in flat.items():
+        mp.check_mask(m, f"{what}[{name!r}]")
+    return flat
+
+
+def _restore(flat_new: dict[str, Any], masks: Any) -> Any:
+    """Returns the new masks in the structure of the input (flat dict or tree)."""
+    nested = isinstance(masks, Mapping) and any(isinstance(v, Mapping) for v in masks.values())
+    return masks_lib.unflatten(flat_new, masks) if nested else flat_new
+
+
+@functools.partial(jax.jit, static_argnames=("n_pe", "mapping"))
+def _loads_all(masks: tuple, *, n_pe: int, mapping: str):
+    # n_pe / mapping fix the [G, n] shapes: static. One call counts every layer.
+    m = mp.MAPPINGS[mapping]
+    return tuple(m.loads_from_counts(m.channel_counts(x), n_pe) for x in masks)
+
+
+def network_loads(masks: Any, n_pe: int, mapping: str = "output_channel") -> dict[str, jax.Array]:
+    """`{path: [G, n] int32 PE loads}` of every layer (`mappings.pe_loads`), in one compiled call."""
+    n_pe = mp.check_n_pe(n_pe)
+    name = mp.get_mapping(mapping).name
+    flat = _flat(masks)
+    loads = _loads_all(tuple(jnp.asarray(x) for x in flat.values()), n_pe=n_pe, mapping=name)
+    return dict(zip(flat, loads, strict=True))
+
+
+def network_workload(
+    masks: Any,
+    n_pe: int,
+    mapping: str = "output_channel",
+    *,
+    conv_only: bool = True,
+    skip_first: bool = True,
+) -> tuple[dict[str, Metrics], Metrics, dict[str, bool]]:
+    """Per-layer `Metrics`, the network `Metrics` over the analysed layers, and which were analysed.
+
+    Args:
+      masks: `{path: bool hwio kernel}` in network order, or a mask tree.
+      n_pe, mapping: the PE array (see `mappings.pe_loads`).
+      conv_only, skip_first: which layers are analysed (`metrics.analysed_layers`).
+    """
+    loads = network_loads(masks, n_pe, mapping)
+    shapes = {k: v.shape for k, v in _flat(masks).items()}
+    keep = dict(zip(shapes, analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first)))
+    per_layer = {k: loads_metrics(v) for k, v in loads.items()}
+    net = network_metrics([per_layer[k] for k in per_layer if keep[k]])
+    return per_layer, net, keep
+
+
+@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "target", "c_maxs"))
+def _plan_all(masks: tuple, caps: tuple, *, n_pe: int, mapping: str, target: str, c_maxs: tuple):
+    # Static: the PE array (n_pe, mapping), the target formula and per-layer slots (bisection
+    # length). Returns per-layer loads, targets and max |target - load| (to size top-k).
+    m = mp.MAPPINGS[mapping]
+    out = []
+    for x, cap, c_max in zip(masks, caps, c_maxs, strict=True):
+        loads = m.loads_from_counts(m.channel_counts(x), n_pe)  # [G, n]
+        tgt = rb._targets(loads, cap, target=target, c_max=c_max)  # [G, n]
+        out.append((loads, tgt, jnp.max(jnp.abs(tgt - loads))))
+    return tuple(out)
+
+
+@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "policy", "ks", "ids"))
+def _apply_all(masks, weights, deltas, key, *, n_pe, mapping, policy, ks, ids):
+    # Static: the PE array, the policy (which priority), per-layer top-k widths `ks` (0 = layer
+    # already balanced, left as is) and layer positions `ids` (folded into `key`).
+    # Keeps, per layer: only the PE's own slots change; regrown were pruned, dropped were active.
+    m = mp.MAPPINGS[mapping]
+    out = []
+    for x, w, d, k, i in zip(masks, weights, deltas, ks, ids, strict=True):
+        if k == 0:
+            out.append(x)
+            continue
+        if policy == "magnitude":
+            prio = rb._magnitude(w)
+        else:
+            prio = rb._random_priorities(jax.random.fold_in(key, i), x.shape)
+        mask_slots = m.to_slots(x, n_pe, False)  # [G, n, C]
+        prio_slots = m.to_slots(prio, n_pe, 0.0)  # [G, n, C]
+        valid = m.to_slots(jnp.ones(x.shape, bool), n_pe, False)  # [G, n, C]
+        flips = rb.select_flips(mask_slots, prio_slots, valid, d, k)
+        out.append(m.from_slots(mask_slots ^ flips, x.shape, n_pe))
+    return tuple(out)
+
+
+def rebalance_network(
+    masks: Any,
+    weights: Any = None,
+    *,
+    n_pe: int,
+    mapping: str = "output_channel",
+    policy: str = "magnitude",
+    target: str = "ceil_mean",
+    key: Any = None,
+    conv_only: bool = True,
+    skip_first: bool = True,
+) -> tuple[Any, NetworkReport]:
+    """u-Ticket over a whole network: `rebalance.rebalance` on every analysed layer.
+
+    Args:
+      masks: `{path: bool hwio kernel}` in network order, or a mask tree (`None` = not prunable).
+      weights: same keys/structure, float kernels (required for policy="magnitude").
+      n_pe, mapping, policy, target: as `rebalance.rebalance`.
+      key: `jax.random` key for policy="random"; layer at position `i` of the flat order uses
+        `jax.random.fold_in(key, i)`.
+      conv_only, skip_first: which layers are analysed and rebalanced (`metrics.analysed_layers`);
+        the others come back unchanged.
+
+    Returns:
+      `(new_masks, report)`: masks in the input's structure, and a `NetworkReport` whose network
+      `Metrics` cover the analysed layers.
+    """
+    n_pe = mp.check_n_pe(n_pe)
+    m = mp.get_mapping(mapping)
+    rb.check_policy(policy)
+    rb.check_target(target)
+    flat = _flat(masks)
+    if policy == "magnitude":
+        if weights is None:
+            raise ValueError("weights: required for policy='magnitude' (use policy='random')")
+        wflat = masks_lib.flatten(weights)
+        masks_lib.check_same_keys(flat, wflat)
+        for name in flat:
+            rb.check_weights(flat[name], wflat[name])
+    elif key is None:
+        raise ValueError("key: required for policy='random' (a jax.random key)")
+    names = tuple(flat)
+    shapes = {k: tuple(np.shape(v)) for k, v in flat.items()}
+    keep = tuple(analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first))
+    arrays = tuple(jnp.asarray(flat[k]) for k in names)
+    caps = tuple(mp.pe_capacity(shapes[k], n_pe, m.name) for k in names)
+    c_maxs = tuple(m.geometry(shapes[k], n_pe)[1] for k in names)
+    plans = _plan_all(
+        arrays,
+        tuple(jnp.asarray(c) for c in caps),
+        n_pe=n_pe,
+        mapping=m.name,
+        target=target,
+        c_maxs=c_maxs,
+    )
+    d_max = jax.device_get([p[2] for p in plans])
+    ks = tuple(
+        rb._bound(int(d), c) if (a and int(d) > 0) else 0
+        for d, c, a in zip(d_max, c_maxs, keep, strict=True)
+    )
+    sel = [i for i, k in enumerate(ks) if k]
+    new = list(arrays)
+    if sel:
+        ws = tuple(jnp.asarray(wflat[names[i]]) for i in sel) if policy == "magnitude" else None
+        out = _apply_all(
+            tuple(arrays[i] for i in sel),
+            ws if ws is not None else tuple(None for _ in sel),
+            tuple(plans[i][1] - plans[i][0] for i in sel),
+            key if key is not None else jax.random.key(0),
+            n_pe=n_pe,
+            mapping=m.name,
+            policy=policy,
+            ks=tuple(ks[i] for i in sel),
+            ids=tuple(sel),
+        )
+        for i, x in zip(sel, out, strict=True):
+            new[i] = x
+    layers = []
+    for i, name in enumerate(names):
+        loads, tgt, _ = plans[i]
+        if not keep[i]:
+            tgt = loads  # not analysed: unchanged
+        layers.append(rb.make_report(loads, tgt, caps[i]))
+    before = network_metrics([r.before for r, a in zip(layers, keep, strict=True) if a])
+    after = network_metrics([r.after for r, a in zip(layers, keep, strict=True) if a])
+    report = NetworkReport(names, keep, tuple(layers), before, after)
+    return _restore(dict(zip(names, new, strict=True)), masks), report
+
+
+def report_to_json(report: NetworkReport) -> dict[str, Any]:
+    """The JSON-able report of issue 3: `{"layers": [...], "network": {"before", "after"}}`."""
+    layers = []
+    for name, a, r in zip(report.names, report.analysed, report.layers, strict=True):
+        layers.append(
+            {
+                "name": name,
+                "analysed": bool(a),
+                "before": r.before.to_dict(),
+                "after": r.after.to_dict(),
+                "regrown": int(r.regrown),
+                "dropped": int(r.dropped),
+                "capped": int(r.capped),
+            }
+        )
+    return {
+        "layers": layers,
+        "network": {"before": report.before.to_dict(), "after": report.after.to_dict()},
+    }
