@@ -58,7 +58,7 @@ def _loads_all(masks: tuple, *, n_pe: int, mapping: str):
 
 
 def network_loads(masks: Any, n_pe: int, mapping: str = "output_channel") -> dict[str, jax.Array]:
-    """`{path: [G, n] int32 PE loads}` of every layer (`mappings.pe_loads`), in one compiled call."""
+    """`{path: [G, n] int32 PE loads}` of every layer (`mappings.pe_loads`), one compiled call."""
     n_pe = mp.check_n_pe(n_pe)
     name = mp.get_mapping(mapping).name
     flat = _flat(masks)
@@ -83,7 +83,8 @@ def network_workload(
     """
     loads = network_loads(masks, n_pe, mapping)
     shapes = {k: v.shape for k, v in _flat(masks).items()}
-    keep = dict(zip(shapes, analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first)))
+    flags = analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first)
+    keep = dict(zip(shapes, flags, strict=True))
     per_layer = {k: loads_metrics(v) for k, v in loads.items()}
     net = network_metrics([per_layer[k] for k in per_layer if keep[k]])
     return per_layer, net, keep
@@ -203,7 +204,7 @@ def rebalance_network(
         for i, x in zip(sel, out, strict=True):
             new[i] = x
     layers = []
-    for i, name in enumerate(names):
+    for i in range(len(names)):
         loads, tgt, _ = plans[i]
         if not keep[i]:
             tgt = loads  # not analysed: unchanged
