@@ -1,0 +1,137 @@
+r"""u-Ticket rebalance of a mask file: every PE of a group ends with the same number of non-zeros.
+
+Example (a VGG16 ticket, 16-PE groups, output-channel mapping; ~2 s on a 2-core CPU):
+  python experiments/rebalance.py --masks runs/lth/masks.npz --weights runs/lth/weights.npz \
+      --n_pe 16 --mapping output_channel --policy magnitude --target ceil_mean --out balanced.npz
+Masks from PyTorch/SpikingJelly (`[c_out, c_in, kh, kw]`, linear `[out, in]`): add
+`--layout oihw`; the output keeps the input's layout and layer order.
+
+Prints one JSON report: {"layers": [{"name", "analysed", "before", "after", "regrown", "dropped",
+"capped"}], "network": {"before", "after"}, "seconds": {...}}; before/after hold utilization,
+utilization_normalized, latency, wasted, dynamic (load units = non-zero weights).
+`--policy magnitude` needs `--weights` (the trained weights from before pruning); `--policy random`
+uses `--seed`. Bad input: one line on stderr, exit status 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+from absl import app, flags, logging
+
+from uticket_jax.masks import LAYOUTS, load_mask_file, load_weight_file, save_mask_file
+from uticket_jax.workload import MAPPINGS, POLICIES, TARGETS, rebalance_network, report_to_json
+
+_MASKS = flags.DEFINE_string("masks", None, "Mask .npz file (one array per prunable layer).")
+_WEIGHTS = flags.DEFINE_string("weights", None, "Weights .npz (same keys); needed for magnitude.")
+_LAYOUT = flags.DEFINE_string("layout", "hwio", f"Layout of the files: {', '.join(LAYOUTS)}.")
+_N_PE = flags.DEFINE_string("n_pe", "16", "PEs per group (integer >= 1).")
+_MAPPING = flags.DEFINE_string("mapping", "output_channel", f"One of: {', '.join(MAPPINGS)}.")
+_POLICY = flags.DEFINE_string("policy", "magnitude", f"One of: {', '.join(POLICIES)}.")
+_TARGET = flags.DEFINE_string("target", "ceil_mean", f"One of: {', '.join(TARGETS)}.")
+_SEED = flags.DEFINE_string("seed", "0", "Seed of the random policy (integer).")
+_CONV_ONLY = flags.DEFINE_bool("conv_only", True, "Rebalance conv layers only (paper).")
+_SKIP_FIRST = flags.DEFINE_bool("skip_first_layer", True, "Leave the first conv out (paper).")
+_OUT = flags.DEFINE_string("out", None, "Output mask .npz.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
+
+
+def _choice(flag, allowed) -> str:
+    if flag.value not in allowed:
+        raise ValueError(f"--{flag.name}: got {flag.value!r}; allowed: {', '.join(allowed)}")
+    return flag.value
+
+
+def _int(flag, minimum: int | None = None) -> int:
+    try:
+        value = int(flag.value)
+    except ValueError:
+        raise ValueError(f"--{flag.name}: expected an integer, got {flag.value!r}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"--{flag.name}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_paths() -> tuple[str, str, str | None]:
+    if not _MASKS.value:
+        raise ValueError("--masks: required (a mask .npz file)")
+    if not _OUT.value:
+        raise ValueError("--out: required (the output mask .npz file)")
+    masks, out = _MASKS.value, _OUT.value
+    if os.path.exists(out) and os.path.samefile(out, masks):
+        raise ValueError(f"--out: {out!r} is the input --masks file; choose another path")
+    if _WEIGHTS.value and os.path.exists(out) and os.path.samefile(out, _WEIGHTS.value):
+        raise ValueError(f"--out: {out!r} is the --weights file; choose another path")
+    if os.path.exists(out) and not _OVERWRITE.value:
+        raise ValueError(f"--out: {out!r} exists; pass --overwrite to replace it")
+    return masks, out, _WEIGHTS.value
+
+
+def run() -> dict:
+    """Parses the flags, rebalances the masks, writes --out; returns the JSON report."""
+    t0 = time.perf_counter()
+    layout = _choice(_LAYOUT, LAYOUTS)
+    mapping = _choice(_MAPPING, tuple(MAPPINGS))
+    policy = _choice(_POLICY, POLICIES)
+    target = _choice(_TARGET, TARGETS)
+    n_pe = _int(_N_PE, minimum=1)
+    seed = _int(_SEED)
+    masks_path, out, weights_path = _check_paths()
+    if policy == "magnitude" and not weights_path:
+        raise ValueError("--weights: required for --policy magnitude (or use --policy random)")
+    masks = load_mask_file(masks_path, layout)
+    weights = load_weight_file(weights_path, layout) if weights_path else None
+    t_load = time.perf_counter()
+    new, report = rebalance_network(
+        masks,
+        weights if policy == "magnitude" else None,
+        n_pe=n_pe,
+        mapping=mapping,
+        policy=policy,
+        target=target,
+        key=jax.random.key(seed),
+        conv_only=_CONV_ONLY.value,
+        skip_first=_SKIP_FIRST.value,
+    )
+    new = jax.block_until_ready(new)
+    t_rebalance = time.perf_counter()
+    out_json = report_to_json(report)
+    save_mask_file(out, new, layout)
+    t_end = time.perf_counter()
+    out_json["seconds"] = {
+        "load": round(t_load - t0, 4),
+        "rebalance": round(t_rebalance - t_load, 4),
+        "save": round(t_end - t_rebalance, 4),
+        "total": round(t_end - t0, 4),
+    }
+    return out_json
+
+
+def main(argv) -> None:
+    logging.set_verbosity(logging.WARNING)  # keep stderr to errors (JAX logs backend probing)
+    if len(argv) > 1:
+        print(f"rebalance.py: unexpected arguments {argv[1:]}; use --flag=value", file=sys.stderr)
+        sys.exit(2)
+    try:
+        report = run()
+    except ValueError as e:
+        print(f"rebalance.py: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(report))
+
+
+def _parse_flags(argv):
+    """absl flag parsing, with a bad flag reported on one stderr line (exit status 2)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"rebalance.py: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)
