@@ -35,8 +35,12 @@ from uticket_jax.workload.rebalance import (
     RebalanceReport,
     pe_targets,
     random_priorities,
-    rebalance,
 )
+from uticket_jax.workload.rebalance import rebalance as rebalance_layer
+
+# `rebalance` stays the submodule (`uticket_jax.workload.rebalance.rebalance` is the one-layer
+# function, re-exported as `rebalance_layer`), so `from uticket_jax.workload import rebalance`
+# always means the same thing.
 
 __all__ = [
     "INPUT_SPLIT",
@@ -63,7 +67,7 @@ __all__ = [
     "pe_loads",
     "pe_targets",
     "random_priorities",
-    "rebalance",
+    "rebalance_layer",
     "rebalance_network",
     "report_to_json",
     "slot_valid",

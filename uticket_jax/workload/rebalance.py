@@ -267,10 +267,10 @@ def rebalance(
     tgt = _targets(loads, jnp.asarray(cap), target=target, c_max=m.geometry(shape, n_pe)[1])
     delta = tgt - loads  # [G, n]
     d_max = int(jnp.max(jnp.abs(delta), initial=0))
+    prio = layer_priorities(mask, weights, policy, key)  # checks weights / key even if balanced
     if d_max == 0:
         new = mask
     else:
-        prio = layer_priorities(mask, weights, policy, key)
         k = _bound(d_max, m.geometry(shape, n_pe)[1])
         new = _apply(mask, prio, delta, n_pe=n_pe, mapping=m.name, k=k)
     return new, make_report(loads, tgt, cap)
