@@ -1,0 +1,169 @@
+"""uticket_jax.models.conv: values and both gradients equal plain lax.conv + autodiff."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+from uticket_jax.models.conv import Conv, ConvImpl, choose_impl, conv2d, explicit_padding
+
+DIMS = ("NHWC", "HWIO", "NHWC")
+MIXED_IMPLS = [
+    ConvImpl("lax", "patches", "lax"),
+    ConvImpl("patches", "lax", "patches"),
+]
+
+
+def _reference(x, w, strides, padding):
+    pads = explicit_padding(padding, x.shape[1:3], w.shape[:2], strides)
+    return lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=DIMS)
+
+
+def _loss(conv):
+    """A non-linear, position-weighted readout so the cotangent dY is not constant."""
+
+    def loss(x, w):
+        y = conv(x, w)
+        return jnp.sum(jnp.sin(y) * jnp.linspace(0.5, 1.5, y.size).reshape(y.shape))
+
+    return loss
+
+
+def _check(shape_x, kernel, c_out, strides, padding, impl, seed=0):
+    kx, kw = jax.random.split(jax.random.key(seed))
+    x = jax.random.normal(kx, shape_x, jnp.float32)
+    w = jax.random.normal(kw, (*kernel, shape_x[-1], c_out), jnp.float32)
+    ours = lambda x, w: conv2d(x, w, strides, padding, impl)
+    ref = lambda x, w: _reference(x, w, strides, padding)
+    np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    g_ours = jax.grad(_loss(ours), argnums=(0, 1))(x, w)
+    g_ref = jax.grad(_loss(ref), argnums=(0, 1))(x, w)
+    for name, a, b in zip(("dx", "dw"), g_ours, g_ref, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("impl", ["auto", "patches"])
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2), (1, 2)])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", 1, ((0, 2), (1, 0))])
+@pytest.mark.parametrize("kernel", [(3, 3), (1, 1)])
+def test_matches_lax_values_and_grads(impl, strides, padding, kernel):
+    _check((3, 7, 6, 4), kernel, 5, strides, padding, impl)
+
+
+@pytest.mark.parametrize("impl", MIXED_IMPLS, ids=str)
+def test_mixed_impls(impl):
+    _check((3, 7, 6, 4), (3, 3), 5, (2, 1), ((0, 2), (1, 0)), impl)
+
+
+@pytest.mark.parametrize("impl", ["auto", "patches"])
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (3, 5)])
+def test_tiny_spatial(impl, hw):
+    _check((4, *hw, 6), (3, 3), 3, (1, 1), "SAME", impl)
+
+
+def test_weight_grad_chunked_with_ragged_batch(monkeypatch):
+    # Force several chunks and a batch that is not a multiple of the chunk size.
+    import uticket_jax.models.conv as conv_mod
+
+    monkeypatch.setattr(conv_mod, "_CHUNK_BYTES", 4 * 4 * 9 * 3 * 4 * 2)  # two images a chunk
+    _check((7, 4, 4, 3), (3, 3), 2, (1, 1), "SAME", "patches")
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+    c_in=st.integers(1, 4),
+    c_out=st.integers(1, 4),
+    k=st.sampled_from([1, 2, 3]),
+    s=st.integers(1, 3),
+    padding=st.sampled_from(["SAME", "VALID", 0, 1, 2]),
+    impl=st.sampled_from(["auto", "patches"]),
+)
+def test_property_matches_lax(n, h, w, c_in, c_out, k, s, padding, impl):
+    pads = explicit_padding(padding, (h, w), (k, k), (s, s))
+    if h + sum(pads[0]) < k or w + sum(pads[1]) < k:
+        with pytest.raises(ValueError, match="larger than padded input"):
+            conv2d(jnp.zeros((n, h, w, c_in)), jnp.zeros((k, k, c_in, c_out)), s, padding, impl)
+        return
+    _check((n, h, w, c_in), (k, k), c_out, (s, s), padding, impl, seed=h * 7 + w)
+
+
+def test_choose_impl_policy():
+    # VGG16 at batch 128: tiny outputs leave XLA's conv; the weight gradient is the patch matmul.
+    assert choose_impl((128, 2, 2, 512), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1))) == ConvImpl(
+        "patches", "patches", "patches"
+    )
+    assert choose_impl((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1))) == ConvImpl(
+        "lax", "lax", "patches"
+    )
+
+
+@pytest.mark.parametrize("impl", ["auto", "lax"])
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_module_params_match_flax_conv(impl, use_bias):
+    x = jax.random.normal(jax.random.key(1), (2, 5, 5, 3))
+    ours = Conv(4, (3, 3), strides=2, padding=1, use_bias=use_bias, impl=impl)
+    theirs = nn.Conv(4, (3, 3), strides=2, padding=1, use_bias=use_bias)
+    p_ours = ours.init(jax.random.key(0), x)
+    p_theirs = theirs.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, p_ours) == jax.tree.map(jnp.shape, p_theirs)
+    # Same default initializers -> same params from the same key, and the same outputs.
+    jax.tree.map(np.testing.assert_array_equal, p_ours, p_theirs)
+    np.testing.assert_allclose(
+        ours.apply(p_ours, x), theirs.apply(p_theirs, x), rtol=1e-5, atol=1e-6
+    )
+    assert p_ours["params"]["kernel"].shape == (3, 3, 3, 4)
+
+
+def test_jit_contract_no_retrace_and_dtype():
+    traces = []
+
+    @jax.jit
+    def step(x, w):
+        traces.append(1)
+        return jax.value_and_grad(lambda w: jnp.sum(conv2d(x, w) ** 2))(w)
+
+    x = jnp.ones((2, 4, 4, 3), jnp.float32)
+    w = jnp.ones((3, 3, 3, 2), jnp.float32)
+    v1, g1 = step(x, w)
+    v2, g2 = step(x + 1, w)
+    assert len(traces) == 1
+    assert g1.dtype == jnp.float32 and conv2d(x, w).dtype == jnp.float32
+
+
+def test_vmap_matches_loop():
+    xs = jax.random.normal(jax.random.key(2), (3, 2, 4, 4, 3))  # [V, N, H, W, C]
+    w = jax.random.normal(jax.random.key(3), (3, 3, 3, 2))
+    grad = jax.grad(lambda x, w: jnp.sum(jnp.tanh(conv2d(x, w))), argnums=(0, 1))
+    vmapped = jax.vmap(grad, in_axes=(0, None))(xs, w)
+    for v in range(xs.shape[0]):
+        for a, b in zip(vmapped, grad(xs[v], w), strict=True):
+            np.testing.assert_allclose(a[v], b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(padding="CIRCULAR"), "padding"),
+        (dict(padding=-1), "non-negative"),
+        (dict(strides=0), "strides"),
+        (dict(impl="fast"), "impl"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2)), **kwargs)
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError, match="x must be NHWC"):
+        conv2d(jnp.zeros((4, 4, 2)), jnp.zeros((3, 3, 2, 2)))
+    with pytest.raises(ValueError, match="w must be HWIO"):
+        conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 3, 2)))
