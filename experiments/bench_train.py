@@ -1,0 +1,241 @@
+r"""Training-step throughput (images/s) of the spiking models, against SpikingJelly when installed.
+
+Times one jitted masked train step (forward + backward + SGD momentum 0.9 / weight decay 5e-4),
+compiled and warmed up, best of `--repeats`, for the digits SNN (8x8x1, 10 classes) and VGG16-BN
+at CIFAR shape (32x32x3, 10 classes), both with batch `--batch_size` and `--timesteps` steps:
+
+* `ours_images_per_s`: `uticket_jax.train.train_step` with the default `Conv` (impl "auto": the
+  CPU-tuned custom backward of `uticket_jax.models.conv`);
+* `ours_plain_conv_images_per_s`: the same model with `conv_impl="lax"` (plain
+  `lax.conv_general_dilated` + autodiff), so the effect of the custom convolution shows;
+* `spikingjelly_images_per_s` and `ratio` (ours / theirs), VGG16-BN only, when `torch` and
+  `spikingjelly` import: the same network built from SpikingJelly's multi-step layers (LIF tau 4/3,
+  v_th 1, hard reset to 0, detach_reset, ATan(2); direct encoding: conv0 + bn0 once on the image,
+  repeated over T), trained with `torch.optim.SGD` in the same process.
+
+`--layers` adds per-layer timings of VGG16's convolutions (forward, input gradient, weight gradient;
+plain lax vs ours) at the folded batch T*B.
+
+Usage (about 3 minutes on 2 CPU cores):
+  python experiments/bench_train.py
+  python experiments/bench_train.py --models vgg16 --layers --repeats 5
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from uticket_jax import models, train
+from uticket_jax.models.conv import choose_impl, conv2d, explicit_padding
+
+_MODELS = flags.DEFINE_list("models", ["digits_snn", "vgg16"], "Models: digits_snn, vgg16.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Images per train step.")
+_T = flags.DEFINE_integer("timesteps", 4, "Simulation steps T.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Train steps per timed repeat (vgg16; digits: x20).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats; the best is reported.")
+_PEER = flags.DEFINE_bool("peer", True, "Time SpikingJelly's VGG16-BN when importable.")
+_PLAIN = flags.DEFINE_bool("plain", True, "Also time our model with plain lax convolutions.")
+_LAYERS = flags.DEFINE_bool("layers", False, "Add per-layer VGG16 conv timings.")
+
+_SHAPES = {"digits_snn": (8, 8, 1), "vgg16": (32, 32, 3)}
+_NUM_CLASSES = 10
+
+
+def _best_rate(step, n_images: int, steps: int, repeats: int) -> float:
+    """Images/s of the best of `repeats` timed runs of `steps` calls of `step()` (warmed up)."""
+    step()
+    step()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        best = min(best, time.perf_counter() - t0)
+    return n_images * steps / best
+
+
+def bench_ours(name: str, conv_impl: str, batch: int, timesteps: int, steps, repeats) -> float:
+    """Images/s of `train.train_step` for model `name` with convolutions `conv_impl`."""
+    model = models.get_model(
+        name, num_classes=_NUM_CLASSES, timesteps=timesteps, conv_impl=conv_impl
+    )
+    key_init, key_x = jax.random.split(jax.random.key(0))
+    images = jax.random.normal(key_x, (batch, *_SHAPES[name]), jnp.float32)  # [B, H, W, C]
+    labels = jnp.arange(batch, dtype=jnp.int32) % _NUM_CLASSES
+    variables = model.init(key_init, images, train=False)
+    tx = train.make_optimizer("sgd", lr=0.05, total_steps=10_000, momentum=0.9, weight_decay=5e-4)
+    holder = [train.create_train_state(model.apply, variables, tx)]
+
+    def step():
+        holder[0], metrics = train.train_step(holder[0], images, labels)
+        jax.block_until_ready(metrics["loss"])
+
+    return _best_rate(step, batch, steps, repeats)
+
+
+def bench_spikingjelly(batch: int, timesteps: int, steps: int, repeats: int) -> float | None:
+    """Images/s of the same VGG16-BN SNN in SpikingJelly (multi-step), or None if not installed."""
+    try:
+        import torch
+        from spikingjelly.activation_based import functional, layer, neuron, surrogate
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+
+    def lif():
+        return neuron.LIFNode(
+            tau=4.0 / 3.0,
+            v_threshold=1.0,
+            v_reset=0.0,
+            detach_reset=True,
+            surrogate_function=surrogate.ATan(alpha=2.0),
+            step_mode="m",
+        )
+
+    cfg = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+    # Encoder: conv0 + bn0 on the images [B, 3, 32, 32] once (single-step layers).
+    encoder = torch.nn.Sequential(
+        torch.nn.Conv2d(3, cfg[0], 3, padding=1, bias=False), torch.nn.BatchNorm2d(cfg[0])
+    )
+    body, c_in = [lif()], cfg[0]
+    for v in cfg[1:]:
+        if v == "M":
+            body.append(layer.MaxPool2d(2, 2, step_mode="m"))
+        else:
+            body += [
+                layer.Conv2d(c_in, v, 3, padding=1, bias=False, step_mode="m"),
+                layer.BatchNorm2d(v, step_mode="m"),
+                lif(),
+            ]
+            c_in = v
+    body += [layer.Flatten(step_mode="m"), layer.Linear(512, _NUM_CLASSES, step_mode="m")]
+    body = torch.nn.Sequential(*body)
+    functional.set_step_mode(body, "m")
+    params = list(encoder.parameters()) + list(body.parameters())
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    images = torch.randn(batch, 3, 32, 32)
+    labels = torch.arange(batch) % _NUM_CLASSES
+    encoder.train()
+    body.train()
+
+    def step():
+        current = encoder(images)  # [B, 64, 32, 32]
+        seq = current.unsqueeze(0).repeat(timesteps, 1, 1, 1, 1)  # [T, B, 64, 32, 32]
+        logits = body(seq)  # [T, B, classes]
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), labels.repeat(timesteps)
+        )  # mean over T and B
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        functional.reset_net(body)
+
+    return _best_rate(step, batch, steps, repeats)
+
+
+def _vgg16_conv_shapes(batch: int, timesteps: int):
+    """(x shape, w shape) of VGG16's 13 convs on 32x32 images; conv0 runs once (batch B)."""
+    shapes, hw, c_in, first = [], 32, 3, True
+    for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
+        if v == "M":
+            hw //= 2
+            continue
+        n = batch if first else batch * timesteps
+        shapes.append(((n, hw, hw, c_in), (3, 3, c_in, v)))
+        c_in, first = v, False
+    return shapes
+
+
+def bench_layers(batch: int, timesteps: int, repeats: int) -> list[dict]:
+    """Per-conv milliseconds of forward, input and weight gradient: plain lax vs ours (auto)."""
+
+    def best_ms(fn, *args):
+        jax.block_until_ready(fn(*args))
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            best = min(best, time.perf_counter() - t0)
+        return round(best * 1e3, 2)
+
+    rows = []
+    for i, (xs, ws) in enumerate(_vgg16_conv_shapes(batch, timesteps)):
+        key_x, key_w, key_d = jax.random.split(jax.random.key(i), 3)
+        x = jax.random.normal(key_x, xs, jnp.float32)
+        w = jax.random.normal(key_w, ws, jnp.float32)
+        dy = jax.random.normal(key_d, (*xs[:3], ws[3]), jnp.float32)
+        pads = explicit_padding(1, xs[1:3], ws[:2], (1, 1))
+        row = {"layer": f"conv{i}", "x": list(xs), "w": list(ws)}
+        row["gflop"] = round(2 * np.prod(xs[:3]) * np.prod(ws) / 1e9, 3)
+        row["auto_impl"] = list(choose_impl(xs, ws, (1, 1), pads))
+        for impl in ("lax", "auto"):
+            f = lambda x, w, impl=impl: conv2d(x, w, 1, 1, impl)
+            fwd = jax.jit(f)
+            dx = jax.jit(lambda x, w, dy, f=f: jax.vjp(lambda x_: f(x_, w), x)[1](dy)[0])
+            dw = jax.jit(lambda x, w, dy, f=f: jax.vjp(lambda w_: f(x, w_), w)[1](dy)[0])
+            row[f"{impl}_ms"] = {
+                "forward": best_ms(fwd, x, w),
+                "input_grad": best_ms(dx, x, w, dy),
+                "weight_grad": best_ms(dw, x, w, dy),
+            }
+        rows.append(row)
+    return rows
+
+
+def _usage(message: str) -> None:
+    """Bad flag: one line on stderr, exit status 2."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
+def run() -> dict:
+    for flag in (_BATCH, _T, _STEPS, _REPEATS):
+        if flag.value <= 0:
+            _usage(f"--{flag.name}: must be a positive integer, got {flag.value}")
+    unknown = sorted(set(_MODELS.value) - set(_SHAPES))
+    if unknown or not _MODELS.value:
+        _usage(f"--models: got {_MODELS.value}; allowed: {', '.join(_SHAPES)}")
+    out = {
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "batch_size": _BATCH.value,
+        "timesteps": _T.value,
+    }
+    b, t, reps = _BATCH.value, _T.value, _REPEATS.value
+    for name in _MODELS.value:
+        steps = _STEPS.value * (20 if name == "digits_snn" else 1)
+        res = {"ours_images_per_s": round(bench_ours(name, "auto", b, t, steps, reps), 2)}
+        if _PLAIN.value:
+            plain = bench_ours(name, "lax", b, t, steps, reps)
+            res["ours_plain_conv_images_per_s"] = round(plain, 2)
+            res["custom_conv_speedup"] = round(res["ours_images_per_s"] / plain, 3)
+        if name == "vgg16" and _PEER.value:
+            theirs = bench_spikingjelly(b, t, _STEPS.value, reps)
+            if theirs is not None:
+                import torch
+
+                res["spikingjelly_images_per_s"] = round(theirs, 2)
+                res["ratio"] = round(res["ours_images_per_s"] / theirs, 3)
+                res["torch_threads"] = torch.get_num_threads()
+        out[name] = res
+    if _LAYERS.value:
+        out["vgg16_layers"] = bench_layers(b, t, reps)
+    return out
+
+
+def main(argv):
+    if len(argv) > 1:
+        _usage(f"unexpected arguments: {argv[1:]}")
+    print(json.dumps(run()), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
