@@ -128,10 +128,25 @@ def group_loads(table: LayerTables, n_pe, mapping: str, n_cap: int | None = None
     return _group_loads_jit(table, jnp.asarray(n_pe, jnp.int32), mapping=m, n_cap=cap)
 
 
-def _workload(tables, n, mapping: int, n_cap: int, analysed: tuple[bool, ...]):
-    """Per-layer `Metrics` (stacked `[L]`) and the network `Metrics` for one traced `n`."""
+def _workload(tables, n, mapping: int, n_cap: int, analysed):
+    """Per-layer `Metrics` (stacked `[L]`) and the network `Metrics` for one traced `n`.
+
+    `analysed` is a traced `[L]` bool mask: a layer left out enters `network_metrics` as a layer
+    without work (NaN utilizations, zero counts), which it skips and which adds nothing.
+    """
     per_layer = [layer_metrics(*_group_loads(t, n, mapping, n_cap), n) for t in tables]
-    net = network_metrics([m for m, a in zip(per_layer, analysed, strict=True) if a])
+    nan = jnp.float32(jnp.nan)
+    zero = jnp.int32(0)
+    masked = [
+        Metrics(
+            *(
+                jnp.where(analysed[j], x, e)
+                for x, e in zip(m, (nan, nan, zero, zero, zero), strict=True)
+            )
+        )
+        for j, m in enumerate(per_layer)
+    ]
+    net = network_metrics(masked)
     stacked = Metrics(
         *(jnp.stack([jnp.asarray(x) for x in col]) for col in zip(*per_layer, strict=True))
     )
@@ -158,17 +173,18 @@ def _figures(wl: Metrics, net: Metrics, cfg: HardwareConfig, pixels, rates, anal
     return layer, Figures(*net, *sums)
 
 
-# Static: mapping (selects the kernel), n_cap (bounds the input_split PE axis, a power of two
-# >= every n of the call) and analysed (which layers the network sums cover).
-@functools.partial(jax.jit, static_argnames=("mapping", "n_cap", "analysed"))
-def _simulate_mapping(tables, pixels, rates, uniq_n, inv, configs, *, mapping, n_cap, analysed):
+# Static: mapping (selects the kernel) and n_cap (bounds the input_split PE axis, a power of
+# two >= every n of the call). `analysed` is a traced [L] bool mask.
+@functools.partial(jax.jit, static_argnames=("mapping", "n_cap"))
+def _simulate_mapping(tables, pixels, rates, analysed, uniq_n, inv, configs, *, mapping, n_cap):
     """Invariant: every config's figures equal the loop oracle of that config alone."""
     wl, net = jax.vmap(lambda n: _workload(tables, n, mapping, n_cap, analysed))(uniq_n)  # [U, ...]
-    mask = jnp.asarray(analysed)  # [L]
 
     def one(k, cfg):
         pick = lambda x: x[k]
-        return _figures(jax.tree.map(pick, wl), jax.tree.map(pick, net), cfg, pixels, rates, mask)
+        return _figures(
+            jax.tree.map(pick, wl), jax.tree.map(pick, net), cfg, pixels, rates, analysed
+        )
 
     return jax.vmap(one)(inv, configs)
 
@@ -231,7 +247,7 @@ def simulate(
             raise ValueError(f"spike_rates: need {len(specs)} rates in [0, 1], got {rates}")
     devices = list(jax.devices() if devices is None else devices)
     pixels = np.asarray([s.pixels for s in specs], np.float32)
-    analysed = tuple(bool(s.analysed) for s in specs)
+    analysed = np.asarray([bool(s.analysed) for s in specs])
     tables = [LayerTables(*(jnp.asarray(x, jnp.int32) for x in t)) for t in tables]
     n_total = num_configs(configs)
     parts: list[tuple[np.ndarray, SweepResult]] = []
@@ -242,10 +258,11 @@ def simulate(
         _check_int32(specs, tables, n_max, int(m))
         if dedupe:
             uniq, inv = np.unique(sub.n_pe, return_inverse=True)
-            uniq = np.pad(uniq, (0, _pow2(len(uniq)) - len(uniq)), mode="edge")
         else:
             uniq, inv = sub.n_pe, np.arange(len(idx))
-        n_cap = _pow2(n_max) if m == 1 else 0
+        # Pad to a power of two (>= 8) so sweeps of similar size share one compilation.
+        uniq = np.pad(uniq, (0, max(8, _pow2(len(uniq))) - len(uniq)), mode="edge")
+        n_cap = max(16, _pow2(n_max)) if m == 1 else 0  # few distinct caps, few compilations
         out = _run(tables, pixels, rates, uniq, inv, sub, int(m), n_cap, analysed, devices)
         parts.append((idx, out))
     order = np.empty(n_total, np.int64)
@@ -254,22 +271,27 @@ def simulate(
 
 
 def _run(tables, pixels, rates, uniq, inv, configs, mapping, n_cap, analysed, devices):
-    """One compiled call; shards the config axis when several devices are given."""
+    """One compiled call; shards the config axis when several devices are given.
+
+    The config axis is padded (repeating the last config) to a power of two >= 8, and to a
+    multiple of the device count, so sweeps of similar size reuse one compilation.
+    """
     n = num_configs(configs)
+    d = len(devices)
+    size = max(8, _pow2(n))
+    size += (-size) % d
     inv = np.asarray(inv, np.int32)
     uniq = np.asarray(uniq, np.int32)
-    args = (tables, pixels, rates, uniq)
-    if len(devices) > 1:
-        d = len(devices)
-        pad = (-n) % d
-        configs = HardwareConfig(*(np.concatenate([f, np.repeat(f[-1:], pad)]) for f in configs))
-        inv = np.concatenate([inv, np.repeat(inv[-1:], pad)])
+    configs = HardwareConfig(*(np.concatenate([f, np.repeat(f[-1:], size - n)]) for f in configs))
+    inv = np.concatenate([inv, np.repeat(inv[-1:], size - n)])
+    args = (tables, pixels, rates, analysed, uniq)
+    if d > 1:
         mesh = Mesh(np.asarray(devices), ("config",))
         split = NamedSharding(mesh, PartitionSpec("config"))
         repl = NamedSharding(mesh, PartitionSpec())
         args = jax.device_put(args, repl)
         inv, configs = jax.device_put((inv, configs), split)
-    out = _simulate_mapping(*args, inv, configs, mapping=mapping, n_cap=n_cap, analysed=analysed)
+    out = _simulate_mapping(*args, inv, configs, mapping=mapping, n_cap=n_cap)
     return SweepResult(*jax.tree.map(lambda x: np.asarray(x)[:n], out))
 
 

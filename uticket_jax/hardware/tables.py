@@ -146,19 +146,19 @@ def _vgg_sizes(shapes: Mapping[str, tuple[int, ...]], input_hw: tuple[int, int])
             size[k] = (h, w)
             prev_c = shapes[k][3]
         h, w = h // 2, w // 2
-    _dense_sizes(shapes, names, size, prev_c, (h, w))
+    _dense_sizes(shapes, names, size, prev_c, (h, w), global_pool=False)
     return [size[k] for k in names]
 
 
-def _dense_sizes(shapes, names, size, prev_c, hw) -> None:
-    """Dense layers: the first takes the flattened (or globally pooled) feature map."""
+def _dense_sizes(shapes, names, size, prev_c, hw, global_pool: bool) -> None:
+    """Dense layers: the first takes the flattened (ResNet: or globally pooled) feature map."""
     first = True
     for k in names:
         if len(shapes[k]) != 2:
             continue
         c_in = shapes[k][0]
         if first and prev_c is not None:
-            allowed = {prev_c, prev_c * hw[0] * hw[1]}
+            allowed = {prev_c * hw[0] * hw[1]} | ({prev_c} if global_pool else set())
             if c_in not in allowed:
                 raise ValueError(
                     f"masks: dense layer {k!r} has c_in={c_in}, but the conv stack ends with "
@@ -210,7 +210,7 @@ def _resnet_sizes(shapes: Mapping[str, tuple[int, ...]], input_hw: tuple[int, in
         size[k] = (b["h"], b["w"])
         if leaf == "conv2":
             h, w, c = b["h"], b["w"], c_out
-    _dense_sizes(shapes, names, size, c, (h, w))
+    _dense_sizes(shapes, names, size, c, (h, w), global_pool=True)
     return [size[k] for k in names]
 
 
