@@ -53,7 +53,7 @@ def main(argv) -> None:
     for mapping in MAPPINGS:
         for n in [int(v) for v in _N_PE.value.split(",")]:
             loads = network_loads(masks, n, mapping)
-            count = _time(lambda: network_loads(masks, n, mapping), _REPEATS.value)
+            count = _time(lambda n=n, m=mapping: network_loads(masks, n, m), _REPEATS.value)
 
             def metrics(loads=loads):
                 per = [loads_metrics(v) for v, a in zip(loads.values(), keep, strict=True) if a]
