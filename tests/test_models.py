@@ -45,7 +45,12 @@ def _resnet_paths():
 
 
 EXPECTED_KERNELS = {
-    "digits_snn": ["features/conv0/kernel", "features/conv1/kernel", "classifier/kernel"],
+    "digits_snn": [
+        "features/conv0/kernel",
+        "features/conv1/kernel",
+        "features/conv2/kernel",
+        "classifier/kernel",
+    ],
     "vgg16": _vgg_paths(),
     "resnet19": _resnet_paths(),
 }
@@ -150,7 +155,7 @@ def _conv(y, k):
 def test_digits_folding_equals_per_step_loop():
     """Eval mode: the folded model equals a Python loop over steps carrying each LIF's state."""
     timesteps, batch = 4, 5
-    model = DigitsSNN(num_classes=10, timesteps=timesteps)
+    model = DigitsSNN(num_classes=10, timesteps=timesteps, channels=(16, 32))  # two conv layers
     x = jax.random.normal(jax.random.key(1), (batch, 8, 8, 1)) * 1.5
     variables = _random_stats(_init(model, x), jax.random.key(2))
     out = model.apply(variables, x, train=False)  # [T, B, 10]

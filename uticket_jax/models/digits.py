@@ -1,12 +1,14 @@
 """A small spiking conv net for 8x8x1 digits (the embedded default dataset).
 
-`conv0` 3x3 16 -> BN -> LIF -> `conv1` 3x3 32 -> BN -> LIF -> 2x2 max-pool -> flatten (4x4x32)
--> `classifier`. Direct encoding (`conv0 -> bn0` runs once, its output is the current at each of
-the `T` steps), time folded into the batch for the stateless layers, LIF scanned over `T`, logits
-per step `[T, B, classes]`; the same structure as the paper's VGG16, small enough to train to
-> 90% test accuracy on scikit-learn's digits in seconds on a CPU.
+`conv0` 3x3 32 -> BN -> LIF -> `conv1` 3x3 64 -> BN -> LIF -> `conv2` 3x3 64 -> BN -> LIF ->
+2x2 max-pool -> flatten (4x4x64) -> `classifier`. Direct encoding (`conv0 -> bn0` runs once, its
+output is the current at each of the `T` steps), time folded into the batch for the stateless
+layers, LIF scanned over `T`, logits per step `[T, B, classes]`; the same structure as the
+paper's VGG16, small enough to train to > 90% test accuracy on scikit-learn's digits in seconds
+on a CPU, and wide enough (64-channel layers: 4 groups of 16 PEs) to show PE imbalance.
 
-Params (hwio kernels): `features/conv{0,1}/kernel`, `features/bn{0,1}`, `classifier/{kernel,bias}`.
+Params (hwio kernels): `features/conv{0,1,2}/kernel`, `features/bn{0,1,2}`,
+`classifier/{kernel,bias}`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from uticket_jax.snn import LIFConfig
 
 
 class DigitsFeatures(nn.Module):
-    """conv0/bn0 (once) -> LIF -> conv1/bn1 -> LIF -> pool: `[B, 8, 8, 1] -> [T*B, 4, 4, C1]`."""
+    """conv0/bn0 (once) -> LIF -> (conv/bn -> LIF)... -> pool: `[B, 8, 8, 1] -> [T*B, 4, 4, C]`."""
 
     channels: tuple[int, ...]
     timesteps: int
@@ -59,7 +61,7 @@ class DigitsSNN(nn.Module):
 
     num_classes: int = 10
     timesteps: int = 4
-    channels: tuple[int, ...] = (16, 32)
+    channels: tuple[int, ...] = (32, 64, 64)
     neuron: LIFConfig = LIFConfig()
     conv_impl: str | None = None
 
