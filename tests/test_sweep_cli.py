@@ -1,0 +1,117 @@
+"""End-to-end runs of experiments/sweep.py on tiny masks, and its bad-input handling."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from uticket_jax.masks import save_mask_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "sweep.py")
+
+# A tiny VGG-style net for 8x8 inputs: stages (4, 4) at 8x8 and (8) at 4x4, 2x2 after the last pool.
+SHAPES = {
+    "features/conv0/kernel": (3, 3, 1, 4),
+    "features/conv1/kernel": (3, 3, 4, 4),
+    "features/conv2/kernel": (3, 3, 4, 8),
+    "classifier/kernel": (8 * 2 * 2, 3),
+}
+
+
+def _env():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _popen(args):
+    return subprocess.Popen(
+        [sys.executable, SCRIPT, *args],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def mask_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("masks")
+    rng = np.random.default_rng(0)
+    a = {k: rng.random(s) < 0.3 for k, s in SHAPES.items()}
+    b = {k: rng.random(s) < 0.3 for k, s in SHAPES.items()}
+    save_mask_file(str(d / "a.npz"), a)
+    save_mask_file(str(d / "b.npz"), b)
+    bad = dict(a)
+    bad["classifier/kernel"] = np.ones((7, 3), bool)  # no feature map gives 7 inputs
+    save_mask_file(str(d / "bad_shapes.npz"), bad)
+    np.savez(str(d / "empty.npz"))
+    (d / "rates.json").write_text(json.dumps({"features/conv1/kernel": 0.2}))
+    (d / "bad_rates.json").write_text(json.dumps({"features/conv1/kernel": 1.2}))
+    (d / "unknown_rates.json").write_text(json.dumps({"nope/kernel": 0.2}))
+    return d
+
+
+def test_sweep_end_to_end(mask_files, tmp_path):
+    out = tmp_path / "sweep"
+    common = ["--masks", str(mask_files / "a.npz"), "--compare", str(mask_files / "b.npz")]
+    common += ["--n_pe", "1,2,4", "--input_size", "8", "--timesteps", "2,4"]
+    common += ["--spike_rates", str(mask_files / "rates.json")]
+    p = _popen([*common, "--out", str(out)])
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 0, stderr[-2000:]
+    assert "util_norm" in stdout and "energy_ratio" in stdout
+    rows = json.loads((out / "sweep.json").read_text())
+    assert len(rows) == 2 * 2 * 3 * 2  # masks x mappings x n_pe x T
+    r = rows[0]
+    assert set(r) == {"masks", "config", "network", "layers", "vs_baseline"}
+    assert r["config"]["activity_aware"] is True
+    assert set(r["network"]["energy"]) == {"accumulate", "weight_fetch", "idle", "leakage"}
+    total = sum(r["network"]["energy"].values())
+    assert total == pytest.approx(r["network"]["energy_total"], rel=1e-6)
+    assert [x["name"] for x in r["layers"]] == list(SHAPES)
+    assert [x["analysed"] for x in r["layers"]] == [False, True, True, False]
+    assert all("vs_baseline" not in x for x in rows if x["masks"].endswith("b.npz"))
+    with open(out / "sweep.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and "vs_baseline_seconds" in table[0]
+    for png in ("latency.png", "energy.png", "utilization.png"):
+        assert (out / png).stat().st_size > 1000
+    # A second run without --overwrite refuses and leaves the files alone.
+    before = (out / "sweep.json").stat().st_mtime_ns
+    p = _popen([*common, "--out", str(out)])
+    _, stderr = p.communicate(timeout=120)
+    assert p.returncode != 0 and "--overwrite" in stderr
+    assert (out / "sweep.json").stat().st_mtime_ns == before
+
+
+def test_sweep_bad_inputs(mask_files, tmp_path):
+    a = str(mask_files / "a.npz")
+    cases = {
+        "n_pe": ["--masks", a, "--n_pe", "0,4"],
+        "mapping": ["--masks", a, "--mapping", "diagonal"],
+        "e_acc_pj": ["--masks", a, "--e_acc_pj", "-1"],
+        "clock_mhz": ["--masks", a, "--clock_mhz", "0"],
+        "masks": ["--masks", str(mask_files / "empty.npz")],
+        "dense layer": ["--masks", str(mask_files / "bad_shapes.npz")],
+        "spike_rates": ["--masks", a, "--spike_rates", str(mask_files / "bad_rates.json")],
+        "unknown layer": ["--masks", a, "--spike_rates", str(mask_files / "unknown_rates.json")],
+    }
+    procs = {}
+    for i, (what, args) in enumerate(cases.items()):
+        procs[what] = (_popen([*args, "--input_size", "8", "--out", str(tmp_path / f"o{i}")]), i)
+    for what, (p, i) in procs.items():
+        _, stderr = p.communicate(timeout=120)
+        assert p.returncode == 2, (what, stderr[-1500:])
+        lines = [ln for ln in stderr.splitlines() if ln.startswith("sweep:")]
+        assert len(lines) == 1 and what in lines[0], (what, stderr[-1500:])
+        assert "Traceback" not in stderr
+        assert not (tmp_path / f"o{i}").exists()
