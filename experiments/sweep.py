@@ -39,6 +39,9 @@ _OUT_SIZES = flags.DEFINE_string(
     "out_sizes", None, "Comma list of output sizes, one per layer in file order (overrides).)"
 )
 _ARCH = flags.DEFINE_string("arch", "auto", "Output-size rule: auto, vgg or resnet.")
+_MODEL = flags.DEFINE_string(
+    "model", None, "Take exact output sizes from this project model (e.g. digits_snn, vgg16)."
+)
 _RATES = flags.DEFINE_string("spike_rates", None, "JSON {layer_path: input spike rate in [0,1]}.")
 _CLOCK = flags.DEFINE_string("clock_mhz", "500", "Comma list of clock frequencies, MHz.")
 _E_ACC = flags.DEFINE_string("e_acc_pj", "0.1", "Comma list: energy per accumulate, pJ.")
@@ -143,6 +146,36 @@ def _table(rows: list[dict], limit: int) -> str:
     return text + (f"\n... {more} more rows in sweep.csv" if more > 0 else "")
 
 
+def _model_specs(masks: dict) -> list[hardware.LayerSpec]:
+    """Layer descriptions from the project's model of that name, checked against the masks."""
+    from uticket_jax import models  # imported on demand: flax is only needed here
+
+    if _MODEL.value not in models.MODEL_NAMES:
+        raise ValueError(
+            f"--model: unknown {_MODEL.value!r}; allowed: {', '.join(models.MODEL_NAMES)}"
+        )
+    shapes = [v.shape for v in masks.values()]
+    c_in = int(shapes[0][2]) if len(shapes[0]) == 4 else int(shapes[0][0])
+    try:
+        model = models.get_model(_MODEL.value, num_classes=int(shapes[-1][-1]), timesteps=1)
+        layers = models.describe_layers(model, (_INPUT_SIZE.value, _INPUT_SIZE.value, c_in))
+    except ValueError as e:
+        raise ValueError(
+            f"--model: {_MODEL.value} cannot take these masks/input size ({e})"
+        ) from None
+    got = {x.path: tuple(x.kernel_shape) for x in layers}
+    want = {k: tuple(v.shape) for k, v in masks.items()}
+    if got != want:
+        diff = [k for k in want if got.get(k) != want[k]] or list(got)
+        raise ValueError(
+            f"--model: {_MODEL.value} at input {_INPUT_SIZE.value} does not have "
+            f"the masks' layers (first mismatch: {diff[0]!r})"
+        )
+    return hardware.specs_from_layers(
+        layers, conv_only=_CONV_ONLY.value, skip_first=_SKIP_FIRST.value
+    )
+
+
 def run() -> list[dict]:
     if not _MASKS.value:
         raise ValueError("--masks: required (a mask .npz file)")
@@ -161,17 +194,17 @@ def run() -> list[dict]:
         other = load_mask_file(_COMPARE.value, _LAYOUT.value)
         hardware.check_same_layers(masks, other, "--compare")
         networks[_COMPARE.value] = other
-    out_sizes = None
-    if _OUT_SIZES.value:
-        out_sizes = _ints(_OUT_SIZES)
-    specs = hardware.describe_layers(
-        {k: v.shape for k, v in masks.items()},
-        input_size=_INPUT_SIZE.value,
-        out_sizes=out_sizes,
-        arch=_ARCH.value,
-        conv_only=_CONV_ONLY.value,
-        skip_first=_SKIP_FIRST.value,
-    )
+    if _MODEL.value:
+        specs = _model_specs(masks)
+    else:
+        specs = hardware.describe_layers(
+            {k: v.shape for k, v in masks.items()},
+            input_size=_INPUT_SIZE.value,
+            out_sizes=_ints(_OUT_SIZES) if _OUT_SIZES.value else None,
+            arch=_ARCH.value,
+            conv_only=_CONV_ONLY.value,
+            skip_first=_SKIP_FIRST.value,
+        )
     rates = hardware.load_spike_rates(_RATES.value) if _RATES.value else None
     hardware.spike_rate_vector(rates, specs)  # validates before anything is written
     _prepare_out(_OUT.value)

@@ -374,3 +374,14 @@ def test_sharded_matches_single_device():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "SHARDED_OK 28" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet19"])
+def test_derived_sizes_match_the_project_models(name):
+    models = pytest.importorskip("uticket_jax.models")
+    layers = models.describe_layers(
+        models.get_model(name, num_classes=10, timesteps=1), (32, 32, 3)
+    )
+    exact = hardware.specs_from_layers(layers)
+    derived = hardware.describe_layers({x.path: x.kernel_shape for x in layers}, input_size=32)
+    assert exact == derived

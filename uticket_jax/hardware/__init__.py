@@ -34,6 +34,7 @@ from uticket_jax.hardware.tables import (
     describe_layers,
     load_spike_rates,
     network_tables,
+    specs_from_layers,
     spike_rate_vector,
 )
 
@@ -63,6 +64,7 @@ __all__ = [
     "simulate",
     "simulate_masks",
     "spike_rate_vector",
+    "specs_from_layers",
     "stack_configs",
     "sweep_networks",
     "sweep_rows",

@@ -163,7 +163,7 @@ def _dense_sizes(shapes, names, size, prev_c, hw, global_pool: bool) -> None:
                 raise ValueError(
                     f"masks: dense layer {k!r} has c_in={c_in}, but the conv stack ends with "
                     f"{prev_c} channels of {hw[0]}x{hw[1]} (allowed: {sorted(allowed)}); check "
-                    "input_size or pass explicit output sizes"
+                    "input_size or give the sizes (--out_sizes / --model)"
                 )
         elif not first and c_in != prev_c:
             raise ValueError(f"masks: dense layer {k!r} has c_in={c_in}, expected {prev_c}")
@@ -323,3 +323,23 @@ def check_same_layers(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], 
             raise ValueError(
                 f"{what}: {k!r} has shape {np.shape(b[k])}, the masks have {np.shape(a[k])}"
             )
+
+
+def specs_from_layers(
+    layers: Sequence, *, conv_only: bool = True, skip_first: bool = True
+) -> list[LayerSpec]:
+    """Layer descriptions from a model's own layer table (exact output sizes).
+
+    Args:
+      layers: objects with `path`, `kernel_shape` and `out_hw` in network order, e.g. the
+        `LayerInfo`s of `uticket_jax.models.describe_layers(model, input_shape)`.
+      conv_only, skip_first: which layers are analysed (`workload.metrics.analysed_layers`).
+    """
+    if not layers:
+        raise ValueError("layers: the model has no conv or dense layers")
+    shapes = {x.path: tuple(int(s) for s in x.kernel_shape) for x in layers}
+    analysed = analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first)
+    return [
+        LayerSpec(x.path, as_hwio4(x.kernel_shape), (int(x.out_hw[0]), int(x.out_hw[1])), bool(a))
+        for x, a in zip(layers, analysed, strict=True)
+    ]
