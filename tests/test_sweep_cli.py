@@ -93,6 +93,29 @@ def test_sweep_end_to_end(mask_files, tmp_path):
     assert (out / "sweep.json").stat().st_mtime_ns == before
 
 
+# Runs every bad-input case through the launcher's main() in ONE process (one jax import).
+_DRIVER = """
+import contextlib, importlib.util, io, json, sys
+from absl import flags
+spec = importlib.util.spec_from_file_location("sweep_cli", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+out = {}
+for what, args in json.loads(sys.argv[2]).items():
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["sweep", *args])
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err):
+        try:
+            mod.main(["sweep"])
+        except SystemExit as e:
+            code = e.code
+    out[what] = [code, err.getvalue()]
+print(json.dumps(out))
+"""
+
+
 def test_sweep_bad_inputs(mask_files, tmp_path):
     a = str(mask_files / "a.npz")
     cases = {
@@ -100,18 +123,33 @@ def test_sweep_bad_inputs(mask_files, tmp_path):
         "mapping": ["--masks", a, "--mapping", "diagonal"],
         "e_acc_pj": ["--masks", a, "--e_acc_pj", "-1"],
         "clock_mhz": ["--masks", a, "--clock_mhz", "0"],
+        "timesteps": ["--masks", a, "--timesteps", "2,x"],
         "masks": ["--masks", str(mask_files / "empty.npz")],
+        "no such file": ["--masks", str(mask_files / "missing.npz")],
         "dense layer": ["--masks", str(mask_files / "bad_shapes.npz")],
         "spike_rates": ["--masks", a, "--spike_rates", str(mask_files / "bad_rates.json")],
         "unknown layer": ["--masks", a, "--spike_rates", str(mask_files / "unknown_rates.json")],
+        "--compare": ["--masks", a, "--compare", str(mask_files / "bad_shapes.npz")],
+        "--model": ["--masks", a, "--model", "vgg16"],
     }
-    procs = {}
-    for i, (what, args) in enumerate(cases.items()):
-        procs[what] = (_popen([*args, "--input_size", "8", "--out", str(tmp_path / f"o{i}")]), i)
-    for what, (p, i) in procs.items():
-        _, stderr = p.communicate(timeout=120)
-        assert p.returncode == 2, (what, stderr[-1500:])
-        lines = [ln for ln in stderr.splitlines() if ln.startswith("sweep:")]
-        assert len(lines) == 1 and what in lines[0], (what, stderr[-1500:])
-        assert "Traceback" not in stderr
+    for i, args in enumerate(cases.values()):
+        args += ["--input_size", "8", "--out", str(tmp_path / f"o{i}")]
+    proc = subprocess.run(
+        [sys.executable, "-c", _DRIVER, SCRIPT, json.dumps(cases)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for i, what in enumerate(cases):
+        code, stderr = results[what]
+        assert code == 2, (what, stderr)
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("sweep:") and what in lines[0], (
+            what,
+            stderr,
+        )
         assert not (tmp_path / f"o{i}").exists()
