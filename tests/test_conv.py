@@ -96,9 +96,14 @@ def test_property_matches_lax(n, h, w, c_in, c_out, k, s, padding, impl):
 
 
 def test_choose_impl_policy():
-    # VGG16 at batch 128: tiny outputs leave XLA's conv; the weight gradient is the patch matmul.
-    assert choose_impl((128, 2, 2, 512), (3, 3, 512, 512), (1, 1), ((1, 1), (1, 1))) == ConvImpl(
-        "patches", "patches", "patches"
+    # VGG16 at batch 128: tiny outputs leave XLA's conv; big wide layers use the patch dW.
+    same = ((1, 1), (1, 1))
+    assert choose_impl((128, 2, 2, 512), (3, 3, 512, 512), (1, 1), same) == ConvImpl(
+        "patches", "patches", "lax"
+    )
+    # Few input channels: XLA's weight gradient is faster.
+    assert choose_impl((128, 8, 8, 16), (3, 3, 16, 32), (1, 1), same) == ConvImpl(
+        "lax", "lax", "lax"
     )
     assert choose_impl((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1))) == ConvImpl(
         "lax", "lax", "patches"

@@ -14,8 +14,8 @@ forward pass, the input gradient and the weight gradient are computed:
 
 Why: on XLA:CPU (jax 0.10, 2 cores) the weight-gradient convolution runs 2-3x slower than the
 forward convolution of the same layer, and convolutions with a 2x2 (or smaller) output and
-hundreds of channels hit a slow path (~1 s for VGG16's 2x2x512 layers at batch 128, against
-~6 ms as a matmul). `choose_impl` encodes those measurements; `impl="lax"` turns everything
+hundreds of channels hit a slow path (1.2-2.5 s for one of VGG16's 2x2x512 layers at batch 128,
+against ~12 ms as a matmul). `choose_impl` encodes those measurements; `impl="lax"` turns everything
 back into plain `lax.conv_general_dilated` + autodiff (the reference the tests compare to).
 """
 
@@ -37,6 +37,9 @@ IMPLS = ("auto", "lax", "patches")
 _CHUNK_BYTES = 8 * 2**20
 # Output sizes Ho*Wo at or below which XLA:CPU's convolution takes its slow path.
 _TINY_SPATIAL = 4
+# The patch weight gradient beats XLA's from Ho*Wo >= 64 outputs and C_in >= 64 channels.
+_BIG_SPATIAL = 64
+_WIDE_INPUT = 64
 
 
 class ConvImpl(NamedTuple):
@@ -87,13 +90,18 @@ def _out_hw(in_hw, kernel_hw, strides, pads) -> tuple[int, int]:
 def choose_impl(x_shape, w_shape, strides, pads) -> ConvImpl:
     """The measured-fastest implementation on XLA:CPU for one static convolution shape.
 
-    Forward and input gradient stay on XLA's convolution except for tiny outputs (Ho*Wo <= 4),
-    where it is ~100x slower than the patch matmul; the weight gradient is always the chunked
-    patch matmul (2-3x faster than XLA's at 32x32 and 8x8, equal at 16x16).
+    Measured on 2 CPU cores, VGG16 at batch 4*32 (see experiments/bench_train.py --layers):
+    forward and input gradient stay on XLA's convolution except for tiny outputs
+    (Ho*Wo <= 4), where XLA is ~100x slower than the patch matmul; the weight gradient is the
+    chunked patch matmul where it wins (Ho*Wo >= 64 and C_in >= 64: 1.1-2.7x faster than XLA's)
+    and XLA's elsewhere (few channels or small images, where XLA's is up to 1.6x faster).
     """
     ho, wo = _out_hw(x_shape[1:3], w_shape[:2], strides, pads)
     tiny = ho * wo <= _TINY_SPATIAL
-    return ConvImpl("patches" if tiny else "lax", "patches" if tiny else "lax", "patches")
+    big = ho * wo >= _BIG_SPATIAL and w_shape[2] >= _WIDE_INPUT
+    return ConvImpl(
+        "patches" if tiny else "lax", "patches" if tiny else "lax", "patches" if big else "lax"
+    )
 
 
 def _lax_conv(x, w, strides, pads):
