@@ -227,12 +227,17 @@ def test_activity_aware_scales_accumulates_only():
         np.testing.assert_array_equal(getattr(r_on.layers, f), getattr(r_off.layers, f))
 
 
-def test_vgg16_output_sizes_and_sweep_against_oracle():
-    shapes = vgg16_shapes()
-    specs = hardware.describe_layers(shapes, input_size=32)
+def test_vgg16_output_sizes():
+    specs = hardware.describe_layers(vgg16_shapes(), input_size=32)
     sizes = [s.out_hw[0] for s in specs]
     assert sizes == [32, 32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2, 1]
     assert [s.analysed for s in specs] == [False] + [True] * 12 + [False]
+
+
+@pytest.mark.slow
+def test_full_vgg16_sweep_against_oracle():
+    shapes = vgg16_shapes()
+    specs = hardware.describe_layers(shapes, input_size=32)
     rng = np.random.default_rng(3)
     masks = {k: _random_mask(rng, s, 0.02) for k, s in shapes.items()}
     configs = hardware.config_grid(n_pe=[16], mapping=list(hardware.MAPPINGS), timesteps=[5])
