@@ -14,7 +14,7 @@ import sys
 import time
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 
 from uticket_jax import data, loop, models, results, train
 
@@ -104,6 +104,7 @@ def run() -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # absl's INFO default would print orbax/JAX chatter
     try:
         out = run()
     except (ValueError, loop.TrainingDiverged) as e:

@@ -7,7 +7,9 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -76,3 +78,18 @@ def prepare_workdir(path: str, *, overwrite: bool = False, resume: bool = False)
         )
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def set_aside(workdir: str) -> str | None:
+    """Moves everything in `workdir` into `workdir/replaced-<UTC time>/` (nothing is deleted).
+
+    Returns the new folder, or None when `workdir` was empty.
+    """
+    entries = [e for e in os.listdir(workdir) if not e.startswith("replaced-")]
+    if not entries:
+        return None
+    dest = os.path.join(workdir, time.strftime("replaced-%Y%m%d-%H%M%S", time.gmtime()))
+    os.makedirs(dest)
+    for e in entries:
+        shutil.move(os.path.join(workdir, e), os.path.join(dest, e))
+    return dest
