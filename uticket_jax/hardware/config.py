@@ -187,19 +187,8 @@ def num_configs(config: HardwareConfig) -> int:
 
 def config_rows(config: HardwareConfig) -> list[dict[str, Any]]:
     """JSON-ready dicts, one per config, with the mapping as its name."""
-    cols = {k: np.atleast_1d(np.asarray(v)) for k, v in config._asdict().items()}
-    rows = []
-    for i in range(num_configs(config)):
-        row: dict[str, Any] = {}
-        for k, col in cols.items():
-            v = col[i]
-            if k == "mapping":
-                row[k] = MAPPINGS[int(v)]
-            elif k in _INT_FIELDS:
-                row[k] = int(v)
-            elif k == "activity_aware":
-                row[k] = bool(v)
-            else:
-                row[k] = float(v)
-        rows.append(row)
-    return rows
+    cols = {k: np.atleast_1d(np.asarray(v)).tolist() for k, v in config._asdict().items()}
+    cols["mapping"] = [MAPPINGS[m] for m in cols["mapping"]]
+    for k in _FLOAT_FIELDS:  # float32 values, printed with float32 precision
+        cols[k] = [float(f"{v:.7g}") for v in cols[k]]
+    return [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]

@@ -307,16 +307,40 @@ def simulate_masks(
 
 def _num(x) -> float | None:
     f = float(x)
-    return None if np.isnan(f) else f
+    return None if f != f else f  # NaN (no work) -> None
+
+
+_COUNTS = ("latency", "wasted", "dynamic")
+
+
+def _fig_dict(cols: Mapping[str, Any], *index: int, counts: bool = True) -> dict[str, Any]:
+    """One entry of pre-listed `Figures` columns as `F` (energy grouped by term).
+
+    `counts`: the load-unit counts are exact integers (False for ratios).
+    """
+
+    def at(k):
+        v = cols[k]
+        for i in index:
+            v = v[i]
+        return int(v) if counts and k in _COUNTS else _num(v)
+
+    d = {k: at(k) for k in cols if not k.startswith("energy_")}
+    d["energy"] = {t: at(f"energy_{t}") for t in ENERGY_TERMS}
+    d["energy_total"] = at("energy_total")
+    return d
+
+
+def _columns(fig: Figures) -> dict[str, Any]:
+    return {k: np.asarray(v, np.float64).tolist() for k, v in fig._asdict().items()}
 
 
 def figures_dict(fig: Figures, i: int, j: int | None = None) -> dict[str, Any]:
     """Config `i` (and layer `j`) of `fig` as JSON-ready `F` (energy grouped by term)."""
-    at = (lambda a: np.asarray(a)[i]) if j is None else (lambda a: np.asarray(a)[i, j])
-    d = {k: _num(at(v)) for k, v in fig._asdict().items() if not k.startswith("energy_")}
-    d["energy"] = {t: _num(at(getattr(fig, f"energy_{t}"))) for t in ENERGY_TERMS}
-    d["energy_total"] = _num(at(fig.energy_total))
-    return d
+    cols = {
+        k: np.asarray(v)[i] if j is None else np.asarray(v)[i, j] for k, v in fig._asdict().items()
+    }
+    return _fig_dict(cols)
 
 
 def ratios(result: SweepResult, baseline: SweepResult) -> Figures:
@@ -346,18 +370,19 @@ def sweep_rows(
     per-layer list out (large sweeps).
     """
     cfg_rows = config_rows(configs)
-    rat = ratios(result, baseline) if baseline is not None else None
+    net = _columns(result.network)
+    lay = _columns(result.layers) if layers else None
+    rat = _columns(ratios(result, baseline)) if baseline is not None else None
     rows = []
     for i, cfg in enumerate(cfg_rows):
-        row: dict[str, Any] = {"masks": label, "config": cfg}
-        row["network"] = figures_dict(result.network, i)
-        if layers:
+        row: dict[str, Any] = {"masks": label, "config": cfg, "network": _fig_dict(net, i)}
+        if lay is not None:
             row["layers"] = [
-                {"name": s.name, "analysed": s.analysed, **figures_dict(result.layers, i, j)}
+                {"name": s.name, "analysed": s.analysed, **_fig_dict(lay, i, j)}
                 for j, s in enumerate(specs)
             ]
         if rat is not None:
-            row["vs_baseline"] = {"masks": baseline_label, **figures_dict(rat, i)}
+            row["vs_baseline"] = {"masks": baseline_label, **_fig_dict(rat, i, counts=False)}
         rows.append(row)
     return rows
 
