@@ -390,3 +390,20 @@ def test_derived_sizes_match_the_project_models(name):
     exact = hardware.specs_from_layers(layers)
     derived = hardware.describe_layers({x.path: x.kernel_shape for x in layers}, input_size=32)
     assert exact == derived
+
+
+def test_simulate_compiles_once_and_keeps_dtypes():
+    shapes = ARCHS[0]
+    rng = np.random.default_rng(6)
+    masks = {k: _random_mask(rng, s, 0.4) for k, s in shapes.items()}
+    specs = hardware.describe_layers(shapes, out_sizes=[4, 2, 1])
+    tables = hardware.network_tables(masks, specs)
+    first = hardware.config_grid(n_pe=[1, 2, 3], mapping=list(hardware.MAPPINGS))
+    res = hardware.simulate(tables, specs, first)
+    before = simulator._simulate_mapping._cache_size()
+    second = hardware.config_grid(n_pe=[5, 7, 9, 11], mapping=list(hardware.MAPPINGS))
+    hardware.simulate(tables, specs, second)  # other n, same buckets: no new compilation
+    assert simulator._simulate_mapping._cache_size() == before
+    assert res.layers.latency.dtype == np.int32 and res.network.wasted.dtype == np.int32
+    assert res.layers.cycles.dtype == np.float32 and res.network.energy_total.dtype == np.float32
+    assert res.layers.cycles.shape == (6, 3) and res.network.cycles.shape == (6,)

@@ -25,7 +25,8 @@ Mappings with a traced `n = n_pe`:
 Evaluation: the workload part depends on (mapping, n_pe) only, so a sweep evaluates it once per
 distinct n_pe (vmapped, traced n) and then every config (vmapped) from a gather of it; the
 mapping is dispatched outside jit (one compiled kernel per mapping). With several devices the
-config axis is sharded (`NamedSharding(Mesh(devices, ('config',)), P('config'))`).
+config axis is sharded (`NamedSharding(Mesh(devices, ('config',)), P('config'))`, padded to a
+multiple of the device count); the small per-distinct-n_pe workload table is replicated.
 
 Precision: load-unit figures (latency, wasted, dynamic) are exact int32 (a host check refuses
 configs whose counts could overflow); cycles, seconds and energies are float32 products and sums of
@@ -91,8 +92,8 @@ def _group_loads(table: LayerTables, n, mapping: int, n_cap: int):
         counts = table.channel_counts  # [C]
         c_out = counts.shape[0]
         seg = jnp.arange(c_out, dtype=jnp.int32) // n  # group of each output channel
-        gsum = jax.ops.segment_sum(counts, seg, num_segments=c_out)
-        gmax = jax.ops.segment_max(counts, seg, num_segments=c_out)
+        gsum = jax.ops.segment_sum(counts, seg, num_segments=c_out, indices_are_sorted=True)
+        gmax = jax.ops.segment_max(counts, seg, num_segments=c_out, indices_are_sorted=True)
         return gsum, jnp.maximum(gmax, 0)  # empty segments hold the dtype minimum
     prefix = table.prefix  # [C, K + 1]
     c_in = prefix.shape[1] - 1
