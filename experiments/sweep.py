@@ -36,13 +36,19 @@ _CONV_ONLY = flags.DEFINE_bool("conv_only", True, "Analyse conv layers only (pap
 _TIMESTEPS = flags.DEFINE_string("timesteps", "5", "Comma list of SNN time steps T.")
 _INPUT_SIZE = flags.DEFINE_integer("input_size", 32, "Input height = width (derives out sizes).")
 _OUT_SIZES = flags.DEFINE_string(
-    "out_sizes", None, "Comma list of output sizes, one per layer in file order (overrides).)"
+    "out_sizes",
+    None,
+    "Comma list of output sizes (H = W), one per layer in file order; overrides derivation.",
 )
 _ARCH = flags.DEFINE_string("arch", "auto", "Output-size rule: auto, vgg or resnet.")
 _MODEL = flags.DEFINE_string(
     "model", None, "Take exact output sizes from this project model (e.g. digits_snn, vgg16)."
 )
-_RATES = flags.DEFINE_string("spike_rates", None, "JSON {layer_path: input spike rate in [0,1]}.")
+_RATES = flags.DEFINE_string(
+    "spike_rates",
+    None,
+    "JSON {layer_path: input spike rate in [0, 1]}; turns on activity-aware accumulate energy.",
+)
 _CLOCK = flags.DEFINE_string("clock_mhz", "500", "Comma list of clock frequencies, MHz.")
 _E_ACC = flags.DEFINE_string("e_acc_pj", "0.1", "Comma list: energy per accumulate, pJ.")
 _E_FETCH = flags.DEFINE_string("e_fetch_pj", "5.0", "Comma list: energy per weight fetch, pJ.")
