@@ -40,8 +40,11 @@ class Checkpointer:
         )
         self._manager.wait_until_finished()
 
-    def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    def restore(self, template: Any = None, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restores `(state, meta)` of `step` (default: the newest) into `template`'s structure.
+
+        Without a template the arrays come back as saved, in nested dicts and lists (for
+        inspecting a run); with one, NamedTuples and shapes are checked and rebuilt.
 
         Raises:
           CheckpointError: no checkpoint, unreadable files, or arrays that do not match the
@@ -50,7 +53,9 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"--resume: no checkpoint found under {self.directory}")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        abstract = None
+        if template is not None:
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         try:
             restored = self._manager.restore(
                 step,
@@ -64,7 +69,8 @@ class Checkpointer:
                 f"--resume: checkpoint step {step} under {self.directory} cannot be restored"
                 f" into this run's configuration ({first})"
             ) from None
-        _check_shapes(template, restored.state, step, self.directory)
+        if template is not None:
+            _check_shapes(template, restored.state, step, self.directory)
         return restored.state, restored.meta
 
     def close(self) -> None:

@@ -1,0 +1,311 @@
+"""The u-Ticket pipeline: prune, rebalance and rewind per round, resume, sharding, launcher."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from uticket_jax import data, lth, masks, report
+from uticket_jax.checkpoint import Checkpointer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """256 training and 128 test digits: each epoch is 4 steps of 64."""
+    ds = data.load_dataset("digits")
+    return ds._replace(
+        train_images=ds.train_images[:256],
+        train_labels=ds.train_labels[:256],
+        test_images=ds.test_images[:128],
+        test_labels=ds.test_labels[:128],
+    )
+
+
+def _cfg(**kw):
+    base = dict(
+        timesteps=2,
+        epochs=2,
+        rounds=2,
+        rewind_epoch=1,
+        batch_size=64,
+        prune_percent=40.0,
+        eval_batch_size=128,
+        n_pe=16,
+    )
+    return lth.LTHConfig(**(base | kw))
+
+
+def _run(cfg, ds, ckpt=None):
+    masks_by_stage = {}
+
+    def keep(record, masks_flat, records):
+        masks_by_stage[(record["round"], record["arm"])] = {
+            k: np.asarray(v) for k, v in masks_flat.items()
+        }
+
+    records = lth.run(
+        cfg, ds, checkpointer=ckpt, on_stage_end=keep, progress=False, log=lambda s: None
+    )
+    return records, masks_by_stage
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("full"))
+    with Checkpointer(path) as ckpt:
+        records, stage_masks = _run(_cfg(), tiny, ckpt)
+    return records, stage_masks, path
+
+
+def test_rounds_prune_rebalance_and_record(full_run):
+    records, stage_masks, _ = full_run
+    assert [(r["round"], r["arm"]) for r in records] == [
+        (0, "dense"),
+        (1, "lth"),
+        (1, "uticket"),
+        (2, "lth"),
+        (2, "uticket"),
+    ]
+    assert records[0]["sparsity"] == 0.0
+    for rnd in (1, 2):
+        lth_rec = next(r for r in records if r["round"] == rnd and r["arm"] == "lth")
+        ut_rec = next(r for r in records if r["round"] == rnd and r["arm"] == "uticket")
+        # IMP: 40 % of the survivors per round, global scope.
+        assert lth_rec["sparsity"] == pytest.approx(1 - 0.6**rnd, abs=1e-3)
+        # u-Ticket balances every analysed layer exactly (ceil_mean), LTH does not.
+        assert ut_rec["hardware"]["network"]["utilization"] == pytest.approx(1.0)
+        assert lth_rec["hardware"]["network"]["utilization"] < 1.0
+        assert ut_rec["rebalance"]["regrown"] > 0
+        assert ut_rec["hardware"]["network"]["cycles"] < lth_rec["hardware"]["network"]["cycles"]
+        for rec in (lth_rec, ut_rec):
+            assert 0.0 <= rec["test_accuracy"] <= 1.0
+            rates = rec["spike_rates"]
+            assert set(rates) == set(stage_masks[(0, "dense")])
+            assert all(0.0 <= v <= 1.0 for v in rates.values())
+            energy = rec["hardware"]["activity_aware"]["energy"]
+            assert sum(energy.values()) == pytest.approx(
+                rec["hardware"]["activity_aware"]["energy_total"], rel=1e-5
+            )
+    # Each arm's masks only shrink round to round (except u-Ticket's regrowth on analysed layers).
+    dense = stage_masks[(0, "dense")]
+    first = stage_masks[(1, "lth")]
+    second = stage_masks[(2, "lth")]
+    for k in dense:
+        assert not (second[k] & ~first[k]).any()
+    # Non-analysed layers (first conv, classifier) are never touched by the rebalance.
+    ut = stage_masks[(1, "uticket")]
+    assert (ut["features/conv0/kernel"] == first["features/conv0/kernel"]).all()
+    assert (ut["classifier/kernel"] == first["classifier/kernel"]).all()
+    rows = report.summary_rows(records)
+    table = report.format_table(rows)
+    assert "uticket" in table and "%" in table
+    pairs = report.paired_rows(rows)
+    assert pairs[0]["latency_reduction_pct"] > 0
+
+
+def test_rewind_restores_the_rewind_point(tiny, tmp_path):
+    """With a vanishing learning rate, round 1's weights are the rewind point times the mask."""
+    cfg = _cfg(rounds=1, epochs=1, rewind_epoch=0, lr=1e-12, schedule="constant", arms=("lth",))
+    with Checkpointer(str(tmp_path)) as ckpt:
+        _, stage_masks = _run(cfg, tiny, ckpt)
+        state, meta = ckpt.restore()
+    model = lth.models.get_model(cfg.arch, num_classes=10, timesteps=cfg.timesteps)
+    init_key = jax.random.split(jax.random.key(cfg.seed), 3)[0]
+    init = lth.loop.init_variables(model, tiny.image_shape, init_key)
+    trained = masks.flatten(state["arms"]["lth"]["trained"])
+    m = stage_masks[(1, "lth")]
+    for k, w0 in masks.flatten(init["params"]).items():
+        if k in m:
+            np.testing.assert_allclose(trained[k], np.where(m[k], w0, 0.0), atol=1e-6)
+    assert meta["stage"] == 2
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillingCheckpointer(Checkpointer):
+    """Saves normally, then 'dies' right after save number `kill_at`."""
+
+    def __init__(self, path, kill_at):
+        super().__init__(path)
+        self.kill_at = kill_at
+
+    def save(self, step, state, meta):
+        super().save(step, state, meta)
+        if step == self.kill_at:
+            raise _Killed
+
+
+@pytest.mark.parametrize("kill_at", [3, 5])  # 3: right after round 0; 5: inside round 1 (lth)
+def test_resume_ends_with_the_same_masks_and_figures(full_run, tiny, tmp_path, kill_at):
+    records, stage_masks, _ = full_run
+    with _KillingCheckpointer(str(tmp_path), kill_at) as ckpt, pytest.raises(_Killed):
+        _run(_cfg(), tiny, ckpt)
+    with Checkpointer(str(tmp_path)) as ckpt:
+        resumed, resumed_masks = _run(_cfg(), tiny, ckpt)
+
+    def strip(r):
+        return {k: v for k, v in r.items() if k != "seconds"}
+
+    assert [strip(r) for r in resumed] == [strip(r) for r in records]
+    for key, m in resumed_masks.items():
+        for k in m:
+            np.testing.assert_array_equal(m[k], stage_masks[key][k])
+
+
+def test_resume_with_another_configuration_is_refused(full_run, tiny, tmp_path):
+    _, _, path = full_run
+    with Checkpointer(path) as ckpt, pytest.raises(ValueError, match="resume"):
+        lth.run(_cfg(prunable="conv"), tiny, checkpointer=ckpt, progress=False)
+
+
+def test_early_time_ticket_chooses_and_records_a_timestep(tiny):
+    cfg = _cfg(
+        timesteps=3, rounds=2, arms=("lth",), et=True, et_candidates=(1, 2), et_threshold=10.0
+    )
+    records, _ = _run(cfg, tiny)
+    et = records[0]["et"]
+    assert et["timesteps"] == 1 and set(et["normalized_kl"]) == {1, 2}
+    assert [r["timesteps"] for r in records] == [3, 1, 3]  # search round 1 at T=1, final at 3
+
+
+@pytest.mark.parametrize(
+    "kw, flag",
+    [
+        ({"rounds": 0}, "--rounds"),
+        ({"prune_percent": 100.0}, "--prune_percent"),
+        ({"timesteps": 0}, "--timesteps"),
+        ({"n_pe": 0}, "--n_pe"),
+        ({"mapping": "tiles"}, "--mapping"),
+        ({"policy": "best"}, "--policy"),
+        ({"dataset": "mnist"}, "--dataset"),
+        ({"rewind_epoch": 2}, "--rewind_epoch"),
+        ({"arms": ("lth", "x")}, "--arms"),
+    ],
+)
+def test_bad_configuration_names_the_flag(kw, flag):
+    with pytest.raises(ValueError, match=flag):
+        _cfg(**kw).validate()
+
+
+_SHARDED = textwrap.dedent(
+    """
+    import json, jax, numpy as np
+    from uticket_jax import data, loop, models, train
+    ds = data.load_dataset("digits")
+    model = models.get_model("digits_snn", num_classes=10, timesteps=2)
+    variables = loop.init_variables(model, ds.image_shape, jax.random.key(0))
+    out = {}
+    for n in (1, 4):
+        dp = loop.data_parallel(jax.devices()[:n])
+        tx = train.make_optimizer(lr=0.05, total_steps=20)
+        state = loop.replicate(dp, train.create_train_state(model.apply, variables, tx))
+        losses = []
+        for step, (x, y) in enumerate(data.batches(
+                ds.train_images, ds.train_labels, batch_size=64, key=jax.random.key(1))):
+            if step == 5:
+                break
+            state, m = train.train_step(state, *loop.shard(dp, x, y))
+            losses.append(float(m["loss"]))
+        out[n] = losses
+    print(json.dumps({"devices": jax.device_count(), "losses": out}))
+    """
+)
+
+
+@pytest.mark.multidevice
+def test_data_parallel_step_matches_single_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 4
+    np.testing.assert_allclose(out["losses"]["4"], out["losses"]["1"], rtol=2e-4, atol=2e-5)
+
+
+def _launch(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "lth.py"), "--progress=false", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.slow
+def test_launcher_one_round_end_to_end(tmp_path):
+    work = str(tmp_path / "run")
+    args = [
+        "--workdir",
+        work,
+        "--rounds",
+        "1",
+        "--epochs",
+        "1",
+        "--rewind_epoch",
+        "0",
+        "--timesteps",
+        "2",
+    ]
+    proc = _launch(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for f in (
+        "config.json",
+        "rounds.jsonl",
+        "summary.json",
+        "summary.csv",
+        "accuracy_vs_sparsity.png",
+        "utilization_vs_sparsity.png",
+        "latency_vs_sparsity.png",
+        "energy_vs_sparsity.png",
+        "masks/round00_dense.npz",
+        "masks/round01_lth.npz",
+        "masks/round01_uticket.npz",
+    ):
+        assert os.path.exists(os.path.join(work, f)), f
+    assert "uticket" in proc.stdout and "lat_red" in proc.stdout
+    lines = open(os.path.join(work, "rounds.jsonl")).read().splitlines()
+    assert len(lines) == 3
+    ut = masks.load_mask_file(os.path.join(work, "masks/round01_uticket.npz"))
+    assert list(ut)[0] == "features/conv0/kernel"
+    before = open(os.path.join(work, "rounds.jsonl")).read()
+    # An existing workdir is refused without --resume/--overwrite, and nothing changes.
+    again = _launch(*args)
+    assert again.returncode != 0 and "--workdir" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    assert open(os.path.join(work, "rounds.jsonl")).read() == before
+    # Resuming a finished run recomputes nothing and ends with the same table.
+    resumed = _launch(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert open(os.path.join(work, "rounds.jsonl")).read() == before
+    # Resuming with other flags is refused.
+    other = _launch(*args[:-2], "--timesteps", "3", "--resume")
+    assert other.returncode != 0 and "flags differ" in other.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--prune_percent", "0"], "--prune_percent"),
+        (["--preset", "nope"], "--preset"),
+        (["--preset", "vgg16_cifar10"], "--data_dir"),
+        (["--n_pe", "-1"], "--n_pe"),
+    ],
+)
+def test_launcher_bad_flags_fail_in_one_line(tmp_path, args, needle):
+    proc = _launch("--workdir", str(tmp_path / "w"), *args)
+    assert proc.returncode != 0
+    assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "w")
