@@ -233,6 +233,11 @@ def test_data_parallel_step_matches_single_device():
     np.testing.assert_allclose(out["losses"]["4"], out["losses"]["1"], rtol=2e-4, atol=2e-5)
 
 
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
 def _launch(*args, cwd=ROOT):
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "experiments", "lth.py"), "--progress=false", *args],
@@ -275,20 +280,20 @@ def test_launcher_one_round_end_to_end(tmp_path):
     ):
         assert os.path.exists(os.path.join(work, f)), f
     assert "uticket" in proc.stdout and "lat_red" in proc.stdout
-    lines = open(os.path.join(work, "rounds.jsonl")).read().splitlines()
+    lines = _read(os.path.join(work, "rounds.jsonl")).splitlines()
     assert len(lines) == 3
     ut = masks.load_mask_file(os.path.join(work, "masks/round01_uticket.npz"))
     assert list(ut)[0] == "features/conv0/kernel"
-    before = open(os.path.join(work, "rounds.jsonl")).read()
+    before = _read(os.path.join(work, "rounds.jsonl"))
     # An existing workdir is refused without --resume/--overwrite, and nothing changes.
     again = _launch(*args)
     assert again.returncode != 0 and "--workdir" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
-    assert open(os.path.join(work, "rounds.jsonl")).read() == before
+    assert _read(os.path.join(work, "rounds.jsonl")) == before
     # Resuming a finished run recomputes nothing and ends with the same table.
     resumed = _launch(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert open(os.path.join(work, "rounds.jsonl")).read() == before
+    assert _read(os.path.join(work, "rounds.jsonl")) == before
     # Resuming with other flags is refused.
     other = _launch(*args[:-2], "--timesteps", "3", "--resume")
     assert other.returncode != 0 and "flags differ" in other.stderr
