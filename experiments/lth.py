@@ -6,7 +6,9 @@ r"""The main job: lottery-ticket pruning of an SNN with and without u-Ticket, si
 
 Writes into --workdir: config.json, rounds.jsonl (one line per round and arm), masks/ (the
 project's .npz mask files, one per round and arm, readable by experiments/sweep.py and
-experiments/rebalance.py), summary.json, summary.csv, the plots (*.png) and checkpoints/ (orbax).
+experiments/rebalance.py), weights/ (the trained kernels, same keys; --nosave_weights skips them),
+spike_rates/ (per-layer input spike rates, for sweep.py --spike_rates), summary.json,
+summary.csv, the plots (*.png) and checkpoints/ (orbax).
 Every flag left unset takes the preset's value (see uticket_jax/presets.py).
 """
 
@@ -24,7 +26,7 @@ from absl import app, flags, logging
 from uticket_jax import data, lth, presets, report, results
 from uticket_jax.checkpoint import Checkpointer, CheckpointError
 from uticket_jax.loop import TrainingDiverged
-from uticket_jax.masks import save_mask_file
+from uticket_jax.masks import save_mask_file, save_npz_atomic
 
 _F = lth.LTHConfig()
 _PRESET = flags.DEFINE_string("preset", "digits", f"One of {', '.join(presets.PRESETS)}.")
@@ -35,6 +37,9 @@ _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Start afresh; earlier results move to WORKDIR/replaced-<time>/."
 )
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
+_SAVE_WEIGHTS = flags.DEFINE_bool(
+    "save_weights", True, "Write each stage's trained kernels to WORKDIR/weights/ (.npz)."
+)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host runs)."
 )
@@ -136,9 +141,14 @@ def main(argv):
 
 
 def _run(cfg, dataset, workdir):
-    def on_stage_end(record, masks_flat, records):
-        name = f"round{record['round']:02d}_{record['arm']}.npz"
-        save_mask_file(os.path.join(workdir, "masks", name), masks_flat)
+    def on_stage_end(record, masks_flat, weights_flat, records):
+        stem = f"round{record['round']:02d}_{record['arm']}"
+        save_mask_file(os.path.join(workdir, "masks", f"{stem}.npz"), masks_flat)
+        if _SAVE_WEIGHTS.value:
+            save_npz_atomic(os.path.join(workdir, "weights", f"{stem}.npz"), weights_flat)
+        results.write_json(
+            os.path.join(workdir, "spike_rates", f"{stem}.json"), record["spike_rates"]
+        )
         lines = "".join(json.dumps(results.jsonable(r)) + "\n" for r in records)
         results.write_text_atomic(os.path.join(workdir, "rounds.jsonl"), lines)
 
@@ -162,7 +172,10 @@ def _finish(records, workdir):
     results.write_csv(os.path.join(workdir, "summary.csv"), rows)
     plots = report.plot_run(rows, workdir)
     print(report.format_table(rows))
-    print(f"wrote {workdir}: config.json rounds.jsonl summary.json summary.csv masks/ checkpoints/")
+    print(
+        f"wrote {workdir}: config.json rounds.jsonl summary.json summary.csv masks/ weights/"
+        " spike_rates/ checkpoints/"
+    )
     print("plots: " + " ".join(os.path.basename(p) for p in plots))
 
 

@@ -45,7 +45,8 @@ def _cfg(**kw):
 def _run(cfg, ds, ckpt=None):
     masks_by_stage = {}
 
-    def keep(record, masks_flat, records):
+    def keep(record, masks_flat, weights_flat, records):
+        assert list(weights_flat) == list(masks_flat)
         masks_by_stage[(record["round"], record["arm"])] = {
             k: np.asarray(v) for k, v in masks_flat.items()
         }
@@ -294,6 +295,51 @@ def test_launcher_one_round_end_to_end(tmp_path):
     resumed = _launch(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _read(os.path.join(work, "rounds.jsonl")) == before
+    # The other tools read the run's files directly.
+    rb = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "experiments", "rebalance.py"),
+            "--masks",
+            os.path.join(work, "masks/round01_lth.npz"),
+            "--weights",
+            os.path.join(work, "weights/round01_lth.npz"),
+            "--n_pe",
+            "16",
+            "--out",
+            str(tmp_path / "balanced.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rb.returncode == 0, rb.stderr[-2000:]
+    assert json.loads(rb.stdout)["network"]["after"]["utilization"] == pytest.approx(1.0)
+    sw = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "experiments", "sweep.py"),
+            "--masks",
+            os.path.join(work, "masks/round01_uticket.npz"),
+            "--compare",
+            os.path.join(work, "masks/round01_lth.npz"),
+            "--model",
+            "digits_snn",
+            "--input_size",
+            "8",
+            "--n_pe",
+            "16",
+            "--spike_rates",
+            os.path.join(work, "spike_rates/round01_uticket.json"),
+            "--out",
+            str(tmp_path / "sweep"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert sw.returncode == 0, sw.stderr[-2000:]
+    assert os.path.exists(tmp_path / "sweep" / "sweep.json")
     # Resuming with other flags is refused.
     other = _launch(*args[:-2], "--timesteps", "3", "--resume")
     assert other.returncode != 0 and "flags differ" in other.stderr

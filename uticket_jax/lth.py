@@ -41,10 +41,9 @@ from uticket_jax import train as train_lib
 from uticket_jax.checkpoint import Checkpointer
 from uticket_jax.hardware import config as hw_config
 from uticket_jax.hardware import simulator
-from uticket_jax.hardware.tables import LayerSpec, as_hwio4
+from uticket_jax.hardware.tables import specs_from_layers
 from uticket_jax.masks import flatten, make_masks, sparsity_report, unflatten
 from uticket_jax.spikes import input_spike_rates
-from uticket_jax.workload.metrics import analysed_layers
 
 ARMS = ("lth", "uticket")
 PRUNABLE = ("conv_dense", "conv")
@@ -137,17 +136,6 @@ def stage_at(cfg: LTHConfig, index: int, et_timesteps: int | None) -> Stage:
     return Stage(index, rnd, arm, et_timesteps if search else cfg.timesteps)
 
 
-def layer_specs(cfg: LTHConfig, model: Any, image_shape, masks_flat: dict) -> list[LayerSpec]:
-    """Simulator layer descriptions of the prunable layers, in network order."""
-    infos = {i.path: i for i in models.describe_layers(model, (1, *image_shape))}
-    names = [n for n in infos if n in masks_flat]
-    flags = analysed_layers([infos[n].kernel_shape for n in names], skip_first=cfg.skip_first_layer)
-    return [
-        LayerSpec(n, as_hwio4(infos[n].kernel_shape), tuple(infos[n].out_hw), a)
-        for n, a in zip(names, flags, strict=True)
-    ]
-
-
 def _prunable_rule(cfg: LTHConfig) -> Callable[[str, Any], bool]:
     ranks = (2, 4) if cfg.prunable == "conv_dense" else (4,)
     return lambda path, leaf: path.endswith("/kernel") and np.ndim(leaf) in ranks
@@ -204,7 +192,8 @@ def run(
     dataset: data_lib.Dataset,
     *,
     checkpointer: Checkpointer | None = None,
-    on_stage_end: Callable[[dict[str, Any], dict[str, np.ndarray], list[dict]], None] | None = None,
+    on_stage_end: Callable[[dict[str, Any], dict[str, Any], dict[str, Any], list[dict]], None]
+    | None = None,
     dp: loop.DataParallel | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -216,8 +205,9 @@ def run(
       dataset: the data.
       checkpointer: where to save after every epoch and stage; a run resumes from its newest
         checkpoint. None: no checkpoints.
-      on_stage_end: `f(record, masks_flat, records_so_far)` after each stage, before its checkpoint
-        (the launcher writes mask files and tables there; it must be idempotent).
+      on_stage_end: `f(record, masks_flat, weights_flat, records_so_far)` after each stage, before
+        its checkpoint, with the stage's masks and trained kernels of the prunable layers in
+        network order (the launcher writes files there; it must be idempotent).
       dp: data-parallel shardings (default: all devices).
       progress: progress bars.
       log: where the one-line stage summaries go.
@@ -249,9 +239,11 @@ def run(
     full_model = model_for(cfg.timesteps)
     variables = loop.init_variables(full_model, dataset.image_shape, init_key)
     mask_tree = make_masks(variables["params"], _prunable_rule(cfg))
-    order = [i.path for i in models.describe_layers(full_model, (1, *dataset.image_shape))]
-    order = [k for k in order if k in flatten(mask_tree)]
-    specs = layer_specs(cfg, full_model, dataset.image_shape, flatten(mask_tree))
+    prunable = flatten(mask_tree)
+    infos = models.describe_layers(full_model, (1, *dataset.image_shape))
+    infos = [i for i in infos if i.path in prunable]  # network order
+    order = [i.path for i in infos]
+    specs = specs_from_layers(infos, skip_first=cfg.skip_first_layer)
 
     def fresh_state(model, params_vars, masks):
         return train_lib.create_train_state(model.apply, params_vars, tx, masks)
@@ -384,7 +376,8 @@ def run(
             f" energy {hw['energy_total']:.4g} J ({record['seconds']:.1f} s)"
         )
         if on_stage_end is not None:
-            on_stage_end(record, masks_flat, meta["records"])
+            weights_flat = _order(flatten(state.params), order)
+            on_stage_end(record, masks_flat, weights_flat, meta["records"])
         meta["stage"] += 1
         meta["epoch"] = 0
         save()
