@@ -49,21 +49,27 @@ _SHAPES = {"digits_snn": (8, 8, 1), "vgg16": (32, 32, 3)}
 _NUM_CLASSES = 10
 
 
-def _best_rate(step, n_images: int, steps: int, repeats: int) -> float:
-    """Images/s of the best of `repeats` timed runs of `steps` calls of `step()` (warmed up)."""
-    step()
-    step()
-    best = float("inf")
+def best_rates(steps: dict, n_images: int, n_steps: int, repeats: int) -> dict:
+    """Images/s of each warmed-up `steps[name]()`, best of `repeats` runs of `n_steps` calls.
+
+    The variants are timed round-robin (one run of each per repeat) so that a change in the load
+    of a shared machine hits them alike.
+    """
+    for step in steps.values():  # compile and warm up
+        step()
+        step()
+    best = dict.fromkeys(steps, float("inf"))
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        best = min(best, time.perf_counter() - t0)
-    return n_images * steps / best
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(n_steps):
+                step()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: n_images * n_steps / t for name, t in best.items()}
 
 
-def bench_ours(name: str, conv_impl: str, batch: int, timesteps: int, steps, repeats) -> float:
-    """Images/s of `train.train_step` for model `name` with convolutions `conv_impl`."""
+def ours_step(name: str, conv_impl: str, batch: int, timesteps: int):
+    """One-call closure running `train.train_step` for model `name` with `conv_impl` convs."""
     model = models.get_model(
         name, num_classes=_NUM_CLASSES, timesteps=timesteps, conv_impl=conv_impl
     )
@@ -78,11 +84,11 @@ def bench_ours(name: str, conv_impl: str, batch: int, timesteps: int, steps, rep
         holder[0], metrics = train.train_step(holder[0], images, labels)
         jax.block_until_ready(metrics["loss"])
 
-    return _best_rate(step, batch, steps, repeats)
+    return step
 
 
-def bench_spikingjelly(batch: int, timesteps: int, steps: int, repeats: int) -> float | None:
-    """Images/s of the same VGG16-BN SNN in SpikingJelly (multi-step), or None if not installed."""
+def spikingjelly_step(batch: int, timesteps: int):
+    """One-call closure training the same VGG16-BN SNN in SpikingJelly, None if not installed."""
     try:
         import torch
         from spikingjelly.activation_based import functional, layer, neuron, surrogate
@@ -138,7 +144,7 @@ def bench_spikingjelly(batch: int, timesteps: int, steps: int, repeats: int) -> 
         opt.step()
         functional.reset_net(body)
 
-    return _best_rate(step, batch, steps, repeats)
+    return step
 
 
 def _vgg16_conv_shapes(batch: int, timesteps: int):
@@ -211,20 +217,25 @@ def run() -> dict:
     }
     b, t, reps = _BATCH.value, _T.value, _REPEATS.value
     for name in _MODELS.value:
-        steps = _STEPS.value * (20 if name == "digits_snn" else 1)
-        res = {"ours_images_per_s": round(bench_ours(name, "auto", b, t, steps, reps), 2)}
+        steps = {"ours": ours_step(name, "auto", b, t)}
         if _PLAIN.value:
-            plain = bench_ours(name, "lax", b, t, steps, reps)
-            res["ours_plain_conv_images_per_s"] = round(plain, 2)
-            res["custom_conv_speedup"] = round(res["ours_images_per_s"] / plain, 3)
+            steps["plain"] = ours_step(name, "lax", b, t)
         if name == "vgg16" and _PEER.value:
-            theirs = bench_spikingjelly(b, t, _STEPS.value, reps)
-            if theirs is not None:
-                import torch
+            peer = spikingjelly_step(b, t)
+            if peer is not None:
+                steps["spikingjelly"] = peer
+        n_steps = _STEPS.value * (20 if name == "digits_snn" else 1)
+        rates = best_rates(steps, b, n_steps, reps)
+        res = {"ours_images_per_s": round(rates["ours"], 2)}
+        if "plain" in rates:
+            res["ours_plain_conv_images_per_s"] = round(rates["plain"], 2)
+            res["custom_conv_speedup"] = round(rates["ours"] / rates["plain"], 3)
+        if "spikingjelly" in rates:
+            import torch
 
-                res["spikingjelly_images_per_s"] = round(theirs, 2)
-                res["ratio"] = round(res["ours_images_per_s"] / theirs, 3)
-                res["torch_threads"] = torch.get_num_threads()
+            res["spikingjelly_images_per_s"] = round(rates["spikingjelly"], 2)
+            res["ratio"] = round(rates["ours"] / rates["spikingjelly"], 3)
+            res["torch_threads"] = torch.get_num_threads()
         out[name] = res
     if _LAYERS.value:
         out["vgg16_layers"] = bench_layers(b, t, reps)

@@ -70,7 +70,8 @@ def test_weight_grad_chunked_with_ragged_batch(monkeypatch):
     # Force several chunks and a batch that is not a multiple of the chunk size.
     import uticket_jax.models.conv as conv_mod
 
-    monkeypatch.setattr(conv_mod, "_CHUNK_BYTES", 4 * 4 * 9 * 3 * 4 * 2)  # two images a chunk
+    # Three images a chunk: 7 images -> 3 chunks of 3, two zero images padded in.
+    monkeypatch.setattr(conv_mod, "_CHUNK_BYTES", 4 * 4 * 9 * 3 * 4 * 3)
     _check((7, 4, 4, 3), (3, 3), 2, (1, 1), "SAME", "patches")
 
 
@@ -105,6 +106,7 @@ def test_choose_impl_policy():
     assert choose_impl((128, 8, 8, 16), (3, 3, 16, 32), (1, 1), same) == ConvImpl(
         "lax", "lax", "lax"
     )
+    assert choose_impl((128, 8, 8, 64), (3, 3, 64, 64), (1, 1), same).weight_grad == "lax"
     assert choose_impl((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1))) == ConvImpl(
         "lax", "lax", "patches"
     )

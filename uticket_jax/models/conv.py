@@ -37,9 +37,11 @@ IMPLS = ("auto", "lax", "patches")
 _CHUNK_BYTES = 8 * 2**20
 # Output sizes Ho*Wo at or below which XLA:CPU's convolution takes its slow path.
 _TINY_SPATIAL = 4
-# The patch weight gradient beats XLA's from Ho*Wo >= 64 outputs and C_in >= 64 channels.
+# The patch weight gradient beats XLA's from Ho*Wo >= 64 outputs, C_in >= 64 channels and
+# ~1e9 multiply-adds (N*Ho*Wo*kh*kw*C_in*C_out) up.
 _BIG_SPATIAL = 64
 _WIDE_INPUT = 64
+_MIN_MACS = 2**30
 
 
 class ConvImpl(NamedTuple):
@@ -93,12 +95,14 @@ def choose_impl(x_shape, w_shape, strides, pads) -> ConvImpl:
     Measured on 2 CPU cores, VGG16 at batch 4*32 (see experiments/bench_train.py --layers):
     forward and input gradient stay on XLA's convolution except for tiny outputs
     (Ho*Wo <= 4), where XLA is ~100x slower than the patch matmul; the weight gradient is the
-    chunked patch matmul where it wins (Ho*Wo >= 64 and C_in >= 64: 1.1-2.7x faster than XLA's)
-    and XLA's elsewhere (few channels or small images, where XLA's is up to 1.6x faster).
+    chunked patch matmul where it wins (Ho*Wo >= 64, C_in >= 64 and >= 2^30 multiply-adds:
+    1.1-2.7x faster than XLA's) and XLA's elsewhere (few channels, small images or little work,
+    where XLA's is up to 1.6x faster).
     """
     ho, wo = _out_hw(x_shape[1:3], w_shape[:2], strides, pads)
     tiny = ho * wo <= _TINY_SPATIAL
-    big = ho * wo >= _BIG_SPATIAL and w_shape[2] >= _WIDE_INPUT
+    macs = x_shape[0] * ho * wo * w_shape[0] * w_shape[1] * w_shape[2] * w_shape[3]
+    big = ho * wo >= _BIG_SPATIAL and w_shape[2] >= _WIDE_INPUT and macs >= _MIN_MACS
     return ConvImpl(
         "patches" if tiny else "lax", "patches" if tiny else "lax", "patches" if big else "lax"
     )
@@ -151,8 +155,10 @@ def _weight_grad_patches(x, dy, w_shape, strides, pads):
     n = x.shape[0]
     ho, wo = dy.shape[1:3]
     per_image = ho * wo * kh * kw * ci * x.dtype.itemsize
-    chunk = max(1, min(n, _CHUNK_BYTES // max(per_image, 1)))  # static: from shapes only
-    n_chunks = -(-n // chunk)
+    n_chunks = -(-n // max(1, _CHUNK_BYTES // max(per_image, 1)))  # static: from shapes only
+    # Prefer a chunk count that divides the batch (no padding) if one is close.
+    n_chunks = next((k for k in range(n_chunks, 2 * n_chunks + 1) if n % k == 0), n_chunks)
+    chunk = -(-n // n_chunks)
     if n_chunks * chunk != n:  # zero images add nothing to dW
         extra = n_chunks * chunk - n
         x = jnp.pad(x, ((0, extra), (0, 0), (0, 0), (0, 0)))
@@ -242,6 +248,8 @@ def conv2d(
             if impl == "auto"
             else ConvImpl("patches", "patches", "patches")
         )
+    if impl == ConvImpl("lax", "lax", "lax"):
+        return _lax_conv(x, w, strides, pads)  # XLA's own autodiff, no custom_vjp boundary
     return _conv2d(x, w, strides, pads, impl)
 
 
