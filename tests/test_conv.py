@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from uticket_jax.models.conv import Conv, ConvImpl, choose_impl, conv2d, explicit_padding
+from uticket_jax.models.conv import (
+    Conv,
+    ConvImpl,
+    choose_impl,
+    conv2d,
+    explicit_padding,
+    max_pool,
+)
 
 DIMS = ("NHWC", "HWIO", "NHWC")
 MIXED_IMPLS = [
@@ -174,3 +181,44 @@ def test_bad_shapes():
         conv2d(jnp.zeros((4, 4, 2)), jnp.zeros((3, 3, 2, 2)))
     with pytest.raises(ValueError, match="w must be HWIO"):
         conv2d(jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 3, 2)))
+
+
+def _check_max_pool(x, window):
+    n, h, w, c = x.shape
+    out_shape = (n, h // window, w // window, c)
+    cot = jnp.linspace(-1.0, 2.0, int(np.prod(out_shape))).reshape(out_shape)
+    ref = lambda x: jnp.sum(nn.max_pool(x, (window, window), strides=(window, window)) * cot)
+    ours = lambda x: jnp.sum(max_pool(x, window) * cot)
+    np.testing.assert_array_equal(
+        max_pool(x, window), nn.max_pool(x, (window, window), strides=(window, window))
+    )
+    # Exactly the same gradient, ties (binary spikes) included: first maximum of each window.
+    np.testing.assert_array_equal(jax.grad(ours)(x), jax.grad(ref)(x))
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(2, 4, 4, 3), (1, 5, 7, 2), (3, 6, 3, 1)])
+@pytest.mark.parametrize("binary", [True, False])
+def test_max_pool_matches_flax(window, shape, binary):
+    x = jax.random.uniform(jax.random.key(window), shape)
+    x = (x > 0.6).astype(jnp.float32) if binary else x
+    _check_max_pool(x, window)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    h=st.integers(2, 7),
+    w=st.integers(2, 7),
+    window=st.integers(1, 2),
+    seed=st.integers(0, 2**16),
+)
+def test_property_max_pool_ties(h, w, window, seed):
+    x = jax.random.randint(jax.random.key(seed), (2, h, w, 2), 0, 2).astype(jnp.float32)
+    _check_max_pool(x, window)
+
+
+def test_max_pool_bad_arguments():
+    with pytest.raises(ValueError, match="x must be NHWC"):
+        max_pool(jnp.zeros((4, 4, 2)))
+    with pytest.raises(ValueError, match="window"):
+        max_pool(jnp.zeros((1, 4, 4, 2)), 5)
