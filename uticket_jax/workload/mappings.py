@@ -66,6 +66,11 @@ class PEMapping(NamedTuple):
       loads_from_counts: `(counts, n) -> [G, n]` int32 PE loads from `channel_counts`.
       to_slots: `(x, n, fill) -> [G, n, C]`, the kernel's entries in slot layout, `fill` in padding.
       from_slots: `(slots, shape, n) -> x`, the inverse of `to_slots` on valid slots.
+      to_cols: `(x, n, fill) -> [C, P]`, slot-major view (row = slot, column = PE), `fill` in
+        padding; a reshape (output_channel) or a copy that keeps the minor axis (input_split), so
+        per-PE reductions run over axis 0 without transposing the kernel.
+      from_cols: `(cols, shape, n) -> x`, the inverse of `to_cols` on valid slots.
+      pe_cols: `[G, n] -> [P]`, a per-PE table in the column order of `to_cols`.
     """
 
     name: str
@@ -74,6 +79,9 @@ class PEMapping(NamedTuple):
     loads_from_counts: Callable[[Any, int], Any]
     to_slots: Callable[[Any, int, Any], Any]
     from_slots: Callable[[Any, Shape, int], Any]
+    to_cols: Callable[[Any, int, Any], Any]
+    from_cols: Callable[[Any, Shape, int], Any]
+    pe_cols: Callable[[Any], Any]
 
 
 # ---- output_channel: PE (g, j) <- output channel g*n + j -----------------------------------------
@@ -106,6 +114,21 @@ def _oc_from_slots(slots, shape: Shape, n: int):
     k, c_in, c_out = kernel_dims(shape)
     x2 = slots.reshape(-1, k * c_in)[:c_out].T  # [K*c_in, c_out]
     return x2.reshape(shape)
+
+
+def _oc_to_cols(x, n: int, fill):
+    k, c_in, c_out = kernel_dims(x.shape)
+    pad = _cdiv(c_out, n) * n - c_out
+    return jnp.pad(x.reshape(k * c_in, c_out), ((0, 0), (0, pad)), constant_values=fill)
+
+
+def _oc_from_cols(cols, shape: Shape, n: int):
+    k, c_in, c_out = kernel_dims(shape)
+    return cols[:, :c_out].reshape(shape)
+
+
+def _oc_pe_cols(tbl):
+    return tbl.reshape(-1)  # column p = g*n + j
 
 
 # ---- input_split: PE j of group o <- input channels [j*s, (j+1)*s) of output channel o -----------
@@ -142,11 +165,46 @@ def _is_from_slots(slots, shape: Shape, n: int):
     return x4.reshape(k, n * s, c_out)[:, :c_in].reshape(shape)
 
 
+def _is_to_cols(x, n: int, fill):
+    k, c_in, c_out = kernel_dims(x.shape)
+    s = _cdiv(c_in, n)
+    x3 = jnp.pad(_as3(x), ((0, 0), (0, n * s - c_in), (0, 0)), constant_values=fill)
+    x4 = x3.reshape(k, n, s, c_out).transpose(0, 2, 1, 3)  # [K, s, n, c_out]
+    return x4.reshape(k * s, n * c_out)  # [K*s, n*c_out]: row k*s + i, column j*c_out + o
+
+
+def _is_from_cols(cols, shape: Shape, n: int):
+    k, c_in, c_out = kernel_dims(shape)
+    s = _cdiv(c_in, n)
+    x4 = cols.reshape(k, s, n, c_out).transpose(0, 2, 1, 3)  # [K, n, s, c_out]
+    return x4.reshape(k, n * s, c_out)[:, :c_in].reshape(shape)
+
+
+def _is_pe_cols(tbl):
+    return tbl.T.reshape(-1)  # tbl [G=c_out, n] -> column j*c_out + o
+
+
 OUTPUT_CHANNEL = PEMapping(
-    "output_channel", _oc_geometry, _oc_counts, _oc_loads, _oc_to_slots, _oc_from_slots
+    "output_channel",
+    _oc_geometry,
+    _oc_counts,
+    _oc_loads,
+    _oc_to_slots,
+    _oc_from_slots,
+    _oc_to_cols,
+    _oc_from_cols,
+    _oc_pe_cols,
 )
 INPUT_SPLIT = PEMapping(
-    "input_split", _is_geometry, _is_counts, _is_loads, _is_to_slots, _is_from_slots
+    "input_split",
+    _is_geometry,
+    _is_counts,
+    _is_loads,
+    _is_to_slots,
+    _is_from_slots,
+    _is_to_cols,
+    _is_from_cols,
+    _is_pe_cols,
 )
 MAPPINGS: dict[str, PEMapping] = {m.name: m for m in (OUTPUT_CHANNEL, INPUT_SPLIT)}
 

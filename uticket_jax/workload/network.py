@@ -103,14 +103,15 @@ def _plan_all(masks: tuple, caps: tuple, *, n_pe: int, mapping: str, target: str
     return tuple(out)
 
 
-@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "policy", "ks", "ids"))
-def _apply_all(masks, weights, deltas, key, *, n_pe, mapping, policy, ks, ids):
-    # Static: the PE array, the policy (which priority), per-layer top-k widths `ks` (0 = layer
-    # already balanced, left as is) and layer positions `ids` (folded into `key`).
+@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "policy", "ks", "k2s", "ids"))
+def _apply_all(masks, weights, deltas, key, *, n_pe, mapping, policy, ks, k2s, ids):
+    # Static: the PE array, the policy (which priority), per-layer selection widths `ks` (top-k
+    # fallback; 0 = layer already balanced, left as is) and `k2s` (fast-path candidates), and
+    # layer positions `ids` (folded into `key`).
     # Keeps, per layer: only the PE's own slots change; regrown were pruned, dropped were active.
     m = mp.MAPPINGS[mapping]
     out = []
-    for x, w, d, k, i in zip(masks, weights, deltas, ks, ids, strict=True):
+    for x, w, d, k, k2, i in zip(masks, weights, deltas, ks, k2s, ids, strict=True):
         if k == 0:
             out.append(x)
             continue
@@ -118,11 +119,7 @@ def _apply_all(masks, weights, deltas, key, *, n_pe, mapping, policy, ks, ids):
             prio = rb._magnitude(w)
         else:
             prio = rb._random_priorities(jax.random.fold_in(key, i), x.shape)
-        mask_slots = m.to_slots(x, n_pe, False)  # [G, n, C]
-        prio_slots = m.to_slots(prio, n_pe, 0.0)  # [G, n, C]
-        valid = m.to_slots(jnp.ones(x.shape, bool), n_pe, False)  # [G, n, C]
-        flips = rb.select_flips(mask_slots, prio_slots, valid, d, k)
-        out.append(m.from_slots(mask_slots ^ flips, x.shape, n_pe))
+        out.append(rb.apply_layer(x, prio, d, m=m, n_pe=n_pe, k=k, k2=k2))
     return tuple(out)
 
 
@@ -199,6 +196,7 @@ def rebalance_network(
             mapping=m.name,
             policy=policy,
             ks=tuple(ks[i] for i in sel),
+            k2s=tuple(rb.cand_bound(int(d_max[i]), c_maxs[i]) for i in sel),
             ids=tuple(sel),
         )
         for i, x in zip(sel, out, strict=True):

@@ -182,21 +182,166 @@ def select_flips(mask_slots, prio_slots, valid, delta, k: int):
     last = jnp.clip(need - 1, 0, k - 1)[..., None]  # position of the last chosen slot
     thr = jnp.take_along_axis(vals, last, -1)  # [G, n, 1]
     thr_idx = jnp.take_along_axis(idx, last, -1)  # [G, n, 1]
-    slot = lax.broadcasted_iota(jnp.int32, score.shape, 2)
+    slot = lax.broadcasted_iota(jnp.int32, score.shape, score.ndim - 1)
     chosen = (score > thr) | ((score == thr) & (slot <= thr_idx))
     return chosen & (score > neg_inf) & (need > 0)[..., None]
 
 
-@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "k"))
-def _apply(mask, prio, delta, *, n_pe: int, mapping: str, k: int):
-    # n_pe / mapping fix the slot layout's shape and k the top-k width: structure, hence static.
+_WORD = 32  # slots per bit-packed word of the compaction step
+_CHUNK = 8  # slots per chunk whose maximum bounds the per-PE threshold
+_T_STEPS = 20  # bisection steps for the chunk threshold (any step count is exact; more = fewer
+# candidates); the exact selection among candidates always runs 31 steps (the int32 key range).
+
+
+def _pref_keys(mask_c, prio_c, valid_c, delta_p):
+    """`[C, P]` int32 preference of every slot for its PE's move; -1 where it is no candidate.
+
+    Regrow (`delta > 0`): pruned valid slots keyed by the float bits of `prio` (non-negative
+    finite floats order like their bits); drop (`delta < 0`): active slots keyed by
+    `0x7F800000 - bits(prio)` (smaller `prio` first). Equal keys <=> equal priorities.
+    """
+    bits = lax.bitcast_convert_type(prio_c, jnp.int32)  # [C, P], >= 0
+    up = delta_p > 0  # [P]
+    down = delta_p < 0
+    grow = jnp.where(up & valid_c & ~mask_c, bits, -1)
+    drop = jnp.where(down & mask_c, jnp.int32(0x7F800000) - bits, -1)
+    return jnp.maximum(grow, drop)  # [C, P]
+
+
+def _bisect_ge(x, lo, hi, need, steps: int):
+    """Per column, the largest `v` in `[lo, hi)` with `count(x >= v) >= need` (`steps` static).
+
+    `x: [R, P]`; `lo, hi, need: [P]`; requires `count(x >= lo) >= need`. With `steps >=
+    log2(hi - lo)` the answer is exact, fewer steps give a lower (still valid) bound.
+    """
+
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = lo + (hi - lo) // 2
+        ok = (x >= mid[None]).sum(0, dtype=jnp.int32) >= need
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo, _ = lax.fori_loop(0, steps, body, (lo, hi))
+    return lo
+
+
+def _inclusive_cumsum0(x):
+    """Cumulative sum over axis 0 (Hillis-Steele doubling: log2(R) fused shifted adds)."""
+    r = x.shape[0]
+    shift = 1
+    while shift < r:  # static unroll over log2(R) steps, not over data
+        x = x + jnp.pad(x[:-shift], ((shift, 0), (0, 0)))
+        shift *= 2
+    return x
+
+
+def _nth_set_bit(word, r):
+    """Bit position of the `r`-th (0-based) set bit of every uint32 `word` (binary lifting)."""
+    pos = jnp.zeros(word.shape, jnp.uint32)
+    for b in (16, 8, 4, 2, 1):
+        low = (jnp.uint32(1) << (pos + b)) - jnp.uint32(1)
+        below = lax.population_count(word & low).astype(jnp.int32)
+        pos = jnp.where(below <= r, pos + b, pos)
+    return pos.astype(jnp.int32)
+
+
+def _select_fast(key, need, k2: int):
+    """Exact `(v, slot)` per PE such that the chosen slots are `key > v | key == v & row <= slot`.
+
+    `key: [Cp, P]` (`Cp` a multiple of `_WORD`), `need: [P]`. Returns `(v, thr_slot, ok)`; `ok`
+    is False when a PE has more than `k2` (static) candidates above its chunk threshold.
+    Steps: (1) chunk maxima bound the `need`-th largest key from below (`t`); (2) slots with
+    `key >= t` (at least `need`, usually few) are bit-packed per `_WORD` rows and compacted, in
+    row order, into `[k2, P]`; (3) bisection finds the exact `need`-th key `v` among them, and a
+    prefix count over equal keys the last chosen row (ties: lower row = lower hwio index).
+    """
+    cp, p = key.shape
+    mx = key.reshape(cp // _CHUNK, _CHUNK, p).max(1)  # [Cp/8, P]
+    t = _bisect_ge(mx, jnp.zeros((p,), jnp.int32), mx.max(0) + 1, need, _T_STEPS)  # [P]
+    flag = (key >= t[None]).reshape(cp // _WORD, _WORD, p)  # [W, 32, P]
+    shifts = lax.broadcasted_iota(jnp.uint32, (1, _WORD, 1), 1)
+    words = (flag.astype(jnp.uint32) << shifts).sum(1, dtype=jnp.uint32)  # [W, P]
+    cnt = lax.population_count(words).astype(jnp.int32)  # [W, P]
+    cs = _inclusive_cumsum0(cnt)  # [W, P]
+    total = cs[-1]  # [P] candidates per PE (>= need)
+    ok = jnp.all(total <= k2)
+    # Compaction: candidate q lives in word ch = #{w : cs[w] <= q} (binary search, W static).
+    w_n = cs.shape[0]
+    q = lax.broadcasted_iota(jnp.int32, (k2, p), 0)  # [k2, P]
+    top = 1 << (w_n.bit_length() - 1)
+
+    def search(i, ch):  # binary lifting, step top >> i; a loop so each probe is materialized
+        nxt = ch + (top >> i)
+        probe = jnp.take_along_axis(cs, jnp.minimum(nxt, w_n) - 1, 0)  # [k2, P]
+        return jnp.where((nxt <= w_n) & (probe <= q), nxt, ch)
+
+    ch = lax.fori_loop(0, w_n.bit_length(), search, jnp.zeros((k2, p), jnp.int32))
+    ch = jnp.minimum(ch, w_n - 1)
+    before = jnp.take_along_axis(cs - cnt, ch, 0)  # [k2, P] candidates in earlier words
+    bit = _nth_set_bit(jnp.take_along_axis(words, ch, 0), q - before)
+    row = ch * _WORD + bit  # [k2, P] slot row of candidate q, increasing in q
+    live = q < total[None]
+    ckey = jnp.where(live, jnp.take_along_axis(key, jnp.where(live, row, 0), 0), -1)  # [k2, P]
+    v = _bisect_ge(ckey, t, ckey.max(0) + 1, need, 31)  # [P] the need-th largest key
+    r = need - (ckey > v[None]).sum(0, dtype=jnp.int32)  # [P] ties at v still to take
+    eq = ckey == v[None]
+    take = eq & (_inclusive_cumsum0(eq.astype(jnp.int32)) <= r[None])
+    thr_slot = jnp.where(take, row, -1).max(0)  # [P]
+    return v, thr_slot, ok
+
+
+def _rebalance_cols(mask_c, prio_c, valid_c, delta_p, *, k: int, k2: int):
+    """New `[C, P]` mask columns: every PE moved by `delta_p` (regrow / drop) exactly.
+
+    `k` (static) bounds `|delta|` for the top-k fallback, `k2` (static) the fast path's
+    candidates per PE. Keeps: only the PE's own valid slots change; regrown were pruned, dropped
+    were active; `|flips| = |delta|`; ties to the lower slot row (= lower hwio flat index).
+    """
+    c, p = mask_c.shape
+    cp = _cdiv(c, _WORD) * _WORD
+    key = jnp.pad(
+        _pref_keys(mask_c, prio_c, valid_c, delta_p), ((0, cp - c), (0, 0)), constant_values=-1
+    )  # [Cp, P]
+    need = jnp.abs(delta_p)  # [P]
+    v, thr_slot, ok = _select_fast(key, need, k2)
+
+    def fast(_):
+        rows = lax.broadcasted_iota(jnp.int32, (c, p), 0)
+        kc = key[:c]
+        flips = (kc >= 0) & ((kc > v[None]) | ((kc == v[None]) & (rows <= thr_slot[None])))
+        return mask_c ^ (flips & (need > 0)[None])
+
+    def slow(_):  # a PE with many candidates at its threshold (e.g. heavy ties): full top-k
+        flips = select_flips(mask_c.T, prio_c.T, valid_c.T, delta_p, k)  # [P, C]
+        return mask_c ^ flips.T
+
+    return lax.cond(ok, fast, slow, None)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def cand_bound(d_max: int, c: int) -> int:
+    """Static fast-path candidate bound per PE: a power of two >= 2 * d_max + 16, at most `c`
+    rounded up to a whole word."""
+    return min(_cdiv(c, _WORD) * _WORD, 1 << (2 * int(d_max) + 15).bit_length())
+
+
+def apply_layer(mask, prio, delta, *, m, n_pe: int, k: int, k2: int):
+    """Traced body: the rebalanced hwio mask of one layer (`delta: [G, n]` target - load)."""
+    mask_c = m.to_cols(mask, n_pe, False)  # [C, P]
+    prio_c = m.to_cols(prio, n_pe, 0.0)  # [C, P]
+    valid_c = m.to_cols(jnp.ones(mask.shape, bool), n_pe, False)  # [C, P]
+    new_c = _rebalance_cols(mask_c, prio_c, valid_c, m.pe_cols(delta), k=k, k2=k2)
+    return m.from_cols(new_c, mask.shape, n_pe)
+
+
+@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "k", "k2"))
+def _apply(mask, prio, delta, *, n_pe: int, mapping: str, k: int, k2: int):
+    # n_pe / mapping fix the layout's shape, k / k2 the selection widths: structure, hence static.
     # Keeps: only slots of the PE change; regrown were pruned, dropped were active; |flips| = |d|.
-    m = mp.MAPPINGS[mapping]
-    mask_slots = m.to_slots(mask, n_pe, False)  # [G, n, C]
-    prio_slots = m.to_slots(prio, n_pe, 0.0)  # [G, n, C]
-    valid = m.to_slots(jnp.ones(mask.shape, bool), n_pe, False)  # [G, n, C]
-    flips = select_flips(mask_slots, prio_slots, valid, delta, k)
-    return m.from_slots(mask_slots ^ flips, mask.shape, n_pe)
+    return apply_layer(mask, prio, delta, m=mp.MAPPINGS[mapping], n_pe=n_pe, k=k, k2=k2)
 
 
 @jax.jit
@@ -271,8 +416,9 @@ def rebalance(
     if d_max == 0:
         new = mask
     else:
-        k = _bound(d_max, m.geometry(shape, n_pe)[1])
-        new = _apply(mask, prio, delta, n_pe=n_pe, mapping=m.name, k=k)
+        c = m.geometry(shape, n_pe)[1]
+        k, k2 = _bound(d_max, c), cand_bound(d_max, c)
+        new = _apply(mask, prio, delta, n_pe=n_pe, mapping=m.name, k=k, k2=k2)
     return new, make_report(loads, tgt, cap)
 
 
