@@ -55,6 +55,15 @@ def test_slots_round_trip_and_loads(dims, n, p, mapping, seed):
     for row in idx.reshape(-1, idx.shape[-1]):
         row = row[row >= 0]
         assert np.all(np.diff(row) > 0)
+    # Slot-major columns (the rebalance kernels' layout): column p is PE pe_cols(ids)[p]'s slots.
+    m = mp.get_mapping(mapping)
+    g, _, c = idx.shape
+    cols = np.asarray(m.to_cols(jnp.asarray(np.arange(mask.size).reshape(shape)), n, -1))
+    owner = np.asarray(m.pe_cols(jnp.arange(g * n).reshape(g, n)))
+    np.testing.assert_array_equal(cols.T, idx.reshape(g * n, c)[owner])
+    np.testing.assert_array_equal(
+        m.from_cols(m.to_cols(jnp.asarray(mask), n, False), shape, n), mask
+    )
     # Total load is the mask's non-zero count; capacity sums to the kernel size.
     assert int(mp.pe_loads(mask, n, mapping).sum()) == int(mask.sum())
     assert int(mp.pe_capacity(shape, n, mapping).sum()) == mask.size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -249,3 +250,32 @@ def test_bad_input(kwargs, match):
     weights = kwargs.pop("weights", np.ones((3, 3, 4, 4), np.float32))
     with pytest.raises(ValueError, match=match):
         rb.rebalance(mask, weights, **kwargs)
+
+
+@pytest.mark.parametrize("mapping", MAPPINGS)
+@pytest.mark.parametrize("target", rb.TARGETS)
+def test_fast_path_and_topk_fallback_match_oracle(mapping, target):
+    # The selection has a compaction fast path (at most k2 candidates per PE above a chunk-max
+    # threshold) and an exact top-k fallback under lax.cond: force each and compare to the oracle.
+    shape, n = (3, 3, 16, 12), 4
+    for seed, ties in [(7, False), (8, True)]:
+        mask, w = _case(seed, shape, 0.15, ties)
+        m = mp.get_mapping(mapping)
+        loads = mp.pe_loads(mask, n, mapping)
+        tgt = rb.pe_targets(loads, mp.pe_capacity(shape, n, mapping), target)
+        delta = tgt - loads
+        d_max, c = int(np.abs(np.asarray(delta)).max()), m.geometry(shape, n)[1]
+        assert d_max >= 2  # so k2 = 1 cannot hold the candidates of the busiest PE
+        want = oracle.rebalance(mask, np.abs(w), n, mapping, target)[0]
+        prio = rb._magnitude(jnp.asarray(w))
+        for k2 in (1, rb.cand_bound(d_max, c), -(-c // 32) * 32):
+            got = rb._apply(
+                jnp.asarray(mask),
+                prio,
+                delta,
+                n_pe=n,
+                mapping=mapping,
+                k=rb._bound(d_max, c),
+                k2=k2,
+            )
+            np.testing.assert_array_equal(got, want, err_msg=f"k2={k2}")

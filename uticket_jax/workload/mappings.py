@@ -280,7 +280,12 @@ def channel_counts(mask, mapping: str = "output_channel") -> jax.Array:
 def pe_capacity(shape: Sequence[int], n_pe: int, mapping: str = "output_channel") -> np.ndarray:
     """`[G, n]` int32 number of weight slots per PE (0 for idle PEs), computed on the host."""
     n_pe = check_n_pe(n_pe)
-    m = get_mapping(mapping)
+    return _capacity(tuple(int(d) for d in shape), n_pe, get_mapping(mapping).name).copy()
+
+
+@functools.lru_cache(maxsize=256)
+def _capacity(shape: Shape, n_pe: int, mapping: str) -> np.ndarray:
+    m = MAPPINGS[mapping]
     return np.asarray(m.loads_from_counts(_ones_counts(m, shape), n_pe))
 
 

@@ -290,34 +290,6 @@ def _select_fast(key, need, k2: int):
     return v, thr_slot, ok
 
 
-def _rebalance_cols(mask_c, prio_c, valid_c, delta_p, *, k: int, k2: int):
-    """New `[C, P]` mask columns: every PE moved by `delta_p` (regrow / drop) exactly.
-
-    `k` (static) bounds `|delta|` for the top-k fallback, `k2` (static) the fast path's
-    candidates per PE. Keeps: only the PE's own valid slots change; regrown were pruned, dropped
-    were active; `|flips| = |delta|`; ties to the lower slot row (= lower hwio flat index).
-    """
-    c, p = mask_c.shape
-    cp = _cdiv(c, _WORD) * _WORD
-    key = jnp.pad(
-        _pref_keys(mask_c, prio_c, valid_c, delta_p), ((0, cp - c), (0, 0)), constant_values=-1
-    )  # [Cp, P]
-    need = jnp.abs(delta_p)  # [P]
-    v, thr_slot, ok = _select_fast(key, need, k2)
-
-    def fast(_):
-        rows = lax.broadcasted_iota(jnp.int32, (c, p), 0)
-        kc = key[:c]
-        flips = (kc >= 0) & ((kc > v[None]) | ((kc == v[None]) & (rows <= thr_slot[None])))
-        return mask_c ^ (flips & (need > 0)[None])
-
-    def slow(_):  # a PE with many candidates at its threshold (e.g. heavy ties): full top-k
-        flips = select_flips(mask_c.T, prio_c.T, valid_c.T, delta_p, k)  # [P, C]
-        return mask_c ^ flips.T
-
-    return lax.cond(ok, fast, slow, None)
-
-
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -329,12 +301,38 @@ def cand_bound(d_max: int, c: int) -> int:
 
 
 def apply_layer(mask, prio, delta, *, m, n_pe: int, k: int, k2: int):
-    """Traced body: the rebalanced hwio mask of one layer (`delta: [G, n]` target - load)."""
+    """Traced body: the rebalanced hwio mask of one layer (`delta: [G, n]` target - load).
+
+    `k` (static) bounds `|delta|` for the top-k fallback, `k2` (static) the fast path's candidates
+    per PE. Keeps: only the PE's own valid slots change; regrown were pruned, dropped were active;
+    `|flips| = |delta|`; ties to the lower slot row (= lower hwio flat index).
+    """
+    delta_p = m.pe_cols(delta)  # [P]
+    need = jnp.abs(delta_p)  # [P]
     mask_c = m.to_cols(mask, n_pe, False)  # [C, P]
-    prio_c = m.to_cols(prio, n_pe, 0.0)  # [C, P]
     valid_c = m.to_cols(jnp.ones(mask.shape, bool), n_pe, False)  # [C, P]
-    new_c = _rebalance_cols(mask_c, prio_c, valid_c, m.pe_cols(delta), k=k, k2=k2)
-    return m.from_cols(new_c, mask.shape, n_pe)
+    key = _pref_keys(mask_c, m.to_cols(prio, n_pe, 0.0), valid_c, delta_p)  # [C, P]
+    c, p = key.shape
+    key = jnp.pad(key, ((0, _cdiv(c, _WORD) * _WORD - c), (0, 0)), constant_values=-1)
+    # Materialize the keys once: every consumer below would otherwise re-read the (transposed)
+    # inputs inside its own fusion.
+    key = lax.optimization_barrier(key)  # [Cp, P]
+    v, thr_slot, ok = _select_fast(key, need, k2)
+
+    def fast(_):
+        rows = lax.broadcasted_iota(jnp.int32, (c, p), 0)
+        kc = key[:c]
+        chosen = (kc > v[None]) | ((kc == v[None]) & (rows <= thr_slot[None]))
+        flips = chosen & (kc >= 0) & (need > 0)[None]  # [C, P]
+        return mask ^ m.from_cols(flips, mask.shape, n_pe)
+
+    def slow(_):  # a PE with many candidates at its threshold (e.g. heavy ties): full top-k
+        mask_s = m.to_slots(mask, n_pe, False)  # [G, n, C]
+        valid_s = m.to_slots(jnp.ones(mask.shape, bool), n_pe, False)  # [G, n, C]
+        flips = select_flips(mask_s, m.to_slots(prio, n_pe, 0.0), valid_s, delta, k)
+        return m.from_slots(mask_s ^ flips, mask.shape, n_pe)
+
+    return lax.cond(ok, fast, slow, None)
 
 
 @functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "k", "k2"))
