@@ -279,3 +279,32 @@ def test_fast_path_and_topk_fallback_match_oracle(mapping, target):
                 k2=k2,
             )
             np.testing.assert_array_equal(got, want, err_msg=f"k2={k2}")
+        # Two PE classes: PEs needing more than 2 moves go to a second, wider call (with one
+        # padding column, out of range); the rest keep a narrow candidate bound.
+        need = np.abs(np.asarray(m.pe_cols(np.asarray(delta))))
+        heavy = np.append(np.nonzero(need > 2)[0], need.size).astype(np.int32)
+        assert 0 < heavy.size - 1 < need.size
+        got = rb._apply(
+            jnp.asarray(mask),
+            prio,
+            delta,
+            heavy,
+            n_pe=n,
+            mapping=mapping,
+            k=rb._bound(d_max, c),
+            k2=rb.cand_bound(2, c),
+            k2h=-(-c // 32) * 32,
+        )
+        np.testing.assert_array_equal(got, want, err_msg="heavy split")
+        k, k2, k2h, heavy = rb.plan_widths(np.asarray(delta), c)
+        assert k >= d_max and k2 >= 1 and (heavy is None) == (k2h == 0)
+
+
+def test_plan_widths_splits_off_heavy_pes():
+    delta = np.ones((512, 8), np.int32)  # 4096 PEs needing one move ...
+    delta[[3, 100], [0, 5]] = [-300, 280]  # ... and two needing hundreds
+    k, k2, k2h, heavy = rb.plan_widths(delta, 4608)
+    assert k == 512 and k2h >= 2 * 300 and k2 < k2h
+    assert heavy.size == 8 and sorted(heavy[:2]) == [3 * 8 + 0, 100 * 8 + 5]
+    assert np.all(heavy[2:] == delta.size)  # padding columns are out of range
+    assert rb.plan_widths(np.zeros((4, 4), np.int32), 16)[3] is None

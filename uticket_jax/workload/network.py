@@ -96,16 +96,20 @@ def _plan_layer(mask, cap, *, n_pe: int, mapping: str, target: str, c_max: int):
     return loads, tgt, jnp.max(jnp.abs(tgt - loads))
 
 
-@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "policy", "k", "k2", "layer"))
-def _apply_layer(mask, weights, delta, key, *, n_pe, mapping, policy, k, k2, layer):
+@functools.partial(
+    jax.jit, static_argnames=("n_pe", "mapping", "policy", "k", "k2", "k2h", "layer")
+)
+def _apply_layer(mask, weights, delta, key, heavy, *, n_pe, mapping, policy, k, k2, k2h, layer):
     # Static: the PE array, the policy (which priority), the selection widths `k` (top-k
-    # fallback) and `k2` (fast-path candidates), and the layer position (folded into `key`).
+    # fallback), `k2` / `k2h` (fast-path candidates of most / heavy PEs; `heavy` lists the
+    # latter, see `rebalance.plan_widths`), and the layer position (folded into `key`).
     # Keeps: only the PE's own slots change; regrown were pruned, dropped were active.
     if policy == "magnitude":
         prio = rb._magnitude(weights)
     else:
         prio = rb._random_priorities(jax.random.fold_in(key, layer), mask.shape)
-    return rb.apply_layer(mask, prio, delta, m=mp.MAPPINGS[mapping], n_pe=n_pe, k=k, k2=k2)
+    m = mp.MAPPINGS[mapping]
+    return rb.apply_layer(mask, prio, delta, m=m, n_pe=n_pe, k=k, k2=k2, k2h=k2h, heavy=heavy)
 
 
 @jax.jit
@@ -167,21 +171,25 @@ def rebalance_network(
         _plan_layer(x, jnp.asarray(c), n_pe=n_pe, mapping=m.name, target=target, c_max=cm)
         for x, c, cm in zip(arrays, caps, c_maxs, strict=True)
     ]
-    d_max = jax.device_get([p[2] for p in plans])
+    deltas = [p[1] - p[0] for p in plans]  # [G, n] each
+    host = jax.device_get([(d, p[2]) for d, p in zip(deltas, plans, strict=True)])
     rkey = key if key is not None else jax.random.key(0)
     new = list(arrays)
-    for i, (a, d, c) in enumerate(zip(keep, d_max, c_maxs, strict=True)):
+    for i, (a, (delta, d), c) in enumerate(zip(keep, host, c_maxs, strict=True)):
         if a and int(d) > 0:
+            k, k2, k2h, heavy = rb.plan_widths(m.pe_cols(delta), c)
             new[i] = _apply_layer(
                 arrays[i],
                 jnp.asarray(wflat[names[i]]) if policy == "magnitude" else None,
-                plans[i][1] - plans[i][0],
+                deltas[i],
                 rkey,
+                heavy,
                 n_pe=n_pe,
                 mapping=m.name,
                 policy=policy,
-                k=rb._bound(int(d), c),
-                k2=rb.cand_bound(int(d), c),
+                k=k,
+                k2=k2,
+                k2h=k2h,
                 layer=i,
             )
     layers = []

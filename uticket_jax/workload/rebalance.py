@@ -264,7 +264,7 @@ def _select_fast(key, need, k2: int):
     cnt = lax.population_count(words).astype(jnp.int32)  # [W, P]
     cs = _inclusive_cumsum0(cnt)  # [W, P]
     total = cs[-1]  # [P] candidates per PE (>= need)
-    ok = jnp.all(total <= k2)
+    ok = jnp.all((total <= k2) | (need == 0))  # PEs with nothing to move do not count
     # Compaction: candidate q lives in word ch = #{w : cs[w] <= q} (binary search, W static).
     w_n = cs.shape[0]
     q = lax.broadcasted_iota(jnp.int32, (k2, p), 0)  # [k2, P]
@@ -300,11 +300,43 @@ def cand_bound(d_max: int, c: int) -> int:
     return min(_cdiv(c, _WORD) * _WORD, 1 << (2 * int(d_max) + 15).bit_length())
 
 
-def apply_layer(mask, prio, delta, *, m, n_pe: int, k: int, k2: int):
+def plan_widths(delta, c: int) -> tuple[int, int, int, np.ndarray | None]:
+    """Host-side static selection widths of a layer from its `[G, n]` delta (numpy).
+
+    Returns `(k, k2, k2h, heavy)`: the top-k fallback width `k`, the fast path's candidate bound
+    `k2` for most PEs and, when a few PEs need many more moves than the rest, the bound `k2h` for
+    those "heavy" PEs and their column indices `heavy` (padded with out-of-range columns to a power
+    of two), so only they pay for a wide candidate list. `heavy is None`: one class.
+    """
+    need = np.abs(np.asarray(delta)).reshape(-1)
+    d_max = int(need.max(initial=0))
+    k, k2 = _bound(d_max, c), cand_bound(d_max, c)
+    best = (need.size * k2, k2, 0, None)
+    level = 8
+    while cand_bound(level, c) < k2:
+        k2l = cand_bound(level, c)
+        n_heavy = int((need > level).sum())
+        ph = 1 << max(3, (n_heavy - 1).bit_length())
+        cost = need.size * k2l + 2 * ph * k2 + 65536  # [k2, P] work; the second call costs more
+        if cost < best[0]:
+            best = (cost, k2l, ph, level)
+        level *= 2
+    _, k2l, ph, level = best
+    if level is None:
+        return k, k2, 0, None
+    heavy = np.full(ph, need.size, np.int32)  # padding: column P (out of range, dropped)
+    idx = np.nonzero(need > level)[0]
+    heavy[: idx.size] = idx
+    return k, k2l, k2, heavy
+
+
+def apply_layer(mask, prio, delta, *, m, n_pe: int, k: int, k2: int, k2h: int = 0, heavy=None):
     """Traced body: the rebalanced hwio mask of one layer (`delta: [G, n]` target - load).
 
     `k` (static) bounds `|delta|` for the top-k fallback, `k2` (static) the fast path's candidates
-    per PE. Keeps: only the PE's own valid slots change; regrown were pruned, dropped were active;
+    per PE; `heavy` (`[ph]` int32 PE columns, out-of-range = padding) lists PEs handled in a
+    second fast-path call with the wider bound `k2h` (see `plan_widths`).
+    Keeps: only the PE's own valid slots change; regrown were pruned, dropped were active;
     `|flips| = |delta|`; ties to the lower slot row (= lower hwio flat index).
     """
     delta_p = m.pe_cols(delta)  # [P]
@@ -317,7 +349,18 @@ def apply_layer(mask, prio, delta, *, m, n_pe: int, k: int, k2: int):
     # Materialize the keys once: every consumer below would otherwise re-read the (transposed)
     # inputs inside its own fusion.
     key = lax.optimization_barrier(key)  # [Cp, P]
-    v, thr_slot, ok = _select_fast(key, need, k2)
+    if heavy is None:
+        v, thr_slot, ok = _select_fast(key, need, k2)
+    else:
+        is_heavy = jnp.zeros((p,), bool).at[heavy].set(True, mode="drop")  # [P]
+        v, thr_slot, ok = _select_fast(key, jnp.where(is_heavy, 0, need), k2)
+        live = heavy < p  # [ph]
+        col = jnp.minimum(heavy, p - 1)
+        need_h = jnp.where(live, need[col], 0)  # [ph]
+        v_h, thr_h, ok_h = _select_fast(key[:, col], need_h, k2h)  # [Cp, ph] columns
+        v = v.at[heavy].set(v_h, mode="drop")
+        thr_slot = thr_slot.at[heavy].set(thr_h, mode="drop")
+        ok = ok & ok_h
 
     def fast(_):
         rows = lax.broadcasted_iota(jnp.int32, (c, p), 0)
@@ -335,11 +378,13 @@ def apply_layer(mask, prio, delta, *, m, n_pe: int, k: int, k2: int):
     return lax.cond(ok, fast, slow, None)
 
 
-@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "k", "k2"))
-def _apply(mask, prio, delta, *, n_pe: int, mapping: str, k: int, k2: int):
-    # n_pe / mapping fix the layout's shape, k / k2 the selection widths: structure, hence static.
-    # Keeps: only slots of the PE change; regrown were pruned, dropped were active; |flips| = |d|.
-    return apply_layer(mask, prio, delta, m=mp.MAPPINGS[mapping], n_pe=n_pe, k=k, k2=k2)
+@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "k", "k2", "k2h"))
+def _apply(mask, prio, delta, heavy=None, *, n_pe: int, mapping: str, k: int, k2: int, k2h=0):
+    # n_pe / mapping fix the layout's shape, k / k2 / k2h the selection widths: structure, hence
+    # static. Keeps: only slots of the PE change; regrown were pruned, dropped were active;
+    # |flips| = |delta|.
+    m = mp.MAPPINGS[mapping]
+    return apply_layer(mask, prio, delta, m=m, n_pe=n_pe, k=k, k2=k2, k2h=k2h, heavy=heavy)
 
 
 @jax.jit
@@ -415,8 +460,8 @@ def rebalance(
         new = mask
     else:
         c = m.geometry(shape, n_pe)[1]
-        k, k2 = _bound(d_max, c), cand_bound(d_max, c)
-        new = _apply(mask, prio, delta, n_pe=n_pe, mapping=m.name, k=k, k2=k2)
+        k, k2, k2h, heavy = plan_widths(m.pe_cols(np.asarray(delta)), c)
+        new = _apply(mask, prio, delta, heavy, n_pe=n_pe, mapping=m.name, k=k, k2=k2, k2h=k2h)
     return new, make_report(loads, tgt, cap)
 
 
