@@ -16,6 +16,10 @@ at CIFAR shape (32x32x3, 10 classes), both with batch `--batch_size` and `--time
 `--layers` adds per-layer timings of VGG16's convolutions (forward, input gradient, weight gradient;
 plain lax vs ours) at the folded batch T*B.
 
+Run it on a quiet machine: when other processes share the cores, SpikingJelly's OpenMP threads
+slow down far more than XLA's (measured here: 3.6 to 37 images/s for the same step), and the
+ratio then overstates ours.
+
 Usage (about 3 minutes on 2 CPU cores):
   python experiments/bench_train.py
   python experiments/bench_train.py --models vgg16 --layers --repeats 5
