@@ -24,6 +24,7 @@ from uticket_jax.models.common import (
     spiking,
     unfold_logits,
 )
+from uticket_jax.models.conv import max_pool
 from uticket_jax.snn import LIFConfig
 
 
@@ -45,7 +46,7 @@ class DigitsFeatures(nn.Module):
                 y = encode(y, self.timesteps, self.neuron)  # [B, H, W, C0] -> [T*B, H, W, C0]
             else:
                 y = spiking(y, self.timesteps, self.neuron)
-        return nn.max_pool(y, (2, 2), strides=(2, 2))
+        return max_pool(y, 2)
 
 
 class DigitsSNN(nn.Module):

@@ -25,6 +25,7 @@ from uticket_jax.models.common import (
     spiking,
     unfold_logits,
 )
+from uticket_jax.models.conv import max_pool
 from uticket_jax.snn import LIFConfig
 
 VGG16_CFG: tuple[int | str, ...] = (
@@ -45,7 +46,7 @@ class VGGFeatures(nn.Module):
         y, i = x, 0
         for v in self.cfg:
             if v == "M":
-                y = nn.max_pool(y, (2, 2), strides=(2, 2))
+                y = max_pool(y, 2)  # same values and grads as nn.max_pool, faster backward
                 continue
             y = conv(v, 3, 1, 1, f"conv{i}", self.conv_impl)(y)
             y = batch_norm(train, f"bn{i}")(y)
