@@ -32,7 +32,7 @@ def test_loads_match_oracle(mapping, shape):
         np.testing.assert_array_equal(mp.pe_capacity(shape, n, mapping), caps)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     dims=st.lists(st.integers(1, 9), min_size=2, max_size=4).filter(lambda d: len(d) != 3),
     n=st.integers(1, 12),

@@ -79,7 +79,7 @@ def _check_invariants(mask, new, rep, n, mapping, target):
         del s
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     dims=st.lists(st.integers(1, 8), min_size=2, max_size=4).filter(lambda d: len(d) != 3),
     n=st.integers(1, 10),
@@ -252,52 +252,53 @@ def test_bad_input(kwargs, match):
         rb.rebalance(mask, weights, **kwargs)
 
 
-@pytest.mark.parametrize("mapping", MAPPINGS)
-@pytest.mark.parametrize("target", rb.TARGETS)
+@pytest.mark.parametrize(
+    "mapping, target", [("output_channel", "ceil_mean"), ("input_split", "keep_count")]
+)
 def test_fast_path_and_topk_fallback_match_oracle(mapping, target):
     # The selection has a compaction fast path (at most k2 candidates per PE above a chunk-max
     # threshold) and an exact top-k fallback under lax.cond: force each and compare to the oracle.
     shape, n = (3, 3, 16, 12), 4
-    for seed, ties in [(7, False), (8, True)]:
-        mask, w = _case(seed, shape, 0.15, ties)
-        m = mp.get_mapping(mapping)
-        loads = mp.pe_loads(mask, n, mapping)
-        tgt = rb.pe_targets(loads, mp.pe_capacity(shape, n, mapping), target)
-        delta = tgt - loads
-        d_max, c = int(np.abs(np.asarray(delta)).max()), m.geometry(shape, n)[1]
-        assert d_max >= 2  # so k2 = 1 cannot hold the candidates of the busiest PE
-        want = oracle.rebalance(mask, np.abs(w), n, mapping, target)[0]
-        prio = rb._magnitude(jnp.asarray(w))
-        for k2 in (1, rb.cand_bound(d_max, c), -(-c // 32) * 32):
-            got = rb._apply(
-                jnp.asarray(mask),
-                prio,
-                delta,
-                n_pe=n,
-                mapping=mapping,
-                k=rb._bound(d_max, c),
-                k2=k2,
-            )
-            np.testing.assert_array_equal(got, want, err_msg=f"k2={k2}")
-        # Two PE classes: PEs needing more than 2 moves go to a second, wider call (with one
-        # padding column, out of range); the rest keep a narrow candidate bound.
-        need = np.abs(np.asarray(m.pe_cols(np.asarray(delta))))
-        heavy = np.append(np.nonzero(need > 2)[0], need.size).astype(np.int32)
-        assert 0 < heavy.size - 1 < need.size
+    # Half the weights tie (rounded), so ties straddle the thresholds.
+    mask, w = _case(8, shape, 0.15, ties=True)
+    m = mp.get_mapping(mapping)
+    loads = mp.pe_loads(mask, n, mapping)
+    tgt = rb.pe_targets(loads, mp.pe_capacity(shape, n, mapping), target)
+    delta = tgt - loads
+    d_max, c = int(np.abs(np.asarray(delta)).max()), m.geometry(shape, n)[1]
+    assert d_max >= 2  # so k2 = 1 cannot hold the candidates of the busiest PE
+    want = oracle.rebalance(mask, np.abs(w), n, mapping, target)[0]
+    prio = rb._magnitude(jnp.asarray(w))
+    for k2 in (1, rb.cand_bound(d_max, c), -(-c // 32) * 32):
         got = rb._apply(
             jnp.asarray(mask),
             prio,
             delta,
-            heavy,
             n_pe=n,
             mapping=mapping,
             k=rb._bound(d_max, c),
-            k2=rb.cand_bound(2, c),
-            k2h=-(-c // 32) * 32,
+            k2=k2,
         )
-        np.testing.assert_array_equal(got, want, err_msg="heavy split")
-        k, k2, k2h, heavy = rb.plan_widths(np.asarray(delta), c)
-        assert k >= d_max and k2 >= 1 and (heavy is None) == (k2h == 0)
+        np.testing.assert_array_equal(got, want, err_msg=f"k2={k2}")
+    # Two PE classes: PEs needing more than 2 moves go to a second, wider call (with one
+    # padding column, out of range); the rest keep a narrow candidate bound.
+    need = np.abs(np.asarray(m.pe_cols(np.asarray(delta))))
+    heavy = np.append(np.nonzero(need > 2)[0], need.size).astype(np.int32)
+    assert 0 < heavy.size - 1 < need.size
+    got = rb._apply(
+        jnp.asarray(mask),
+        prio,
+        delta,
+        heavy,
+        n_pe=n,
+        mapping=mapping,
+        k=rb._bound(d_max, c),
+        k2=rb.cand_bound(2, c),
+        k2h=-(-c // 32) * 32,
+    )
+    np.testing.assert_array_equal(got, want, err_msg="heavy split")
+    k, k2, k2h, heavy = rb.plan_widths(np.asarray(delta), c)
+    assert k >= d_max and k2 >= 1 and (heavy is None) == (k2h == 0)
 
 
 def test_plan_widths_splits_off_heavy_pes():

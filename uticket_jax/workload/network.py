@@ -90,8 +90,7 @@ def network_workload(
 def _plan_layer(mask, cap, *, n_pe: int, mapping: str, target: str, c_max: int):
     # Static: the PE array (n_pe, mapping), the target formula and the slots per PE (bisection
     # length). Returns the layer's loads, targets and max |target - load| (to size the selection).
-    m = mp.MAPPINGS[mapping]
-    loads = m.loads_from_counts(m.channel_counts(mask), n_pe)  # [G, n]
+    loads = mp.traced_loads(mask, n_pe, mapping)  # [G, n]
     tgt = rb._targets(loads, cap, target=target, c_max=c_max)  # [G, n]
     return loads, tgt, jnp.max(jnp.abs(tgt - loads))
 

@@ -23,9 +23,19 @@ back unchanged, and rebalancing is idempotent.
 
 Selection. `policy="magnitude"` ranks candidates by `|w|` (regrow largest, drop smallest;
 non-finite `|w|` counts as the largest float), `policy="random"` by a uniform priority per weight
-drawn from `key` (`random_priorities`). Ties go to the lower hwio flat index. The per-PE choice is a
-`lax.top_k` over the PE's slots with a static bound `k >= max |target - load|` (rounded up to a
-power of two to limit recompiles), not a sort of the whole slice.
+drawn from `key` (`random_priorities`). Ties go to the lower hwio flat index.
+
+How the choice is made (exactly the top-`|delta|` of each PE, without a top-k over whole slices,
+which costs ~5 ns per weight on CPU): the kernel works in the slot-major layout `[C, P]` of
+`mappings.PEMapping.to_cols` (a reshape for output_channel), keys every slot with an int32 that
+orders like the priority (-1 for non-candidates), then per PE (1) bisects the maxima of 8-slot
+chunks for a threshold `t` that at least `|delta|` slots reach, (2) bit-packs the slots
+`>= t` (usually little more than `|delta|`) and compacts them in slot order into `[k2, P]`,
+(3) bisects those few keys for the exact `|delta|`-th key and counts equal keys in slot order
+for the last chosen slot; one elementwise pass then flips. A PE with more than `k2` candidates
+above `t` (e.g. masses of equal weights) sends the layer to the plain `lax.top_k` selection under
+`lax.cond`; both give the same mask. The few PEs that need many more moves than the rest get a
+second, wider call (`plan_widths`) so the common PEs keep a narrow `k2`.
 """
 
 from __future__ import annotations
