@@ -86,12 +86,13 @@ def _f(x: float | None, fmt: str) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The side-by-side table: per round, both arms' sparsity, accuracy, utilization, latency
-    and energy, then u-Ticket's latency and energy reductions over LTH (the paper's headline)."""
+    and energy, then u-Ticket's reductions over LTH (the paper's headline figures) of latency,
+    energy, and energy with accumulates scaled by the measured input spike rates."""
     head = (
         f"{'rnd':>3} | {'arm':8} {'sparsity':>8} {'acc':>6} {'util':>6} {'util_n':>6}"
         f" {'cycles':>10} {'energy_J':>10}"
     )
-    lines = [head + f" | {'lat_red':>7} {'en_red':>7}", "-" * (len(head) + 18)]
+    lines = [head + f" | {'lat_red':>7} {'en_red':>7} {'en_act_red':>10}", "-" * (len(head) + 29)]
     dense = [r for r in rows if r["arm"] == "dense"]
     for r in dense:
         lines.append(_arm_line(0, r) + " |")
@@ -105,6 +106,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                 tail = (
                     f" {_f(pair['latency_reduction_pct'], '6.1f')}%"
                     f" {_f(pair['energy_reduction_pct'], '6.1f')}%"
+                    f" {_f(pair['energy_activity_aware_reduction_pct'], '9.1f')}%"
                 )
             lines.append(_arm_line(pair["round"], r) + " |" + tail)
     return "\n".join(lines)
