@@ -38,6 +38,8 @@ def test_matches_oracle(shape, n, mapping, target):
         np.testing.assert_array_equal(new, want)
         np.testing.assert_array_equal(rep.loads_before, loads)
         np.testing.assert_array_equal(rep.loads_after, tgt)
+        if ties:
+            continue  # random priorities ignore the weights: one random case per shape is enough
         key = jax.random.key(seed)
         new_r, _ = rb.rebalance(
             mask, None, n_pe=n, mapping=mapping, target=target, policy="random", key=key
