@@ -17,15 +17,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import jax
-from absl import app, flags, logging
+from absl import flags
 
-from uticket_jax import data, lth, presets, report, results
-from uticket_jax.checkpoint import Checkpointer, CheckpointError
-from uticket_jax.loop import TrainingDiverged
+from uticket_jax import cli, data, lth, presets, report, results
+from uticket_jax.checkpoint import Checkpointer
 from uticket_jax.masks import save_mask_file, save_npz_atomic
 
 _F = lth.LTHConfig()
@@ -112,31 +110,24 @@ def _check_resume(workdir: str, cfg: lth.LTHConfig) -> None:
         )
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)  # absl's INFO default would print orbax/JAX chatter
+def main() -> None:
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
-    try:
-        cfg = build_config()
-        if _RESUME.value and _OVERWRITE.value:
-            raise ValueError("--resume and --overwrite: choose one")
-        dataset = data.load_dataset(cfg.dataset, data_dir=_DATA_DIR.value)
-        workdir = results.prepare_workdir(
-            _WORKDIR.value, overwrite=_OVERWRITE.value, resume=_RESUME.value
-        )
-        if _RESUME.value:
-            _check_resume(workdir, cfg)
-        else:
-            moved = results.set_aside(workdir)
-            if moved:
-                print(f"--overwrite: moved the earlier results to {moved}")
-            results.write_json(os.path.join(workdir, "config.json"), _config_json(cfg))
-        records = _run(cfg, dataset, workdir)
-    except (ValueError, TrainingDiverged, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cfg = build_config()
+    if _RESUME.value and _OVERWRITE.value:
+        raise ValueError("--resume and --overwrite: choose one")
+    dataset = data.load_dataset(cfg.dataset, data_dir=_DATA_DIR.value)
+    workdir = results.prepare_workdir(
+        _WORKDIR.value, overwrite=_OVERWRITE.value, resume=_RESUME.value
+    )
+    if _RESUME.value:
+        _check_resume(workdir, cfg)
+    else:
+        moved = results.set_aside(workdir)
+        if moved:
+            print(f"--overwrite: moved the earlier results to {moved}")
+        results.write_json(os.path.join(workdir, "config.json"), _config_json(cfg))
+    records = _run(cfg, dataset, workdir)
     _finish(records, workdir)
 
 
@@ -180,4 +171,4 @@ def _finish(records, workdir):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, name="lth.py")

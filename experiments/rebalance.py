@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import jax
-from absl import app, flags, logging
+from absl import flags
 
+from uticket_jax import cli
 from uticket_jax.masks import LAYOUTS, load_mask_file, load_weight_file, save_mask_file
 from uticket_jax.workload import MAPPINGS, POLICIES, TARGETS, rebalance_network, report_to_json
 
@@ -111,27 +111,9 @@ def run() -> dict:
     return out_json
 
 
-def main(argv) -> None:
-    logging.set_verbosity(logging.WARNING)  # keep stderr to errors (JAX logs backend probing)
-    if len(argv) > 1:
-        print(f"rebalance.py: unexpected arguments {argv[1:]}; use --flag=value", file=sys.stderr)
-        sys.exit(2)
-    try:
-        report = run()
-    except ValueError as e:
-        print(f"rebalance.py: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(report))
-
-
-def _parse_flags(argv):
-    """absl flag parsing, with a bad flag reported on one stderr line (exit status 2)."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f"rebalance.py: {e}", file=sys.stderr)
-        sys.exit(2)
+def main() -> None:
+    print(json.dumps(run()))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    cli.run(main, name="rebalance.py")

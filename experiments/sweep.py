@@ -16,12 +16,11 @@ import csv
 import io
 import json
 import os
-import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from uticket_jax import hardware, plots
+from uticket_jax import cli, hardware, plots
 from uticket_jax.masks import LAYOUTS, load_mask_file
 
 _MASKS = flags.DEFINE_string("masks", None, "Mask .npz file (one array per prunable layer).")
@@ -236,15 +235,5 @@ def run() -> list[dict]:
     return rows
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        run()
-    except ValueError as e:
-        print(f"sweep: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(run, name="sweep")

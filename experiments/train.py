@@ -10,13 +10,12 @@ Real data from files you have:
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import jax
-from absl import app, flags, logging
+from absl import flags
 
-from uticket_jax import data, loop, models, results, train
+from uticket_jax import cli, data, loop, models, results, train
 
 _DATASET = flags.DEFINE_string("dataset", "digits", f"One of {', '.join(data.DATASET_NAMES)}.")
 _ARCH = flags.DEFINE_string(
@@ -101,15 +100,8 @@ def run() -> dict:
     return out
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)  # absl's INFO default would print orbax/JAX chatter
-    try:
-        out = run()
-    except (ValueError, loop.TrainingDiverged) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def main() -> None:
+    out = run()
     print(
         f"{out['arch']} on {out['dataset']}: test accuracy {out['test_accuracy']:.4f}"
         f" (best {out['best_test_accuracy']:.4f}) in {out['seconds']:.1f} s;"
@@ -118,4 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, name="train.py")

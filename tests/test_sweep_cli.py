@@ -108,7 +108,7 @@ for what, args in json.loads(sys.argv[2]).items():
     code = 0
     with contextlib.redirect_stderr(err):
         try:
-            mod.main(["sweep"])
+            mod.cli.guarded(mod.run, "sweep")()
         except SystemExit as e:
             code = e.code
     out[what] = [code, err.getvalue()]
