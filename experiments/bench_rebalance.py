@@ -4,7 +4,7 @@
 Prints ONE JSON line: per mapping and n_pe, warm (compiled) minimum times in ms of the load count
 (`count_ms`, the memory-bound floor), the metrics, the rebalance per policy (whole network, counting
 + selection + report), the tests' per-group loop oracle (`oracle_ms`, magnitude policy), and ratios.
-The oracle runs at `--oracle_n_pe` only (it takes minutes per configuration).
+The oracle runs at `--oracle_n_pe` only (~5 s per mapping on 2 CPU cores).
 """
 
 from __future__ import annotations
