@@ -10,13 +10,14 @@ from typing import Any
 
 import flax.linen as nn
 
+from uticket_jax.models.common import SpikingNet
 from uticket_jax.models.conv import Conv
 from uticket_jax.models.describe import LayerInfo, describe_layers
 from uticket_jax.models.digits import DigitsSNN
 from uticket_jax.models.resnet import ResNet19
 from uticket_jax.models.vgg import VGG16
 
-_MODELS: dict[str, type[nn.Module]] = {
+_MODELS: dict[str, type[SpikingNet]] = {
     "digits_snn": DigitsSNN,
     "vgg16": VGG16,
     "resnet19": ResNet19,
@@ -24,7 +25,7 @@ _MODELS: dict[str, type[nn.Module]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 
 
-def get_model(name: str, *, num_classes: int, timesteps: int, **kw: Any) -> nn.Module:
+def get_model(name: str, *, num_classes: int, timesteps: int, **kw: Any) -> SpikingNet:
     """Builds a model by name.
 
     Args:
@@ -60,6 +61,7 @@ __all__ = [
     "DigitsSNN",
     "LayerInfo",
     "ResNet19",
+    "SpikingNet",
     "VGG16",
     "describe_layers",
     "get_model",

@@ -82,3 +82,25 @@ def check_call(x: jax.Array, timesteps: int, num_classes: int, min_hw: int = 1) 
         raise ValueError(f"x must be images [B, H, W, C] (NHWC), got shape {jnp.shape(x)}")
     if x.shape[1] < min_hw or x.shape[2] < min_hw:
         raise ValueError(f"x must be at least {min_hw}x{min_hw} pixels, got shape {x.shape}")
+
+
+class SpikingNet(nn.Module):
+    """Fields every spiking model of the project has (subclasses add theirs after these).
+
+    Attributes:
+      num_classes: classifier outputs.
+      timesteps: simulation steps `T`.
+      neuron: LIF hyperparameters (default: the authors' tau 4/3, v_th 1, hard reset to 0,
+        detached reset, ATan(2)).
+      conv_impl: `Conv.impl` to use (None: `Conv`'s default).
+    """
+
+    num_classes: int = 10
+    timesteps: int = 4
+    neuron: LIFConfig = LIFConfig()
+    conv_impl: str | None = None
+
+    @property
+    def T(self) -> int:
+        """Alias of `timesteps`."""
+        return self.timesteps

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 
 from uticket_jax.models.common import (
+    SpikingNet,
     batch_norm,
     check_call,
     conv,
@@ -49,26 +50,14 @@ class DigitsFeatures(nn.Module):
         return max_pool(y, 2)
 
 
-class DigitsSNN(nn.Module):
+class DigitsSNN(SpikingNet):
     """Small spiking conv net for 8x8 single-channel images (see the module docstring).
 
-    Attributes:
-      num_classes: classifier outputs (10 digits).
-      timesteps: simulation steps `T`.
+    Attributes (besides `SpikingNet`'s):
       channels: output channels of the conv layers (`conv0`, `conv1`, ...).
-      neuron: LIF hyperparameters (the paper's defaults).
-      conv_impl: `Conv.impl` to use (None: `Conv`'s default).
     """
 
-    num_classes: int = 10
-    timesteps: int = 4
     channels: tuple[int, ...] = (32, 64, 64)
-    neuron: LIFConfig = LIFConfig()
-    conv_impl: str | None = None
-
-    @property
-    def T(self) -> int:
-        return self.timesteps
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:

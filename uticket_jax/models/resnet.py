@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 
 from uticket_jax.models.common import (
+    SpikingNet,
     batch_norm,
     check_call,
     conv,
@@ -91,25 +92,11 @@ class Stem(nn.Module):
         return batch_norm(train, "bn")(y)
 
 
-class ResNet19(nn.Module):
+class ResNet19(SpikingNet):
     """Spiking ResNet19 with direct encoding (see the module docstring).
 
-    Attributes:
-      num_classes: classifier outputs.
-      timesteps: simulation steps `T`.
-      neuron: LIF hyperparameters (default: the authors' tau 4/3, v_th 1, hard reset to 0,
-        detached reset, ATan(2)).
-      conv_impl: `Conv.impl` to use (None: `Conv`'s default).
+    Fields: those of `SpikingNet`.
     """
-
-    num_classes: int = 10
-    timesteps: int = 4
-    neuron: LIFConfig = LIFConfig()
-    conv_impl: str | None = None
-
-    @property
-    def T(self) -> int:
-        return self.timesteps
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:

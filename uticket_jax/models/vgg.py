@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 
 from uticket_jax.models.common import (
+    SpikingNet,
     batch_norm,
     check_call,
     conv,
@@ -58,25 +59,11 @@ class VGGFeatures(nn.Module):
         return y
 
 
-class VGG16(nn.Module):
+class VGG16(SpikingNet):
     """Spiking VGG16-BN with direct encoding (see the module docstring).
 
-    Attributes:
-      num_classes: classifier outputs.
-      timesteps: simulation steps `T`.
-      neuron: LIF hyperparameters (default: tau 4/3, v_th 1, hard reset to 0, detached reset,
-        ATan(2), as the authors' code).
-      conv_impl: `Conv.impl` to use (None: `Conv`'s default).
+    Fields: those of `SpikingNet`.
     """
-
-    num_classes: int = 10
-    timesteps: int = 4
-    neuron: LIFConfig = LIFConfig()
-    conv_impl: str | None = None
-
-    @property
-    def T(self) -> int:
-        return self.timesteps
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
