@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 
 from uticket_jax.models.common import SpikingNet
 from uticket_jax.models.conv import Conv
