@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from uticket_jax.models.common import SpikingNet
 from uticket_jax.models.conv import Conv
 from uticket_jax.models.describe import LayerInfo, describe_layers
