@@ -1,6 +1,5 @@
 """Orbax checkpoints: exact round trip, newest step, clear errors for missing/foreign/corrupt."""
 
-import gc
 import os
 
 import jax
@@ -51,9 +50,6 @@ def test_missing_and_foreign_checkpoints_raise_one_line_errors(tmp_path):
         assert "\n" not in str(err.value)
 
 
-# Orbax leaves a never-awaited read coroutine behind when the files are garbage; it is collected
-# here (not in whichever test runs next) and its warning is expected.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_checkpoint_raises(tmp_path):
     with Checkpointer(str(tmp_path)) as ckpt:
         ckpt.save(0, _tree(), {})
@@ -64,4 +60,3 @@ def test_corrupt_checkpoint_raises(tmp_path):
     with Checkpointer(str(tmp_path)) as ckpt:
         with pytest.raises(CheckpointError, match="cannot be restored"):
             ckpt.restore(_tree())
-    gc.collect()

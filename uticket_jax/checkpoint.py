@@ -24,7 +24,14 @@ class Checkpointer:
     def __init__(self, directory: str, max_to_keep: int = 2):
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
+        )
 
     def latest_step(self) -> int | None:
         """The newest complete step, or None when there is none."""
@@ -55,6 +62,9 @@ class Checkpointer:
             raise CheckpointError(f"--resume: no checkpoint found under {self.directory}")
         abstract = None
         if template is not None:
+            # Compare shapes from the metadata first: a foreign checkpoint is refused before
+            # orbax starts its asynchronous array reads (which leave debris when they fail).
+            _check_shapes(template, self._stored_leaves(step), step, self.directory)
             abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         try:
             restored = self._manager.restore(
@@ -69,9 +79,18 @@ class Checkpointer:
                 f"--resume: checkpoint step {step} under {self.directory} cannot be restored"
                 f" into this run's configuration ({first})"
             ) from None
-        if template is not None:
-            _check_shapes(template, restored.state, step, self.directory)
         return restored.state, restored.meta
+
+    def _stored_leaves(self, step: int) -> Any:
+        """The saved arrays' metadata (shape and dtype per leaf), without reading the arrays."""
+        try:
+            tree = self._manager.item_metadata(step)["state"]
+            return getattr(tree, "tree", tree)
+        except Exception as e:  # unreadable metadata: a damaged checkpoint
+            raise CheckpointError(
+                f"--resume: checkpoint step {step} under {self.directory} cannot be restored"
+                f" (unreadable metadata: {type(e).__name__})"
+            ) from None
 
     def close(self) -> None:
         self._manager.close()
@@ -83,10 +102,14 @@ class Checkpointer:
         self.close()
 
 
-def _check_shapes(template: Any, state: Any, step: int, directory: str) -> None:
-    want = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), template)
-    got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), state)
-    if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
+def _signature(tree: Any) -> list[tuple[tuple[int, ...], str]]:
+    """Sorted (shape, dtype) of every leaf: comparable across tuple/list/dict containers."""
+    leaves = jax.tree.leaves(tree)
+    return sorted((tuple(int(d) for d in x.shape), str(x.dtype)) for x in leaves)
+
+
+def _check_shapes(template: Any, stored: Any, step: int, directory: str) -> None:
+    if stored is None or _signature(template) != _signature(stored):
         raise CheckpointError(
             f"--resume: checkpoint step {step} under {directory} holds arrays of other shapes"
             " than this run's model and flags"
