@@ -169,7 +169,53 @@ def choose_et_timesteps(cfg: LTHConfig, variables, dataset, num_classes: int) ->
     return {"timesteps": chosen, "normalized_kl": divergences, "threshold": cfg.et_threshold}
 
 
+def next_masks(
+    cfg: LTHConfig,
+    stage: Stage,
+    previous: dict[str, Any],
+    order: list[str],
+    *,
+    like: Any,
+    key: jax.Array,
+) -> tuple[dict[str, Any], dict[str, int] | None]:
+    """One IMP step of an arm: prune its previous masks, and rebalance them in the u-Ticket arm.
+
+    Args:
+      cfg: the run's configuration (pruning and rebalance settings).
+      stage: the stage being set up (its arm decides whether to rebalance).
+      previous: `{"masks": flat masks, "trained": params}` of the arm's previous round.
+      order: prunable layer paths in network order.
+      like: a params tree giving the structure for the mask tree.
+      key: key of the random rebalance policy.
+
+    Returns:
+      `(masks_flat, rebalance_counts)`: the new flat masks in network order, and for the
+      u-Ticket arm the total `regrown`, `dropped` and capacity-`capped` counts (else None).
+    """
+    trained = previous["trained"]
+    masks_tree = unflatten(previous["masks"], like)
+    pruned = pruning.prune_magnitude(trained, masks_tree, cfg.prune_percent, scope=cfg.scope)
+    masks_flat = _order(flatten(pruned), order)
+    if stage.arm != "uticket":
+        return masks_flat, None
+    masks_flat, report = workload.rebalance_network(
+        masks_flat,
+        _order(flatten(trained), order),
+        n_pe=cfg.n_pe,
+        mapping=cfg.mapping,
+        policy=cfg.policy,
+        target=cfg.target,
+        key=key,
+        skip_first=cfg.skip_first_layer,
+    )
+    counts = {
+        k: sum(int(getattr(r, k)) for r in report.layers) for k in ("regrown", "dropped", "capped")
+    }
+    return masks_flat, counts
+
+
 def _hardware(cfg, specs, masks_flat, rates) -> dict[str, Any]:
+    """Simulator figures at the run's full T (so every round is costed for the deployed net)."""
     configs = hw_config.config_grid(
         n_pe=[cfg.n_pe],
         mapping=[cfg.mapping],
@@ -275,36 +321,17 @@ def run(
         et_t = meta["et"]["timesteps"] if meta["et"] else None
         stage = stage_at(cfg, meta["stage"], et_t)
         model = model_for(stage.timesteps)
-        arm_state = carry["arms"].get(stage.arm)
-        rebalance_info = None
         if stage.arm == "dense":
-            masks_flat = dense_flat
+            masks_flat, rebalance_info = dense_flat, None
         else:
-            prev = arm_state
-            masks_tree = unflatten(prev["masks"], variables["params"])
-            trained = prev["trained"]
-            masks_flat = _order(
-                flatten(
-                    pruning.prune_magnitude(trained, masks_tree, cfg.prune_percent, scope=cfg.scope)
-                ),
+            masks_flat, rebalance_info = next_masks(
+                cfg,
+                stage,
+                carry["arms"][stage.arm],
                 order,
+                like=variables["params"],
+                key=jax.random.fold_in(rebalance_key, stage.round),
             )
-            if stage.arm == "uticket":
-                masks_flat, report = workload.rebalance_network(
-                    masks_flat,
-                    _order(flatten(trained), order),
-                    n_pe=cfg.n_pe,
-                    mapping=cfg.mapping,
-                    policy=cfg.policy,
-                    target=cfg.target,
-                    key=jax.random.fold_in(rebalance_key, stage.round),
-                    skip_first=cfg.skip_first_layer,
-                )
-                rebalance_info = {
-                    "regrown": sum(int(r.regrown) for r in report.layers),
-                    "dropped": sum(int(r.dropped) for r in report.layers),
-                    "capped": sum(int(r.capped) for r in report.layers),
-                }
         masks_tree = unflatten(masks_flat, variables["params"])
         if meta["epoch"] == 0:
             start_vars = variables if stage.arm == "dense" else carry["rewind"]
