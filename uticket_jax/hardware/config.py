@@ -167,11 +167,9 @@ def stack_configs(configs: Sequence[HardwareConfig]) -> HardwareConfig:
     """Concatenates scalar or batch configs into one batch along the leading axis."""
     if not configs:
         raise ValueError("configs: need at least one config")
+    columns = zip(*configs, strict=True)  # one tuple per field, across the configs
     return HardwareConfig(
-        *(
-            np.concatenate([np.atleast_1d(np.asarray(c[i])) for c in configs])
-            for i in range(len(HardwareConfig._fields))
-        )
+        *(np.concatenate([np.atleast_1d(np.asarray(f)) for f in col]) for col in columns)
     )
 
 
