@@ -236,13 +236,12 @@ def _bisect_ge(x, lo, hi, need, steps: int):
 
 
 def _inclusive_cumsum0(x):
-    """Cumulative sum over axis 0 (Hillis-Steele doubling: log2(R) fused shifted adds)."""
-    r = x.shape[0]
-    shift = 1
-    while shift < r:  # static unroll over log2(R) steps, not over data
-        x = x + jnp.pad(x[:-shift], ((shift, 0), (0, 0)))
-        shift *= 2
-    return x
+    """Cumulative sum over axis 0 (a parallel prefix scan; exact for integers).
+
+    `lax.associative_scan` measured 2-4x faster on XLA:CPU than `jnp.cumsum` or a Hillis-Steele
+    loop of padded shifted adds (the latter cost ~7 ms on a `[32, 16384]` table inside a fusion).
+    """
+    return lax.associative_scan(jnp.add, x, axis=0)
 
 
 def _nth_set_bit(word, r):
