@@ -242,11 +242,24 @@ def check_mask(mask: Any, name: str = "mask") -> None:
 
 
 def _is_direct_loads(mask, n: int):
-    """input_split loads without the transposed `[c_out, c_in]` count table (same values)."""
+    """input_split loads without the transposed `[c_out, c_in]` count table (same values).
+
+    Sums over `(kh, kw)` in int8 (static choice; exact while `K < 128`), then over each input
+    slice with a 0/1 `[n, c_in]` matmul in float32 (exact: every count is far below 2**24).
+    Measured 4-5x faster on XLA:CPU than one reduction over the `[K, n, s, c_out]` view.
+    """
     k, c_in, c_out = kernel_dims(mask.shape)
     s = _cdiv(c_in, n)
-    x = jnp.pad(_as3(mask), ((0, 0), (0, n * s - c_in), (0, 0)))  # [K, n*s, c_out]
-    return x.reshape(k, n, s, c_out).sum((0, 2), dtype=jnp.int32).T  # [c_out, n]
+    small = jnp.int8 if k < 128 else jnp.int32
+    per_in = _as3(mask).astype(small).sum(0, dtype=small)  # [c_in, c_out] counts <= K
+    seg = (_iota(c_in)[None, :] // s == _iota(n)[:, None]).astype(jnp.float32)  # [n, c_in]
+    loads = jnp.dot(seg, per_in.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+    return loads.astype(jnp.int32).T  # [c_out, n]
+
+
+def _iota(size: int):
+    """`[size]` int32 0, 1, ..., size - 1."""
+    return jax.lax.iota(jnp.int32, size)
 
 
 # Faster equivalents of `loads_from_counts(channel_counts(mask), n)` (tests check they agree).
