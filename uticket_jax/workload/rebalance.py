@@ -199,6 +199,7 @@ def select_flips(mask_slots, prio_slots, valid, delta, k: int):
 
 _WORD = 32  # slots per bit-packed word of the compaction step
 _CHUNK = 8  # slots per chunk whose maximum bounds the per-PE threshold
+_ONEHOT_W = 8  # layers with at most this many words per PE compact without gathers
 _T_STEPS = 20  # bisection steps for the chunk threshold (any step count is exact; more = fewer
 # candidates); the exact selection among candidates always runs 31 steps (the int32 key range).
 
@@ -277,17 +278,26 @@ def _select_fast(key, need, k2: int):
     # Compaction: candidate q lives in word ch = #{w : cs[w] <= q} (binary search, W static).
     w_n = cs.shape[0]
     q = lax.broadcasted_iota(jnp.int32, (k2, p), 0)  # [k2, P]
-    top = 1 << (w_n.bit_length() - 1)
+    if w_n <= _ONEHOT_W:
+        # Few words: locate each candidate's word by reductions over the W words (no gathers).
+        le = cs[:, None, :] <= q[None]  # [W, k2, P]
+        ch = jnp.minimum(le.sum(0, dtype=jnp.int32), w_n - 1)  # [k2, P]
+        before = jnp.where(le, cs[:, None, :], 0).max(0)  # [k2, P] (exact for live q)
+        w_idx = lax.broadcasted_iota(jnp.int32, (w_n, 1, 1), 0)
+        word = jnp.where(w_idx == ch[None], words[:, None, :], jnp.uint32(0)).max(0)  # [k2, P]
+    else:
+        top = 1 << (w_n.bit_length() - 1)
 
-    def search(i, ch):  # binary lifting, step top >> i; a loop so each probe is materialized
-        nxt = ch + (top >> i)
-        probe = jnp.take_along_axis(cs, jnp.minimum(nxt, w_n) - 1, 0)  # [k2, P]
-        return jnp.where((nxt <= w_n) & (probe <= q), nxt, ch)
+        def search(i, ch):  # binary lifting, step top >> i; a loop so each probe is materialized
+            nxt = ch + (top >> i)
+            probe = jnp.take_along_axis(cs, jnp.minimum(nxt, w_n) - 1, 0)  # [k2, P]
+            return jnp.where((nxt <= w_n) & (probe <= q), nxt, ch)
 
-    ch = lax.fori_loop(0, w_n.bit_length(), search, jnp.zeros((k2, p), jnp.int32))
-    ch = jnp.minimum(ch, w_n - 1)
-    before = jnp.take_along_axis(cs - cnt, ch, 0)  # [k2, P] candidates in earlier words
-    bit = _nth_set_bit(jnp.take_along_axis(words, ch, 0), q - before)
+        ch = lax.fori_loop(0, w_n.bit_length(), search, jnp.zeros((k2, p), jnp.int32))
+        ch = jnp.minimum(ch, w_n - 1)
+        before = jnp.take_along_axis(cs - cnt, ch, 0)  # [k2, P] candidates in earlier words
+        word = jnp.take_along_axis(words, ch, 0)  # [k2, P]
+    bit = _nth_set_bit(word, q - before)
     row = ch * _WORD + bit  # [k2, P] slot row of candidate q, increasing in q
     live = q < total[None]
     ckey = jnp.where(live, jnp.take_along_axis(key, jnp.where(live, row, 0), 0), -1)  # [k2, P]
