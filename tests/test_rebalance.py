@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -282,6 +284,16 @@ def test_fast_path_and_topk_fallback_match_oracle(mapping, target):
             k2=k2,
         )
         np.testing.assert_array_equal(got, want, err_msg=f"k2={k2}")
+    # The compaction locates candidates by reductions when a PE spans few words, by gathers
+    # otherwise: force the gather variant too (a fresh jit traces with the patched bound).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rb, "_ONEHOT_W", 0)
+        for k2 in (rb.cand_bound(d_max, c), -(-c // 32) * 32):
+            fn = jax.jit(
+                functools.partial(rb.apply_layer, m=m, n_pe=n, k=rb._bound(d_max, c), k2=k2)
+            )
+            got = fn(jnp.asarray(mask), prio, delta)
+            np.testing.assert_array_equal(got, want, err_msg=f"gathers, k2={k2}")
     # Two PE classes: PEs needing more than 2 moves go to a second, wider call (with one
     # padding column, out of range); the rest keep a narrow candidate bound.
     need = np.abs(np.asarray(m.pe_cols(np.asarray(delta))))
