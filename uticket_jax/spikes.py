@@ -17,9 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uticket_jax.models.conv import Conv
-
-_LAYER_TYPES = (nn.Dense, nn.Conv, Conv)
+from uticket_jax.models.describe import LAYER_TYPES
 
 
 def _counts(model: nn.Module, variables: Any, images: jax.Array) -> dict[str, jax.Array]:
@@ -28,7 +26,7 @@ def _counts(model: nn.Module, variables: Any, images: jax.Array) -> dict[str, ja
 
     def record(next_fun, args, kwargs, context):
         module = context.module
-        if context.method_name == "__call__" and isinstance(module, _LAYER_TYPES) and args:
+        if context.method_name == "__call__" and isinstance(module, LAYER_TYPES) and args:
             x = args[0]
             name = "/".join(module.path) + "/kernel"
             counts[name] = jnp.stack(

@@ -16,6 +16,9 @@ import jax.numpy as jnp
 from uticket_jax.masks import flatten
 from uticket_jax.models.conv import Conv
 
+# The modules that hold a prunable kernel (the layers of the mask files and the simulator).
+LAYER_TYPES = (Conv, nn.Conv, nn.Dense)
+
 
 class LayerInfo(NamedTuple):
     """One conv or dense layer, as the network executes it.
@@ -71,7 +74,7 @@ def describe_layers(
     def record(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         mod = context.module
-        if context.method_name == "__call__" and isinstance(mod, Conv | nn.Conv | nn.Dense):
+        if context.method_name == "__call__" and isinstance(mod, LAYER_TYPES):
             kind = "dense" if isinstance(mod, nn.Dense) else "conv"
             strides = (1, 1) if kind == "dense" else _pair(mod.strides or 1)
             path = "/".join(mod.path)
