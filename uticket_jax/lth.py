@@ -145,17 +145,21 @@ def _order(flat: dict, order: list[str]) -> dict:
     return {k: flat[k] for k in order}
 
 
-def choose_et_timesteps(cfg: LTHConfig, variables, dataset, num_classes: int) -> dict[str, Any]:
+def choose_et_timesteps(
+    cfg: LTHConfig, variables, dataset, model_for: Callable[[int], Any]
+) -> dict[str, Any]:
     """Early-time ticket: the smallest candidate `T` whose output stays close to the full `T`'s.
 
     Closeness on the first `eval_batch_size` test images: mean KL(p_full || p_T) / log(classes),
     with p the softmax of the time-averaged logits.
+
+    `model_for(t)` returns the run's model at `t` steps (one cached instance per `t`).
     """
     x = jnp.asarray(dataset.test_images[: cfg.eval_batch_size])
 
     def probs(t):
-        model = models.get_model(cfg.arch, num_classes=num_classes, timesteps=t)
-        return jax.nn.log_softmax(model.apply(variables, x, train=False).mean(0), -1)
+        logits = model_for(t).apply(variables, x, train=False)  # [t, B, classes]
+        return jax.nn.log_softmax(logits.mean(0), -1)
 
     full = probs(cfg.timesteps)
     divergences = {}
@@ -163,7 +167,7 @@ def choose_et_timesteps(cfg: LTHConfig, variables, dataset, num_classes: int) ->
         if t >= cfg.timesteps:
             continue
         lp = probs(t)
-        kl = jnp.sum(jnp.exp(full) * (full - lp), -1).mean() / jnp.log(num_classes)
+        kl = jnp.sum(jnp.exp(full) * (full - lp), -1).mean() / jnp.log(dataset.num_classes)
         divergences[t] = float(kl)
     chosen = next((t for t, d in divergences.items() if d <= cfg.et_threshold), cfg.timesteps)
     return {"timesteps": chosen, "normalized_kl": divergences, "threshold": cfg.et_threshold}
@@ -371,7 +375,7 @@ def run(
             for a in cfg.arms:
                 carry["arms"][a] = {"masks": dense_flat, "trained": state.params}
             if cfg.et:
-                meta["et"] = choose_et_timesteps(cfg, trained_vars, dataset, num_classes)
+                meta["et"] = choose_et_timesteps(cfg, trained_vars, dataset, model_for)
         else:
             carry["arms"][stage.arm] = {"masks": masks_flat, "trained": state.params}
         rates = input_spike_rates(
