@@ -274,52 +274,47 @@ def test_fast_path_and_topk_fallback_match_oracle(mapping, target):
     want = oracle.rebalance(mask, np.abs(w), n, mapping, target)[0]
     prio = rb._magnitude(jnp.asarray(w))
     for k2 in (1, rb.cand_bound(d_max, c), -(-c // 32) * 32):
-        got = rb._apply(
-            jnp.asarray(mask),
-            prio,
-            delta,
-            n_pe=n,
-            mapping=mapping,
-            k=rb._bound(d_max, c),
-            k2=k2,
-        )
+        widths = rb.Widths(rb._bound(d_max, c), k2)
+        got = rb._apply(jnp.asarray(mask), prio, delta, n_pe=n, mapping=mapping, widths=widths)
         np.testing.assert_array_equal(got, want, err_msg=f"k2={k2}")
     # The compaction locates candidates by reductions when a PE spans few words, by gathers
     # otherwise: force the gather variant too (a fresh jit traces with the patched bound).
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(rb, "_ONEHOT_W", 0)
         for k2 in (rb.cand_bound(d_max, c), -(-c // 32) * 32):
-            fn = jax.jit(
-                functools.partial(rb.apply_layer, m=m, n_pe=n, k=rb._bound(d_max, c), k2=k2)
-            )
+            widths = rb.Widths(rb._bound(d_max, c), k2)
+            fn = jax.jit(functools.partial(rb.apply_layer, m=m, n_pe=n, widths=widths))
             got = fn(jnp.asarray(mask), prio, delta)
             np.testing.assert_array_equal(got, want, err_msg=f"gathers, k2={k2}")
-    # Two PE classes: PEs needing more than 2 moves go to a second, wider call (with one
-    # padding column, out of range); the rest keep a narrow candidate bound.
+    # Three PE classes: PEs needing one or two moves keep a narrow candidate bound, those needing
+    # three go to a second call and the rest to a third, the widest (each class with padding
+    # columns, out of range).
     need = np.abs(np.asarray(m.pe_cols(np.asarray(delta))))
-    heavy = np.append(np.nonzero(need > 2)[0], need.size).astype(np.int32)
-    assert 0 < heavy.size - 1 < need.size
-    got = rb._apply(
-        jnp.asarray(mask),
-        prio,
-        delta,
-        heavy,
-        n_pe=n,
-        mapping=mapping,
-        k=rb._bound(d_max, c),
-        k2=rb.cand_bound(2, c),
-        k2h=-(-c // 32) * 32,
-    )
-    np.testing.assert_array_equal(got, want, err_msg="heavy split")
-    k, k2, k2h, heavy = rb.plan_widths(np.asarray(delta), c)
-    assert k >= d_max and k2 >= 1 and (heavy is None) == (k2h == 0)
+    mid, top = (need > 2) & (need <= 3), need > 3
+    assert mid.any() and top.any() and not (mid | top).all()
+    heavy = tuple(np.append(np.nonzero(cls)[0], need.size).astype(np.int32) for cls in (mid, top))
+    widths = rb.Widths(rb._bound(d_max, c), rb.cand_bound(2, c), (8, -(-c // 32) * 32))
+    got = rb._apply(jnp.asarray(mask), prio, delta, heavy, n_pe=n, mapping=mapping, widths=widths)
+    np.testing.assert_array_equal(got, want, err_msg="heavy classes")
+    widths, heavy = rb.plan_widths(np.asarray(delta), c)
+    assert widths.k >= d_max and widths.k2 >= 1 and len(heavy) == len(widths.heavy_k2)
 
 
 def test_plan_widths_splits_off_heavy_pes():
     delta = np.ones((512, 8), np.int32)  # 4096 PEs needing one move ...
     delta[[3, 100], [0, 5]] = [-300, 280]  # ... and two needing hundreds
-    k, k2, k2h, heavy = rb.plan_widths(delta, 4608)
-    assert k == 512 and k2h >= 2 * 300 and k2 < k2h
-    assert heavy.size == 8 and sorted(heavy[:2]) == [3 * 8 + 0, 100 * 8 + 5]
-    assert np.all(heavy[2:] == delta.size)  # padding columns are out of range
-    assert rb.plan_widths(np.zeros((4, 4), np.int32), 16)[3] is None
+    widths, heavy = rb.plan_widths(delta, 4608)
+    assert widths.k == 512 and len(heavy) == 1 and widths.heavy_k2[0] >= 2 * 300
+    assert widths.k2 < widths.heavy_k2[0]
+    assert heavy[0].size == 8 and sorted(heavy[0][:2]) == [3 * 8 + 0, 100 * 8 + 5]
+    assert np.all(heavy[0][2:] == delta.size)  # padding columns are out of range
+    # With two heavy classes allowed, a spread of needs gets a middle class; every PE is in one.
+    delta = np.ones((512, 8), np.int32)
+    delta[:64] = 20
+    delta[500, 0] = 300
+    widths, heavy = rb.plan_widths(delta, 4608, max_heavy=2)
+    assert len(heavy) == 2 and widths.k2 < widths.heavy_k2[0] < widths.heavy_k2[1]
+    cols = np.concatenate([h[h < delta.size] for h in heavy])
+    assert sorted(cols) == sorted(np.nonzero(delta.reshape(-1) > 1)[0])
+    none_moves = rb.plan_widths(np.zeros((4, 4), np.int32), 16)
+    assert none_moves == (rb.Widths(1, rb.cand_bound(0, 16)), ())

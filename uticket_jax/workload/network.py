@@ -95,20 +95,18 @@ def _plan_layer(mask, cap, *, n_pe: int, mapping: str, target: str, c_max: int):
     return loads, tgt, jnp.max(jnp.abs(tgt - loads))
 
 
-@functools.partial(
-    jax.jit, static_argnames=("n_pe", "mapping", "policy", "k", "k2", "k2h", "layer")
-)
-def _apply_layer(mask, weights, delta, key, heavy, *, n_pe, mapping, policy, k, k2, k2h, layer):
-    # Static: the PE array, the policy (which priority), the selection widths `k` (top-k
-    # fallback), `k2` / `k2h` (fast-path candidates of most / heavy PEs; `heavy` lists the
-    # latter, see `rebalance.plan_widths`), and the layer position (folded into `key`).
+@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "policy", "widths", "layer"))
+def _apply_layer(mask, weights, delta, key, heavy, *, n_pe, mapping, policy, widths, layer):
+    # Static: the PE array, the policy (which priority), the selection widths
+    # (`rebalance.plan_widths`; `heavy` holds the columns of its wide classes) and the layer
+    # position (folded into `key`).
     # Keeps: only the PE's own slots change; regrown were pruned, dropped were active.
     if policy == "magnitude":
         prio = rb._magnitude(weights)
     else:
         prio = rb._random_priorities(jax.random.fold_in(key, layer), mask.shape)
     m = mp.MAPPINGS[mapping]
-    return rb.apply_layer(mask, prio, delta, m=m, n_pe=n_pe, k=k, k2=k2, k2h=k2h, heavy=heavy)
+    return rb.apply_layer(mask, prio, delta, heavy, m=m, n_pe=n_pe, widths=widths)
 
 
 @jax.jit
@@ -176,7 +174,7 @@ def rebalance_network(
     new = list(arrays)
     for i, (a, (delta, d), c) in enumerate(zip(keep, host, c_maxs, strict=True)):
         if a and int(d) > 0:
-            k, k2, k2h, heavy = rb.plan_widths(m.pe_cols(delta), c)
+            widths, heavy = rb.plan_widths(m.pe_cols(delta), c)
             new[i] = _apply_layer(
                 arrays[i],
                 jnp.asarray(wflat[names[i]]) if policy == "magnitude" else None,
@@ -186,9 +184,7 @@ def rebalance_network(
                 n_pe=n_pe,
                 mapping=m.name,
                 policy=policy,
-                k=k,
-                k2=k2,
-                k2h=k2h,
+                widths=widths,
                 layer=i,
             )
     layers = []
