@@ -14,7 +14,8 @@ at CIFAR shape (32x32x3, 10 classes), both with batch `--batch_size` and `--time
   repeated over T), trained with `torch.optim.SGD` in the same process.
 
 `--layers` adds per-layer timings of VGG16's convolutions (forward, input gradient, weight gradient;
-plain lax vs ours) at the folded batch T*B.
+plain lax vs ours, and PyTorch's own kernels when torch imports) at the folded batch T*B, and
+their sums per implementation (`vgg16_layers_total_ms`).
 
 Run it on a quiet machine: when other processes share the cores, SpikingJelly's OpenMP threads
 slow down far more than XLA's (measured here: 3.6 to 37 images/s for the same step), and the
@@ -164,8 +165,41 @@ def _vgg16_conv_shapes(batch: int, timesteps: int):
     return shapes
 
 
-def bench_layers(batch: int, timesteps: int, repeats: int) -> list[dict]:
-    """Per-conv milliseconds of forward, input and weight gradient: plain lax vs ours (auto)."""
+def _torch_conv_ms(x, w, dy, best_ms) -> dict | None:
+    """PyTorch's (oneDNN on CPU) forward / input / weight gradient ms for the same conv, or None.
+
+    The gradients come from `aten.convolution_backward`, the kernel autograd calls, one product
+    at a time (`output_mask`).
+    """
+    try:
+        import torch
+    except ImportError:
+        return None
+    xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())  # NCHW
+    wt = torch.from_numpy(np.asarray(w).transpose(3, 2, 0, 1).copy())  # OIHW
+    dyt = torch.from_numpy(np.asarray(dy).transpose(0, 3, 1, 2).copy())
+
+    def product(mask):
+        def run():
+            with torch.no_grad():
+                if mask is None:
+                    return torch.nn.functional.conv2d(xt, wt, padding=1)
+                return torch.ops.aten.convolution_backward(
+                    dyt, xt, wt, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, mask
+                )
+
+        return run
+
+    return {
+        "forward": best_ms(product(None)),
+        "input_grad": best_ms(product([True, False, False])),
+        "weight_grad": best_ms(product([False, True, False])),
+    }
+
+
+def bench_layers(batch: int, timesteps: int, repeats: int, peer: bool) -> list[dict]:
+    """Per-conv milliseconds of forward, input and weight gradient: plain lax vs ours (auto), and
+    PyTorch's kernels at the same shapes when `peer` and torch imports (`torch_ms`)."""
 
     def best_ms(fn, *args):
         jax.block_until_ready(fn(*args))
@@ -196,8 +230,26 @@ def bench_layers(batch: int, timesteps: int, repeats: int) -> list[dict]:
                 "input_grad": best_ms(dx, x, w, dy),
                 "weight_grad": best_ms(dw, x, w, dy),
             }
+        if peer and (torch_ms := _torch_conv_ms(x, w, dy, best_ms)) is not None:
+            row["torch_ms"] = torch_ms
         rows.append(row)
     return rows
+
+
+def layer_totals(rows: list[dict]) -> dict:
+    """Sum over the convs of each implementation's forward + input + weight gradient ms (conv0's
+    input gradient left out: a train step never needs it)."""
+    totals = {}
+    for key in ("lax_ms", "auto_ms", "torch_ms"):
+        if all(key in r for r in rows):
+            totals[key] = round(
+                sum(
+                    sum(v for k, v in r[key].items() if i or k != "input_grad")
+                    for i, r in enumerate(rows)
+                ),
+                1,
+            )
+    return totals
 
 
 def _usage(message: str) -> None:
@@ -242,7 +294,8 @@ def run() -> dict:
             res["torch_threads"] = torch.get_num_threads()
         out[name] = res
     if _LAYERS.value:
-        out["vgg16_layers"] = bench_layers(b, t, reps)
+        out["vgg16_layers"] = bench_layers(b, t, reps, _PEER.value)
+        out["vgg16_layers_total_ms"] = layer_totals(out["vgg16_layers"])
     return out
 
 
