@@ -49,7 +49,7 @@ def run() -> dict:
     if _REPEATS.value < 1:
         raise ValueError(f"--repeats: must be >= 1, got {_REPEATS.value}")
     masks, _ = vgg16_sparse(_SEED.value, sparsity=0.98)
-    specs = hardware.describe_layers({k: v.shape for k, v in masks.items()}, input_size=32)
+    specs = hardware.specs_from_shapes({k: v.shape for k, v in masks.items()}, input_size=32)
     t = time.perf_counter()
     tables = hardware.network_tables(masks, specs)
     jax.block_until_ready(tables)

@@ -202,7 +202,7 @@ def run() -> list[dict]:
     if _MODEL.value:
         specs = _model_specs(masks)
     else:
-        specs = hardware.describe_layers(
+        specs = hardware.specs_from_shapes(
             {k: v.shape for k, v in masks.items()},
             input_size=_INPUT_SIZE.value,
             out_sizes=_ints(_OUT_SIZES) if _OUT_SIZES.value else None,

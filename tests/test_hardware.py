@@ -104,7 +104,7 @@ def networks(draw):
     sizes = [draw(st.integers(1, 6)), draw(st.integers(1, 6)), 1]
     skip_first = draw(st.booleans())
     conv_only = draw(st.booleans())
-    specs = hardware.describe_layers(
+    specs = hardware.specs_from_shapes(
         shapes, out_sizes=sizes, skip_first=skip_first, conv_only=conv_only
     )
     cfgs = [
@@ -183,7 +183,7 @@ def test_balanced_mask_has_full_utilization(n, load, mapping, seed):
         flat[rng.permutation(flat.size)[:load]] = True
         mask[:, :, lo:hi, o] = flat.reshape(3, 3, hi - lo)
     masks = {"x/kernel": mask}
-    specs = hardware.describe_layers({"x/kernel": shape}, out_sizes=[4], skip_first=False)
+    specs = hardware.specs_from_shapes({"x/kernel": shape}, out_sizes=[4], skip_first=False)
     res = hardware.simulate_masks(masks, specs, hardware.make_config(n_pe=n, mapping=mapping))
     if load:
         assert res.network.utilization[0] == pytest.approx(1.0)
@@ -199,7 +199,7 @@ def test_zero_layer_is_reported_not_a_crash():
     shapes = {"a/kernel": (3, 3, 2, 4), "b/kernel": (3, 3, 4, 8), "c/kernel": (3, 3, 8, 8)}
     masks = {k: _random_mask(rng, s, 0.3) for k, s in shapes.items()}
     masks["b/kernel"][:] = False
-    specs = hardware.describe_layers(shapes, out_sizes=[4, 4, 2])
+    specs = hardware.specs_from_shapes(shapes, out_sizes=[4, 4, 2])
     configs = hardware.config_grid(n_pe=[1, 4, 16], mapping=list(hardware.MAPPINGS))
     res = _check_against_oracle(masks, specs, configs)
     assert np.isnan(res.layers.utilization[:, 1]).all()
@@ -214,7 +214,7 @@ def test_activity_aware_scales_accumulates_only():
     rng = np.random.default_rng(2)
     shapes = {"a/kernel": (3, 3, 3, 8), "b/kernel": (3, 3, 8, 8)}
     masks = {k: _random_mask(rng, s, 0.5) for k, s in shapes.items()}
-    specs = hardware.describe_layers(shapes, out_sizes=[8, 8], skip_first=False)
+    specs = hardware.specs_from_shapes(shapes, out_sizes=[8, 8], skip_first=False)
     on = hardware.make_config(n_pe=4, activity_aware=True)
     off = hardware.make_config(n_pe=4, activity_aware=False)
     rates = {"a/kernel": 1.0, "b/kernel": 0.25}
@@ -228,7 +228,7 @@ def test_activity_aware_scales_accumulates_only():
 
 
 def test_vgg16_output_sizes():
-    specs = hardware.describe_layers(vgg16_shapes(), input_size=32)
+    specs = hardware.specs_from_shapes(vgg16_shapes(), input_size=32)
     sizes = [s.out_hw[0] for s in specs]
     assert sizes == [32, 32, 16, 16, 8, 8, 8, 4, 4, 4, 2, 2, 2, 1]
     assert [s.analysed for s in specs] == [False] + [True] * 12 + [False]
@@ -237,7 +237,7 @@ def test_vgg16_output_sizes():
 @pytest.mark.slow
 def test_full_vgg16_sweep_against_oracle():
     shapes = vgg16_shapes()
-    specs = hardware.describe_layers(shapes, input_size=32)
+    specs = hardware.specs_from_shapes(shapes, input_size=32)
     rng = np.random.default_rng(3)
     masks = {k: _random_mask(rng, s, 0.02) for k, s in shapes.items()}
     configs = hardware.config_grid(n_pe=[16], mapping=list(hardware.MAPPINGS), timesteps=[5])
@@ -261,7 +261,7 @@ def _resnet19_shapes():
 
 
 def test_resnet19_output_sizes():
-    specs = hardware.describe_layers(_resnet19_shapes(), input_size=32)
+    specs = hardware.specs_from_shapes(_resnet19_shapes(), input_size=32)
     got = {s.name: s.out_hw[0] for s in specs}
     assert got["stem/conv/kernel"] == 32
     assert got["layer1/block2/conv2/kernel"] == 32
@@ -293,23 +293,23 @@ def test_bad_configs_raise(kwargs, match):
 def test_bad_layer_descriptions_raise():
     shapes = vgg16_shapes()
     with pytest.raises(ValueError, match="dense layer"):
-        hardware.describe_layers(shapes, input_size=64)  # classifier expects 512 features
+        hardware.specs_from_shapes(shapes, input_size=64)  # classifier expects 512 features
     with pytest.raises(ValueError, match="input_size"):
-        hardware.describe_layers(shapes, input_size=8)  # 5 pooling stages do not fit
+        hardware.specs_from_shapes(shapes, input_size=8)  # 5 pooling stages do not fit
     broken = dict(shapes)
     broken["features/conv3/kernel"] = (3, 3, 100, 128)
     with pytest.raises(ValueError, match="c_in"):
-        hardware.describe_layers(broken, input_size=32)
+        hardware.specs_from_shapes(broken, input_size=32)
     with pytest.raises(ValueError, match="masks"):
-        hardware.describe_layers({}, input_size=32)
+        hardware.specs_from_shapes({}, input_size=32)
     with pytest.raises(ValueError, match="out_sizes"):
-        hardware.describe_layers(shapes, out_sizes=[32, 32])
+        hardware.specs_from_shapes(shapes, out_sizes=[32, 32])
     with pytest.raises(ValueError, match="arch"):
-        hardware.describe_layers(shapes, input_size=32, arch="alexnet")
+        hardware.specs_from_shapes(shapes, input_size=32, arch="alexnet")
 
 
 def test_bad_spike_rates_raise():
-    specs = hardware.describe_layers({"a/kernel": (3, 3, 2, 4)}, out_sizes=[4])
+    specs = hardware.specs_from_shapes({"a/kernel": (3, 3, 2, 4)}, out_sizes=[4])
     with pytest.raises(ValueError, match="spike_rates"):
         hardware.spike_rate_vector({"a/kernel": 1.5}, specs)
     with pytest.raises(ValueError, match="spike_rates"):
@@ -322,7 +322,7 @@ def test_bad_spike_rates_raise():
 
 def test_int32_overflow_is_refused():
     shapes = {"a/kernel": (3, 3, 4096, 4096)}
-    specs = hardware.describe_layers(shapes, out_sizes=[1], skip_first=False)
+    specs = hardware.specs_from_shapes(shapes, out_sizes=[1], skip_first=False)
     tables = [hardware.LayerTables(np.zeros(4096, np.int32), np.zeros((4096, 4097), np.int32))]
     cfg = hardware.make_config(n_pe=2**20, mapping="input_split")
     with pytest.raises(ValueError, match="n_pe"):
@@ -334,7 +334,7 @@ def test_ratios_against_baseline():
     shapes = {"a/kernel": (3, 3, 3, 8), "b/kernel": (3, 3, 8, 16)}
     sparse = {k: _random_mask(rng, s, 0.1) for k, s in shapes.items()}
     dense = {k: np.ones(s, bool) for k, s in shapes.items()}
-    specs = hardware.describe_layers(shapes, out_sizes=[8, 8], skip_first=False)
+    specs = hardware.specs_from_shapes(shapes, out_sizes=[8, 8], skip_first=False)
     configs = hardware.config_grid(n_pe=[2, 8], mapping=list(hardware.MAPPINGS))
     rows = hardware.sweep_networks({"s": sparse, "d": dense}, specs, configs, baseline="d")
     assert len(rows) == 8 and all(("vs_baseline" in r) == (r["masks"] == "s") for r in rows)
@@ -354,7 +354,7 @@ _SHARDED = textwrap.dedent(
     rng = np.random.default_rng(5)
     shapes = {"a/kernel": (3, 3, 3, 10), "b/kernel": (3, 3, 10, 7), "fc/kernel": (7, 4)}
     masks = {k: rng.random(s) < 0.3 for k, s in shapes.items()}
-    specs = hardware.describe_layers(shapes, out_sizes=[6, 3, 1], skip_first=False)
+    specs = hardware.specs_from_shapes(shapes, out_sizes=[6, 3, 1], skip_first=False)
     configs = hardware.config_grid(
         n_pe=[1, 2, 3, 5, 8, 13, 64], mapping=list(hardware.MAPPINGS), e_idle_pj=[0.0, 0.05],
         timesteps=[4], activity_aware=[True])
@@ -388,7 +388,7 @@ def test_derived_sizes_match_the_project_models(name):
         models.get_model(name, num_classes=10, timesteps=1), (32, 32, 3)
     )
     exact = hardware.specs_from_layers(layers)
-    derived = hardware.describe_layers({x.path: x.kernel_shape for x in layers}, input_size=32)
+    derived = hardware.specs_from_shapes({x.path: x.kernel_shape for x in layers}, input_size=32)
     assert exact == derived
 
 
@@ -396,7 +396,7 @@ def test_simulate_compiles_once_and_keeps_dtypes():
     shapes = ARCHS[0]
     rng = np.random.default_rng(6)
     masks = {k: _random_mask(rng, s, 0.4) for k, s in shapes.items()}
-    specs = hardware.describe_layers(shapes, out_sizes=[4, 2, 1])
+    specs = hardware.specs_from_shapes(shapes, out_sizes=[4, 2, 1])
     tables = hardware.network_tables(masks, specs)
     first = hardware.config_grid(n_pe=[1, 2, 3], mapping=list(hardware.MAPPINGS))
     res = hardware.simulate(tables, specs, first)

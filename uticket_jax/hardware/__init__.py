@@ -31,10 +31,10 @@ from uticket_jax.hardware.tables import (
     LayerTables,
     check_same_layers,
     count_tables,
-    describe_layers,
     load_spike_rates,
     network_tables,
     specs_from_layers,
+    specs_from_shapes,
     spike_rate_vector,
 )
 
@@ -51,7 +51,7 @@ __all__ = [
     "config_rows",
     "count_tables",
     "check_same_layers",
-    "describe_layers",
+    "specs_from_shapes",
     "figures_dict",
     "flat_row",
     "group_loads",

@@ -54,6 +54,7 @@ from uticket_jax.hardware.config import (
     validate_config,
 )
 from uticket_jax.hardware.tables import LayerSpec, LayerTables, network_tables, spike_rate_vector
+from uticket_jax.results import jsonable
 from uticket_jax.workload.metrics import Metrics, layer_metrics, network_metrics
 
 ENERGY_TERMS = ("accumulate", "weight_fetch", "idle", "leakage")
@@ -223,7 +224,7 @@ def simulate(
 
     Args:
       tables: per-layer count tables (`tables.network_tables`), in the order of `specs`.
-      specs: layer descriptions (`tables.describe_layers`).
+      specs: layer descriptions (`tables.specs_from_shapes` or `tables.specs_from_layers`).
       configs: a batch `HardwareConfig` `[N]` (a scalar config counts as N = 1).
       spike_rates: per-layer input spike rates, `[L]` or `{path: rate}`; used by configs with
         `activity_aware`. None: rate 1.
@@ -306,11 +307,6 @@ def simulate_masks(
     return simulate(network_tables(masks, specs), specs, configs, **kwargs)
 
 
-def _num(x) -> float | None:
-    f = float(x)
-    return None if f != f else f  # NaN (no work) -> None
-
-
 _COUNTS = ("latency", "wasted", "dynamic")
 
 
@@ -324,7 +320,7 @@ def _fig_dict(cols: Mapping[str, Any], *index: int, counts: bool = True) -> dict
         v = cols[k]
         for i in index:
             v = v[i]
-        return int(v) if counts and k in _COUNTS else _num(v)
+        return int(v) if counts and k in _COUNTS else jsonable(float(v))  # NaN: no work
 
     d = {k: at(k) for k in cols if not k.startswith("energy_")}
     d["energy"] = {t: at(f"energy_{t}") for t in ENERGY_TERMS}

@@ -214,7 +214,7 @@ def _resnet_sizes(shapes: Mapping[str, tuple[int, ...]], input_hw: tuple[int, in
     return [size[k] for k in names]
 
 
-def describe_layers(
+def specs_from_shapes(
     shapes: Mapping[str, Sequence[int]],
     *,
     input_size: int | tuple[int, int] | None = None,
@@ -223,7 +223,10 @@ def describe_layers(
     conv_only: bool = True,
     skip_first: bool = True,
 ) -> list[LayerSpec]:
-    """Layer descriptions for kernels given in network order.
+    """Layer descriptions for kernels given in network order, output sizes inferred.
+
+    The output sizes follow the architecture (see the module docstring) unless given; when the
+    model itself is at hand, `specs_from_layers` reads them off its layer table instead.
 
     Args:
       shapes: `{path: hwio kernel shape}` in network order (4-D conv, 2-D dense).

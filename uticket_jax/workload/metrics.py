@@ -24,7 +24,8 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax.numpy as jnp
-import numpy as np
+
+from uticket_jax.results import jsonable
 
 
 class Metrics(NamedTuple):
@@ -38,11 +39,7 @@ class Metrics(NamedTuple):
 
     def to_dict(self) -> dict[str, float | None]:
         """Python floats for JSON; NaN (a layer without work) becomes None."""
-        out = {}
-        for k, v in self._asdict().items():
-            f = float(v)
-            out[k] = None if np.isnan(f) else f
-        return out
+        return {k: jsonable(float(v)) for k, v in self._asdict().items()}
 
 
 def group_figures(group_sum, group_max, n):
