@@ -119,6 +119,19 @@ def test_choose_impl_policy():
     )
 
 
+def test_auto_is_xla_conv_off_cpu(monkeypatch):
+    # The per-shape choice was measured on XLA:CPU; on another backend "auto" is XLA's own conv.
+    x, w = jnp.ones((2, 2, 2, 8)), jnp.ones((3, 3, 8, 4))  # a tiny output: patches on the CPU
+
+    def prims():  # a fresh function each time, so no trace is reused
+        jaxpr = jax.make_jaxpr(lambda x, w: conv2d(x, w, 1, "SAME", "auto"))(x, w)
+        return {e.primitive.name for e in jaxpr.jaxpr.eqns}
+
+    assert "custom_vjp_call" in prims()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert prims() == {"conv_general_dilated"}
+
+
 @pytest.mark.parametrize("impl", ["auto", "lax"])
 @pytest.mark.parametrize("use_bias", [False, True])
 def test_module_params_match_flax_conv(impl, use_bias):

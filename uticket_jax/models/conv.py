@@ -16,7 +16,8 @@ Why: on XLA:CPU (jax 0.10, 2 cores) the weight-gradient convolution runs 2-3x sl
 forward convolution of the same layer, and convolutions with a 2x2 (or smaller) output and
 hundreds of channels hit a slow path (1.2-2.5 s for one of VGG16's 2x2x512 layers at batch 128,
 against ~12 ms as a matmul). `choose_impl` encodes those measurements; `impl="lax"` turns everything
-back into plain `lax.conv_general_dilated` + autodiff (the reference the tests compare to).
+back into plain `lax.conv_general_dilated` + autodiff (the reference the tests compare to), and is
+what `impl="auto"` means on a GPU or TPU backend.
 """
 
 import functools
@@ -222,8 +223,10 @@ def conv2d(
       w: kernel [kh, kw, C_in, C_out].
       strides: int or (sh, sw).
       padding: "SAME", "VALID", int, (ph, pw) or ((lo, hi), (lo, hi)); non-negative.
-      impl: "auto" (per-shape choice, see `choose_impl`), "lax" (plain XLA conv and autodiff),
-        "patches" (im2col matmuls for all three products) or an explicit `ConvImpl`.
+      impl: "auto" (on the CPU backend the per-shape choice of `choose_impl`; on GPU/TPU
+        XLA's own convolution, i.e. cuDNN on GPU, since the choice was measured on XLA:CPU only),
+        "lax" (plain XLA conv and autodiff), "patches" (im2col matmuls for all three products)
+        or an explicit `ConvImpl`.
 
     Returns:
       y: [N, Ho, Wo, C_out].
@@ -241,8 +244,8 @@ def conv2d(
     if isinstance(impl, str):
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS} or a ConvImpl, got {impl!r}")
-        if impl == "lax":
-            return _lax_conv(x, w, strides, pads)
+        if impl == "lax" or (impl == "auto" and jax.default_backend() != "cpu"):
+            return _lax_conv(x, w, strides, pads)  # "auto" is CPU-tuned; elsewhere XLA's own
         impl = (
             choose_impl(x.shape, w.shape, strides, pads)
             if impl == "auto"
@@ -325,8 +328,9 @@ class Conv(nn.Module):
       padding: "SAME", "VALID", an int, (ph, pw) or ((lo, hi), (lo, hi)).
       use_bias: add a `bias` param of shape [features].
       kernel_init, bias_init: initializers (flax.linen.Conv's defaults: LeCun normal, zeros).
-      impl: "auto" (CPU-tuned custom backward, default), "lax" (plain `lax.conv_general_dilated`
-        with XLA autodiff, e.g. for comparison or on accelerators) or "patches"; see `conv2d`.
+      impl: "auto" (default: the CPU-tuned custom backward on the CPU backend, XLA's own
+        convolution on GPU/TPU), "lax" (plain `lax.conv_general_dilated` with XLA autodiff, e.g.
+        for comparison) or "patches"; see `conv2d`.
     """
 
     features: int
