@@ -41,7 +41,6 @@ wider call of their own (`plan_widths`) so the common PEs keep a narrow `k2`.
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Any, NamedTuple
 
 import jax
@@ -331,61 +330,46 @@ class Widths(NamedTuple):
 
     k: int  # top-k fallback width (>= every |delta|)
     k2: int  # fast-path candidate bound of the PEs outside every heavy class
-    heavy_k2: tuple[int, ...] = ()  # candidate bound of each heavy class, increasing
+    heavy_k2: tuple[int, ...] = ()  # candidate bound of each heavy class (`apply_layer`)
 
 
-def _pad_cols(idx: np.ndarray, n_cols: int) -> np.ndarray:
-    """Column list padded to a power of two (>= 8) with the out-of-range column `n_cols`."""
-    out = np.full(1 << max(3, (idx.size - 1).bit_length()), n_cols, np.int32)
-    out[: idx.size] = idx
-    return out
+def _padded_size(n: int) -> int:
+    """Length of a column list of `n` entries once padded: a power of two, at least 8 (so that
+    similar layers share compiled shapes)."""
+    return 1 << max(3, (n - 1).bit_length())
 
 
-def plan_widths(delta, c: int, max_heavy: int = 1) -> tuple[Widths, tuple[np.ndarray, ...]]:
+def plan_widths(delta, c: int) -> tuple[Widths, tuple[np.ndarray, ...]]:
     """Host-side selection widths of a layer from its `[G, n]` delta (numpy).
 
-    PEs needing few moves share a narrow candidate bound `k2`; PEs needing many more (the tail of
-    the distribution) go to up to `max_heavy` wider classes, each a separate fast-path call over
-    its own gathered columns, so only they pay for a wide candidate list. Class boundaries are
-    powers of two, chosen to minimise the modelled `[k2, P]` work (a gathered column costs about
-    two dense ones, a call a fixed overhead). On the VGG16 benchmark one heavy class made the
-    whole network 10-45 % faster than none; a second measured no faster, hence the default.
+    PEs needing few moves share a narrow candidate bound `k2`; when a few PEs need many more (the
+    tail of the distribution), they form a heavy class with its own wider call over their gathered
+    columns, so only they pay for a wide candidate list. The class boundary (a power of two of
+    moves, or none) minimises the modelled `[k2, P]` work: a gathered column costs about two dense
+    ones, a call a fixed overhead. On the VGG16 benchmark the heavy class made the whole network
+    10-45 % faster than one class; a second heavy class measured no faster.
 
     Returns:
-      `(widths, heavy)`: a `Widths` and, per heavy class, its PE columns in `pe_cols` order
-      padded with out-of-range columns to a power of two (`_pad_cols`).
+      `(widths, heavy)`: a `Widths`, and the heavy class's PE columns in `pe_cols` order padded
+      with the out-of-range column `P` to `_padded_size` (an empty tuple: one class).
     """
     need = np.abs(np.asarray(delta)).reshape(-1)
     d_max = int(need.max(initial=0))
     k, k2 = _bound(d_max, c), cand_bound(d_max, c)
-    levels = []  # narrower bounds worth a class boundary: 2, 4, 8, ... moves
+    best, best_level = need.size * k2, None
     level = 2
     while cand_bound(level, c) < k2:
-        levels.append(level)
+        n_heavy = int((need > level).sum())
+        cost = need.size * cand_bound(level, c) + 2 * _padded_size(n_heavy) * k2 + 65536
+        if cost < best:
+            best, best_level = cost, level
         level *= 2
-
-    def cost(bounds):  # bounds: base level, then the upper level of each heavy class
-        total = need.size * cand_bound(bounds[0], c)
-        for lo, hi in zip(bounds, (*bounds[1:], d_max), strict=True):
-            n_heavy = int(((need > lo) & (need <= hi)).sum())
-            if n_heavy:
-                total += 2 * _pad_cols(np.zeros(n_heavy), 0).size * cand_bound(hi, c) + 65536
-        return total
-
-    best, best_bounds = need.size * k2, None
-    for n_cls in range(1, max_heavy + 1):
-        for bounds in itertools.combinations(levels, n_cls):
-            if (cur := cost(bounds)) < best:
-                best, best_bounds = cur, bounds
-    if best_bounds is None:
+    if best_level is None:
         return Widths(k, k2), ()
-    widths, cols = [], []
-    for lo, hi in zip(best_bounds, (*best_bounds[1:], d_max), strict=True):
-        idx = np.nonzero((need > lo) & (need <= hi))[0]
-        if idx.size:
-            widths.append(cand_bound(hi, c))
-            cols.append(_pad_cols(idx, need.size))
-    return Widths(k, cand_bound(best_bounds[0], c), tuple(widths)), tuple(cols)
+    idx = np.nonzero(need > best_level)[0]
+    cols = np.full(_padded_size(idx.size), need.size, np.int32)
+    cols[: idx.size] = idx
+    return Widths(k, cand_bound(best_level, c), (k2,)), (cols,)
 
 
 def apply_layer(mask, prio, delta, heavy=(), *, m, n_pe: int, widths: Widths):
