@@ -242,13 +242,13 @@ def layer_totals(rows: list[dict]) -> dict:
     totals = {}
     for key in ("lax_ms", "auto_ms", "torch_ms"):
         if all(key in r for r in rows):
-            totals[key] = round(
-                sum(
-                    sum(v for k, v in r[key].items() if i or k != "input_grad")
-                    for i, r in enumerate(rows)
-                ),
-                1,
-            )
+            ms = [
+                v
+                for i, r in enumerate(rows)
+                for product, v in r[key].items()
+                if i > 0 or product != "input_grad"
+            ]
+            totals[key] = round(sum(ms), 1)
     return totals
 
 
