@@ -114,8 +114,19 @@ def test_choose_impl_policy():
         "lax", "lax", "lax"
     )
     assert choose_impl((128, 8, 8, 64), (3, 3, 64, 64), (1, 1), same).weight_grad == "lax"
-    assert choose_impl((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1))) == ConvImpl(
-        "lax", "lax", "patches"
+    # Big images with a side of 16-64 channels: patch matmuls for all three products.
+    for c_in, c_out, hw in ((64, 64, 32), (64, 128, 16), (128, 64, 16)):
+        assert choose_impl((128, hw, hw, c_in), (3, 3, c_in, c_out), (1, 1), same) == ConvImpl(
+            "patches", "patches", "patches"
+        )
+    # 128 channels on both sides, or 3 input channels: XLA's forward and input gradient.
+    assert choose_impl((128, 16, 16, 128), (3, 3, 128, 128), (1, 1), same)[:2] == ("lax", "lax")
+    assert choose_impl((128, 32, 32, 3), (3, 3, 3, 64), (1, 1), same)[:2] == ("lax", "lax")
+    # Stride 2: the patch forward, but XLA's input gradient (no rotated form; col2im is slower).
+    strided = explicit_padding("SAME", (32, 32), (3, 3), (2, 2))
+    assert choose_impl((128, 32, 32, 64), (3, 3, 64, 128), (2, 2), strided)[:2] == (
+        "patches",
+        "lax",
     )
 
 

@@ -43,6 +43,11 @@ _TINY_SPATIAL = 4
 _BIG_SPATIAL = 64
 _WIDE_INPUT = 64
 _MIN_MACS = 2**30
+# The chunked patch forward (and stride-1 input gradient) beats XLA from Ho*Wo >= 256 outputs
+# when the narrower side has 16 to 64 channels.
+_BIG_SPATIAL_FWD = 256
+_NARROW = 64
+_MIN_PATCH_CHANNELS = 16
 
 
 class ConvImpl(NamedTuple):
@@ -90,23 +95,39 @@ def _out_hw(in_hw, kernel_hw, strides, pads) -> tuple[int, int]:
     )
 
 
+def _patch_matmul_wins(out_hw, c_in: int, c_out: int) -> bool:
+    """Whether the chunked patch matmul beats XLA:CPU's convolution for a forward-type product
+    (measured, see `choose_impl`): big images whose narrower side has 16 to 64 channels."""
+    big = out_hw[0] * out_hw[1] >= _BIG_SPATIAL_FWD
+    return big and _MIN_PATCH_CHANNELS <= min(c_in, c_out) <= _NARROW
+
+
 def choose_impl(x_shape, w_shape, strides, pads) -> ConvImpl:
     """The measured-fastest implementation on XLA:CPU for one static convolution shape.
 
     Measured on 2 CPU cores, VGG16 at batch 4*32 (see experiments/bench_train.py --layers):
-    forward and input gradient stay on XLA's convolution except for tiny outputs
-    (Ho*Wo <= 4), where XLA is ~100x slower than the patch matmul; the weight gradient is the
-    chunked patch matmul where it wins (Ho*Wo >= 64, C_in >= 64 and >= 2^30 multiply-adds:
-    1.1-2.7x faster than XLA's) and XLA's elsewhere (few channels, small images or little work,
-    where XLA's is up to 1.6x faster).
+    * forward: the chunked patch matmul for tiny outputs (Ho*Wo <= 4, where XLA is ~100x
+      slower) and for big images with a narrow side (Ho*Wo >= 256, 16 <= min(C_in, C_out) <= 64:
+      1.4-1.9x faster, e.g. 32x32x64 -> 64 in ~37 ms against ~70 ms); XLA's elsewhere (from 128
+      channels on both sides it is up to 1.2x faster, and with 3 input channels it is as fast);
+    * input gradient: for stride 1 the same rule on the rotated-kernel convolution
+      (`_input_grad_rotated`, C_in and C_out swapped); tiny outputs always take a patch path;
+      otherwise XLA's (the strided col2im measured up to 1.6x slower);
+    * weight gradient: the chunked patch matmul where it wins (Ho*Wo >= 64, C_in >= 64 and
+      >= 2^30 multiply-adds: 1.1-2.7x faster than XLA's) and XLA's elsewhere (few channels, small
+      images or little work, where XLA's is up to 1.6x faster).
     """
-    ho, wo = _out_hw(x_shape[1:3], w_shape[:2], strides, pads)
+    kh, kw, ci, co = w_shape
+    ho, wo = _out_hw(x_shape[1:3], (kh, kw), strides, pads)
     tiny = ho * wo <= _TINY_SPATIAL
-    macs = x_shape[0] * ho * wo * w_shape[0] * w_shape[1] * w_shape[2] * w_shape[3]
-    big = ho * wo >= _BIG_SPATIAL and w_shape[2] >= _WIDE_INPUT and macs >= _MIN_MACS
-    return ConvImpl(
-        "patches" if tiny else "lax", "patches" if tiny else "lax", "patches" if big else "lax"
+    forward = tiny or _patch_matmul_wins((ho, wo), ci, co)
+    input_grad = tiny or (
+        _rotation_applies(w_shape, strides, pads) and _patch_matmul_wins(x_shape[1:3], co, ci)
     )
+    macs = x_shape[0] * ho * wo * kh * kw * ci * co
+    big = ho * wo >= _BIG_SPATIAL and ci >= _WIDE_INPUT and macs >= _MIN_MACS
+    pick = lambda patches: "patches" if patches else "lax"  # noqa: E731
+    return ConvImpl(pick(forward), pick(input_grad), pick(big))
 
 
 def _lax_conv(x, w, strides, pads):
@@ -131,10 +152,60 @@ def _patches(x, kernel_hw, strides, pads):
     return jnp.concatenate(cols, axis=-1)
 
 
+def _batch_chunks(n: int, per_image: int) -> tuple[int, int]:
+    """`(n_chunks, chunk)`: a split of `n` images into chunks of about `_CHUNK_BYTES` of patches.
+
+    `per_image` is one image's patch-matrix bytes. A chunk count that divides `n` is preferred
+    when one is close (no padding images); static, from shapes only.
+    """
+    n_chunks = -(-n // max(1, _CHUNK_BYTES // max(per_image, 1)))
+    n_chunks = next((k for k in range(n_chunks, 2 * n_chunks + 1) if n % k == 0), n_chunks)
+    return n_chunks, -(-n // n_chunks)
+
+
+def _split_batch(a, n_chunks: int, chunk: int):
+    """`[N, ...] -> [n_chunks, chunk, ...]`, zero images appended when `n_chunks * chunk > N`."""
+    extra = n_chunks * chunk - a.shape[0]
+    if extra:
+        a = jnp.pad(a, ((0, extra),) + ((0, 0),) * (a.ndim - 1))
+    return a.reshape(n_chunks, chunk, *a.shape[1:])
+
+
 def _forward_patches(x, w, strides, pads):
+    """y = patches(x) W, one batch chunk at a time (`lax.map`) so each patch matrix stays
+    cache sized (the whole batch's would be hundreds of MB for a 32x32x64 layer)."""
     kh, kw, ci, co = w.shape
-    p = _patches(x, (kh, kw), strides, pads)  # [N, Ho, Wo, kh*kw*ci]
-    return (p.reshape(-1, kh * kw * ci) @ w.reshape(-1, co)).reshape(*p.shape[:3], co)
+    n = x.shape[0]
+    ho, wo = _out_hw(x.shape[1:3], (kh, kw), strides, pads)
+    w2 = w.reshape(-1, co)
+
+    def chunk_out(xc):
+        p = _patches(xc, (kh, kw), strides, pads)  # [chunk, Ho, Wo, kh*kw*ci]
+        return (p.reshape(-1, kh * kw * ci) @ w2).reshape(xc.shape[0], ho, wo, co)
+
+    n_chunks, chunk = _batch_chunks(n, ho * wo * kh * kw * ci * x.dtype.itemsize)
+    if n_chunks == 1:
+        return chunk_out(x)
+    y = lax.map(chunk_out, _split_batch(x, n_chunks, chunk))  # [n_chunks, chunk, Ho, Wo, co]
+    return y.reshape(-1, ho, wo, co)[:n]
+
+
+def _input_grad_rotated(dy, w, pads):
+    """Stride-1 input gradient as a forward convolution: dX = dY * rot180(W)^T, padded
+    `(k - 1 - lo, k - 1 - hi)` per side, computed by `_forward_patches`."""
+    kh, kw = w.shape[:2]
+    rot = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # [kh, kw, co, ci]
+    (ph0, ph1), (pw0, pw1) = pads
+    return _forward_patches(
+        dy, rot, (1, 1), ((kh - 1 - ph0, kh - 1 - ph1), (kw - 1 - pw0, kw - 1 - pw1))
+    )
+
+
+def _rotation_applies(w_shape, strides, pads) -> bool:
+    """Whether `_input_grad_rotated` computes this input gradient (stride 1, pads < kernel)."""
+    return strides == (1, 1) and all(
+        max(lo, hi) <= k - 1 for k, (lo, hi) in zip(w_shape[:2], pads, strict=True)
+    )
 
 
 def _input_grad_patches(dy, w, x_shape, strides, pads):
@@ -151,19 +222,10 @@ def _input_grad_patches(dy, w, x_shape, strides, pads):
 
 
 def _weight_grad_patches(x, dy, w_shape, strides, pads):
-    """dW = sum over batch chunks of patches(x_chunk)^T dY_chunk, chunks sized to ~8 MB."""
+    """dW = sum over batch chunks of patches(x_chunk)^T dY_chunk (`_batch_chunks`)."""
     kh, kw, ci, co = w_shape
-    n = x.shape[0]
     ho, wo = dy.shape[1:3]
-    per_image = ho * wo * kh * kw * ci * x.dtype.itemsize
-    n_chunks = -(-n // max(1, _CHUNK_BYTES // max(per_image, 1)))  # static: from shapes only
-    # Prefer a chunk count that divides the batch (no padding) if one is close.
-    n_chunks = next((k for k in range(n_chunks, 2 * n_chunks + 1) if n % k == 0), n_chunks)
-    chunk = -(-n // n_chunks)
-    if n_chunks * chunk != n:  # zero images add nothing to dW
-        extra = n_chunks * chunk - n
-        x = jnp.pad(x, ((0, extra), (0, 0), (0, 0), (0, 0)))
-        dy = jnp.pad(dy, ((0, extra), (0, 0), (0, 0), (0, 0)))
+    n_chunks, _ = _batch_chunks(x.shape[0], ho * wo * kh * kw * ci * x.dtype.itemsize)
 
     def chunk_grad(xc, dc):
         p = _patches(xc, (kh, kw), strides, pads).reshape(-1, kh * kw * ci)
@@ -171,9 +233,10 @@ def _weight_grad_patches(x, dy, w_shape, strides, pads):
 
     if n_chunks == 1:
         dw = chunk_grad(x, dy)
-    else:
-        xs = x.reshape(n_chunks, chunk, *x.shape[1:])  # [n_chunks, chunk, H, W, ci]
-        ds = dy.reshape(n_chunks, chunk, *dy.shape[1:])  # [n_chunks, chunk, Ho, Wo, co]
+    else:  # zero images padded into the last chunk add nothing to dW
+        chunk = -(-x.shape[0] // n_chunks)
+        xs = _split_batch(x, n_chunks, chunk)  # [n_chunks, chunk, H, W, ci]
+        ds = _split_batch(dy, n_chunks, chunk)  # [n_chunks, chunk, Ho, Wo, co]
         acc0 = jnp.zeros((kh * kw * ci, co), jnp.result_type(x.dtype, dy.dtype))
         dw, _ = lax.scan(lambda acc, xd: (acc + chunk_grad(*xd), None), acc0, (xs, ds))
     return dw.reshape(kh, kw, ci, co)
@@ -192,7 +255,9 @@ def _conv2d_fwd(x, w, strides, pads, impl):
 
 def _conv2d_bwd(strides, pads, impl, res, dy):
     x, w = res
-    if impl.input_grad == "patches":
+    if impl.input_grad == "patches" and _rotation_applies(w.shape, strides, pads):
+        dx = _input_grad_rotated(dy, w, pads)
+    elif impl.input_grad == "patches":
         dx = _input_grad_patches(dy, w, x.shape, strides, pads)
     else:
         dx = jax.vjp(lambda x_: _lax_conv(x_, w, strides, pads), x)[1](dy)[0]
