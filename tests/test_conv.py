@@ -22,7 +22,9 @@ DIMS = ("NHWC", "HWIO", "NHWC")
 MIXED_IMPLS = [
     ConvImpl("lax", "patches", "lax"),
     ConvImpl("patches", "lax", "patches"),
+    ConvImpl("lax", "rotated", "lax"),
 ]
+ROTATED = ConvImpl("patches", "rotated", "patches")
 
 
 def _reference(x, w, strides, padding):
@@ -54,7 +56,7 @@ def _check(shape_x, kernel, c_out, strides, padding, impl, seed=0):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
-@pytest.mark.parametrize("impl", ["auto", "patches"])
+@pytest.mark.parametrize("impl", ["auto", "patches", ROTATED], ids=str)
 @pytest.mark.parametrize("strides", [(1, 1), (2, 2), (1, 2)])
 @pytest.mark.parametrize("padding", ["SAME", "VALID", 1, ((0, 2), (1, 0))])
 @pytest.mark.parametrize("kernel", [(3, 3), (1, 1)])
@@ -79,7 +81,7 @@ def test_weight_grad_chunked_with_ragged_batch(monkeypatch):
 
     # Three images a chunk: 7 images -> 3 chunks of 3, two zero images padded in.
     monkeypatch.setattr(conv_mod, "_CHUNK_BYTES", 4 * 4 * 9 * 3 * 4 * 3)
-    _check((7, 4, 4, 3), (3, 3), 2, (1, 1), "SAME", "patches")
+    _check((7, 4, 4, 3), (3, 3), 2, (1, 1), "SAME", ROTATED)
 
 
 @settings(max_examples=8, deadline=None)
@@ -92,7 +94,7 @@ def test_weight_grad_chunked_with_ragged_batch(monkeypatch):
     k=st.sampled_from([1, 2, 3]),
     s=st.integers(1, 3),
     padding=st.sampled_from(["SAME", "VALID", 0, 1, 2]),
-    impl=st.sampled_from(["auto", "patches"]),
+    impl=st.sampled_from(["auto", "patches", ROTATED]),
 )
 def test_property_matches_lax(n, h, w, c_in, c_out, k, s, padding, impl):
     pads = explicit_padding(padding, (h, w), (k, k), (s, s))
@@ -117,7 +119,7 @@ def test_choose_impl_policy():
     # Big images with a side of 16-64 channels: patch matmuls for all three products.
     for c_in, c_out, hw in ((64, 64, 32), (64, 128, 16), (128, 64, 16)):
         assert choose_impl((128, hw, hw, c_in), (3, 3, c_in, c_out), (1, 1), same) == ConvImpl(
-            "patches", "patches", "patches"
+            "patches", "rotated", "patches"
         )
     # 128 channels on both sides, or 3 input channels: XLA's forward and input gradient.
     assert choose_impl((128, 16, 16, 128), (3, 3, 128, 128), (1, 1), same)[:2] == ("lax", "lax")

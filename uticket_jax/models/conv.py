@@ -6,14 +6,17 @@ and `bias`, the same default initializers). `conv2d` computes the same function 
 forward pass, the input gradient and the weight gradient are computed:
 
 * "lax": XLA's own convolution (and its transposes for the gradients);
-* "patches": a matmul over image patches (im2col). The weight gradient is
-  dW = P^T dY with P = patches(x) of shape [N*Ho*Wo, kh*kw*c_in] and dY of shape
-  [N*Ho*Wo, c_out], accumulated over chunks of the batch under `lax.scan` so each chunk's patch
-  matrix stays cache sized; the input gradient scatters dP = dY W^T back onto the image
-  (col2im, one strided add per tap).
+* "patches": a matmul over image patches (im2col), one chunk of the batch at a time so each
+  chunk's patch matrix stays cache sized (~8 MB). The forward is y = P W with P = patches(x) of
+  shape [N*Ho*Wo, kh*kw*c_in] (`lax.map` over chunks); the weight gradient dW = P^T dY,
+  accumulated over chunks under `lax.scan`; the input gradient scatters dP = dY W^T back onto
+  the image (col2im, one strided add per tap);
+* "rotated" (input gradient only, stride 1): dX is the forward convolution of dY with the
+  kernel rotated by 180 degrees and its channel axes swapped, computed as "patches" forward.
 
 Why: on XLA:CPU (jax 0.10, 2 cores) the weight-gradient convolution runs 2-3x slower than the
-forward convolution of the same layer, and convolutions with a 2x2 (or smaller) output and
+forward convolution of the same layer, convolutions with 64 channels on 16x16 or 32x32 images
+run at a third to a half of the matmul rate, and convolutions with a 2x2 (or smaller) output and
 hundreds of channels hit a slow path (1.2-2.5 s for one of VGG16's 2x2x512 layers at batch 128,
 against ~12 ms as a matmul). `choose_impl` encodes those measurements; `impl="lax"` turns everything
 back into plain `lax.conv_general_dilated` + autodiff (the reference the tests compare to), and is
@@ -51,7 +54,12 @@ _MIN_PATCH_CHANNELS = 16
 
 
 class ConvImpl(NamedTuple):
-    """How each of the three products of a convolution is computed ("lax" or "patches")."""
+    """How each of the three products of a convolution is computed.
+
+    Every field is "lax" or "patches"; `input_grad` may also be "rotated" (the stride-1 input
+    gradient as a forward patch convolution with the rotated kernel; where the stride or padding
+    rules that out it falls back to "patches", the col2im scatter).
+    """
 
     forward: str
     input_grad: str
@@ -110,9 +118,10 @@ def choose_impl(x_shape, w_shape, strides, pads) -> ConvImpl:
       slower) and for big images with a narrow side (Ho*Wo >= 256, 16 <= min(C_in, C_out) <= 64:
       1.4-1.9x faster, e.g. 32x32x64 -> 64 in ~37 ms against ~70 ms); XLA's elsewhere (from 128
       channels on both sides it is up to 1.2x faster, and with 3 input channels it is as fast);
-    * input gradient: for stride 1 the same rule on the rotated-kernel convolution
-      (`_input_grad_rotated`, C_in and C_out swapped); tiny outputs always take a patch path;
-      otherwise XLA's (the strided col2im measured up to 1.6x slower);
+    * input gradient: "rotated" (`_input_grad_rotated`) for stride 1 where the same rule holds
+      with C_in and C_out swapped; the col2im patch scatter for tiny outputs (where the rotated
+      form measured ~35 % slower: it copies the rotated kernel); otherwise XLA's (the col2im
+      measured up to 1.6x slower for strided layers);
     * weight gradient: the chunked patch matmul where it wins (Ho*Wo >= 64, C_in >= 64 and
       >= 2^30 multiply-adds: 1.1-2.7x faster than XLA's) and XLA's elsewhere (few channels, small
       images or little work, where XLA's is up to 1.6x faster).
@@ -121,13 +130,13 @@ def choose_impl(x_shape, w_shape, strides, pads) -> ConvImpl:
     ho, wo = _out_hw(x_shape[1:3], (kh, kw), strides, pads)
     tiny = ho * wo <= _TINY_SPATIAL
     forward = tiny or _patch_matmul_wins((ho, wo), ci, co)
-    input_grad = tiny or (
-        _rotation_applies(w_shape, strides, pads) and _patch_matmul_wins(x_shape[1:3], co, ci)
-    )
+    rotated = _rotation_applies(w_shape, strides, pads)
+    rotated = rotated and _patch_matmul_wins(x_shape[1:3], co, ci) and not tiny
     macs = x_shape[0] * ho * wo * kh * kw * ci * co
     big = ho * wo >= _BIG_SPATIAL and ci >= _WIDE_INPUT and macs >= _MIN_MACS
     pick = lambda patches: "patches" if patches else "lax"  # noqa: E731
-    return ConvImpl(pick(forward), pick(input_grad), pick(big))
+    input_grad = "rotated" if rotated else pick(tiny)
+    return ConvImpl(pick(forward), input_grad, pick(big))
 
 
 def _lax_conv(x, w, strides, pads):
@@ -255,9 +264,9 @@ def _conv2d_fwd(x, w, strides, pads, impl):
 
 def _conv2d_bwd(strides, pads, impl, res, dy):
     x, w = res
-    if impl.input_grad == "patches" and _rotation_applies(w.shape, strides, pads):
+    if impl.input_grad == "rotated" and _rotation_applies(w.shape, strides, pads):
         dx = _input_grad_rotated(dy, w, pads)
-    elif impl.input_grad == "patches":
+    elif impl.input_grad in ("patches", "rotated"):
         dx = _input_grad_patches(dy, w, x.shape, strides, pads)
     else:
         dx = jax.vjp(lambda x_: _lax_conv(x_, w, strides, pads), x)[1](dy)[0]
