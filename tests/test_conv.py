@@ -121,7 +121,12 @@ def test_choose_impl_policy():
         assert choose_impl((128, hw, hw, c_in), (3, 3, c_in, c_out), (1, 1), same) == ConvImpl(
             "patches", "rotated", "patches"
         )
-    # 128 channels on both sides, or 3 input channels: XLA's forward and input gradient.
+    # Small images with wide layers: the patch forward, rotated input gradient, XLA's dW.
+    assert choose_impl((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), same) == ConvImpl(
+        "patches", "rotated", "lax"
+    )
+    # 128 channels on both sides of a 16x16 image, or 3 input channels: XLA's forward and
+    # input gradient.
     assert choose_impl((128, 16, 16, 128), (3, 3, 128, 128), (1, 1), same)[:2] == ("lax", "lax")
     assert choose_impl((128, 32, 32, 3), (3, 3, 3, 64), (1, 1), same)[:2] == ("lax", "lax")
     # Stride 2: the patch forward, but XLA's input gradient (no rotated form; col2im is slower).

@@ -46,11 +46,12 @@ _TINY_SPATIAL = 4
 _BIG_SPATIAL = 64
 _WIDE_INPUT = 64
 _MIN_MACS = 2**30
-# The chunked patch forward (and stride-1 input gradient) beats XLA from Ho*Wo >= 256 outputs
-# when the narrower side has 16 to 64 channels.
-_BIG_SPATIAL_FWD = 256
-_NARROW = 64
+# The chunked patch forward (and stride-1 input gradient) beats XLA for Ho*Wo >= 256 outputs
+# with 16 to 64 channels on the narrower side, and for Ho*Wo <= 64 with more on both sides.
 _MIN_PATCH_CHANNELS = 16
+_NARROW = 64
+_BIG_SPATIAL_FWD = 256
+_SMALL_SPATIAL = 64
 
 
 class ConvImpl(NamedTuple):
@@ -105,9 +106,12 @@ def _out_hw(in_hw, kernel_hw, strides, pads) -> tuple[int, int]:
 
 def _patch_matmul_wins(out_hw, c_in: int, c_out: int) -> bool:
     """Whether the chunked patch matmul beats XLA:CPU's convolution for a forward-type product
-    (measured, see `choose_impl`): big images whose narrower side has 16 to 64 channels."""
-    big = out_hw[0] * out_hw[1] >= _BIG_SPATIAL_FWD
-    return big and _MIN_PATCH_CHANNELS <= min(c_in, c_out) <= _NARROW
+    (measured, see `choose_impl`): big images (Ho*Wo >= 256) with 16 to 64 channels on the
+    narrower side, or small images (Ho*Wo <= 64) with more than 64 channels on both sides."""
+    narrow, hw = min(c_in, c_out), out_hw[0] * out_hw[1]
+    if narrow <= _NARROW:
+        return narrow >= _MIN_PATCH_CHANNELS and hw >= _BIG_SPATIAL_FWD
+    return hw <= _SMALL_SPATIAL
 
 
 def choose_impl(x_shape, w_shape, strides, pads) -> ConvImpl:
@@ -115,9 +119,12 @@ def choose_impl(x_shape, w_shape, strides, pads) -> ConvImpl:
 
     Measured on 2 CPU cores, VGG16 at batch 4*32 (see experiments/bench_train.py --layers):
     * forward: the chunked patch matmul for tiny outputs (Ho*Wo <= 4, where XLA is ~100x
-      slower) and for big images with a narrow side (Ho*Wo >= 256, 16 <= min(C_in, C_out) <= 64:
-      1.4-1.9x faster, e.g. 32x32x64 -> 64 in ~37 ms against ~70 ms); XLA's elsewhere (from 128
-      channels on both sides it is up to 1.2x faster, and with 3 input channels it is as fast);
+      slower), for big images with 16 to 64 channels on the narrower side (Ho*Wo >= 256:
+      1.4-1.9x faster, e.g. 32x32x64 -> 64 in ~37 ms against ~70 ms) and for small images with
+      wider layers (Ho*Wo <= 64, > 64 channels on both sides: 1.0-1.25x faster); XLA's
+      elsewhere (16x16 with 128 channels on both sides: up to 1.1x faster; 3 input channels: as
+      fast; the digits net's 8x8 layers with 32-64 channels: the patch path made its training
+      step ~3 % slower);
     * input gradient: "rotated" (`_input_grad_rotated`) for stride 1 where the same rule holds
       with C_in and C_out swapped; the col2im patch scatter for tiny outputs (where the rotated
       form measured ~35 % slower: it copies the rotated kernel); otherwise XLA's (the col2im
