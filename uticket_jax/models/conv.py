@@ -8,9 +8,9 @@ forward pass, the input gradient and the weight gradient are computed:
 * "lax": XLA's own convolution (and its transposes for the gradients);
 * "patches": a matmul over image patches (im2col), one chunk of the batch at a time so each
   chunk's patch matrix stays cache sized (~8 MB). The forward is y = P W with P = patches(x) of
-  shape [N*Ho*Wo, kh*kw*c_in] (`lax.map` over chunks); the weight gradient dW = P^T dY,
-  accumulated over chunks under `lax.scan`; the input gradient scatters dP = dY W^T back onto
-  the image (col2im, one strided add per tap);
+  shape [N*Ho*Wo, kh*kw*c_in] (`lax.map` over chunks); the weight gradient dW = P^T dY, with
+  P^T built directly and accumulated over chunks under `lax.scan`; the input gradient scatters
+  dP = dY W^T back onto the image (col2im, one strided add per tap);
 * "rotated" (input gradient only, stride 1): dX is the forward convolution of dY with the
   kernel rotated by 180 degrees and its channel axes swapped, computed as "patches" forward.
 
@@ -238,20 +238,28 @@ def _input_grad_patches(dy, w, x_shape, strides, pads):
 
 
 def _weight_grad_patches(x, dy, w_shape, strides, pads):
-    """dW = sum over batch chunks of patches(x_chunk)^T dY_chunk (`_batch_chunks`)."""
+    """dW = sum over batch chunks of P_chunk^T dY_chunk (`_batch_chunks`).
+
+    Each chunk's patch matrix is built already transposed, `[kh*kw*c_in, chunk*Ho*Wo]` (rows in
+    HWIO order), from the channel-major padded input: XLA:CPU's matmul runs 1.2-1.6x faster on
+    that row-major operand than on the transpose of the `[chunk*Ho*Wo, kh*kw*c_in]` patches.
+    """
     kh, kw, ci, co = w_shape
     ho, wo = dy.shape[1:3]
     n_chunks, _ = _batch_chunks(x.shape[0], ho * wo * kh * kw * ci * x.dtype.itemsize)
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0))).transpose(0, 3, 1, 2)  # [N, ci, Hp, Wp]
+    taps = _tap_slices((kh, kw), strides, (ho, wo))
 
-    def chunk_grad(xc, dc):
-        p = _patches(xc, (kh, kw), strides, pads).reshape(-1, kh * kw * ci)
-        return p.T @ dc.reshape(-1, co)  # [kh*kw*ci, co]
+    def chunk_grad(xc, dc):  # xc: [chunk, ci, Hp, Wp]
+        pt = jnp.stack([xc[:, :, si, sj] for si, sj in taps])  # [kh*kw, chunk, ci, Ho, Wo]
+        pt = pt.transpose(0, 2, 1, 3, 4).reshape(kh * kw * ci, -1)
+        return pt @ dc.reshape(-1, co)  # [kh*kw*ci, co]
 
     if n_chunks == 1:
-        dw = chunk_grad(x, dy)
+        dw = chunk_grad(xp, dy)
     else:  # zero images padded into the last chunk add nothing to dW
         chunk = -(-x.shape[0] // n_chunks)
-        xs = _split_batch(x, n_chunks, chunk)  # [n_chunks, chunk, H, W, ci]
+        xs = _split_batch(xp, n_chunks, chunk)  # [n_chunks, chunk, ci, Hp, Wp]
         ds = _split_batch(dy, n_chunks, chunk)  # [n_chunks, chunk, Ho, Wo, co]
         acc0 = jnp.zeros((kh * kw * ci, co), jnp.result_type(x.dtype, dy.dtype))
         dw, _ = lax.scan(lambda acc, xd: (acc + chunk_grad(*xd), None), acc0, (xs, ds))
