@@ -137,8 +137,11 @@ def choose_impl(x_shape, w_shape, strides, pads) -> ConvImpl:
     ho, wo = _out_hw(x_shape[1:3], (kh, kw), strides, pads)
     tiny = ho * wo <= _TINY_SPATIAL
     forward = tiny or _patch_matmul_wins((ho, wo), ci, co)
-    rotated = _rotation_applies(w_shape, strides, pads)
-    rotated = rotated and _patch_matmul_wins(x_shape[1:3], co, ci) and not tiny
+    rotated = (
+        not tiny
+        and _rotation_applies(w_shape, strides, pads)
+        and _patch_matmul_wins(x_shape[1:3], co, ci)  # the rotated conv's in/out channels
+    )
     macs = x_shape[0] * ho * wo * kh * kw * ci * co
     big = ho * wo >= _BIG_SPATIAL and ci >= _WIDE_INPUT and macs >= _MIN_MACS
     pick = lambda patches: "patches" if patches else "lax"  # noqa: E731
@@ -246,7 +249,7 @@ def _weight_grad_patches(x, dy, w_shape, strides, pads):
     """
     kh, kw, ci, co = w_shape
     ho, wo = dy.shape[1:3]
-    n_chunks, _ = _batch_chunks(x.shape[0], ho * wo * kh * kw * ci * x.dtype.itemsize)
+    n_chunks, chunk = _batch_chunks(x.shape[0], ho * wo * kh * kw * ci * x.dtype.itemsize)
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0))).transpose(0, 3, 1, 2)  # [N, ci, Hp, Wp]
     taps = _tap_slices((kh, kw), strides, (ho, wo))
 
@@ -258,7 +261,6 @@ def _weight_grad_patches(x, dy, w_shape, strides, pads):
     if n_chunks == 1:
         dw = chunk_grad(xp, dy)
     else:  # zero images padded into the last chunk add nothing to dW
-        chunk = -(-x.shape[0] // n_chunks)
         xs = _split_batch(xp, n_chunks, chunk)  # [n_chunks, chunk, ci, Hp, Wp]
         ds = _split_batch(dy, n_chunks, chunk)  # [n_chunks, chunk, Ho, Wo, co]
         acc0 = jnp.zeros((kh * kw * ci, co), jnp.result_type(x.dtype, dy.dtype))
