@@ -82,6 +82,9 @@ def main(argv) -> None:
                 row["oracle_ms"] = (time.perf_counter() - t) * 1e3
                 row["oracle_over_rebalance"] = row["oracle_ms"] / row["rebalance_magnitude_ms"]
             results[f"{mapping}/n{n}"] = {k: round(v, 3) for k, v in row.items()}
+            # Each compiled program holds ~100 memory mappings on XLA:CPU; a long --n_pe list
+            # would otherwise pass Linux's default vm.max_map_count (65530) and abort.
+            jax.clear_caches()
     print(
         json.dumps(
             {

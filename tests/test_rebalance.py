@@ -310,3 +310,14 @@ def test_plan_widths_splits_off_heavy_pes():
     assert np.all(heavy[0][2:] == delta.size)  # padding columns are out of range
     none_moves = rb.plan_widths(np.zeros((4, 4), np.int32), 16)
     assert none_moves == (rb.Widths(1, rb.cand_bound(0, 16)), ())
+
+
+def test_plan_widths_sizes_the_light_class_by_its_largest_need():
+    # Cut at the level 128, the light PEs need at most 126 moves: 256 candidate rows, not the
+    # 512 the level itself would ask for.
+    delta = np.full((512, 8), 126, np.int32)
+    delta[0, :2] = [300, -290]
+    widths, heavy = rb.plan_widths(delta, 4608)
+    assert widths.k2 == rb.cand_bound(126, 4608) == 256
+    assert widths.heavy_k2 == (rb.cand_bound(300, 4608),)
+    assert sorted(heavy[0][:2]) == [0, 1] and np.all(heavy[0][2:] == delta.size)

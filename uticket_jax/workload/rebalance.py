@@ -346,8 +346,10 @@ def plan_widths(delta, c: int) -> tuple[Widths, tuple[np.ndarray, ...]]:
     tail of the distribution), they form a heavy class with its own wider call over their gathered
     columns, so only they pay for a wide candidate list. The class boundary (a power of two of
     moves, or none) minimises the modelled `[k2, P]` work: a gathered column costs about two dense
-    ones, a call a fixed overhead. On the VGG16 benchmark the heavy class made the whole network
-    10-45 % faster than one class; a second heavy class measured no faster.
+    ones, a call a fixed overhead. Each class's bound comes from the largest need inside it, not
+    from the boundary (a class cut at 128 moves whose PEs need at most 126 gets 256 rows, not
+    512). On the VGG16 benchmark the heavy class made the whole network 10-45 % faster than one
+    class; a second heavy class measured no faster.
 
     Returns:
       `(widths, heavy)`: a `Widths`, and the heavy class's PE columns in `pe_cols` order padded
@@ -359,8 +361,9 @@ def plan_widths(delta, c: int) -> tuple[Widths, tuple[np.ndarray, ...]]:
     best, best_level = need.size * k2, None
     level = 2
     while cand_bound(level, c) < k2:
+        light_k2 = cand_bound(int(need[need <= level].max(initial=0)), c)
         n_heavy = int((need > level).sum())
-        cost = need.size * cand_bound(level, c) + 2 * _padded_size(n_heavy) * k2 + 65536
+        cost = need.size * light_k2 + 2 * _padded_size(n_heavy) * k2 + 65536
         if cost < best:
             best, best_level = cost, level
         level *= 2
@@ -369,7 +372,8 @@ def plan_widths(delta, c: int) -> tuple[Widths, tuple[np.ndarray, ...]]:
     idx = np.nonzero(need > best_level)[0]
     cols = np.full(_padded_size(idx.size), need.size, np.int32)
     cols[: idx.size] = idx
-    return Widths(k, cand_bound(best_level, c), (k2,)), (cols,)
+    light_k2 = cand_bound(int(need[need <= best_level].max(initial=0)), c)
+    return Widths(k, light_k2, (k2,)), (cols,)
 
 
 def apply_layer(mask, prio, delta, heavy=(), *, m, n_pe: int, widths: Widths):
