@@ -358,22 +358,21 @@ def plan_widths(delta, c: int) -> tuple[Widths, tuple[np.ndarray, ...]]:
     need = np.abs(np.asarray(delta)).reshape(-1)
     d_max = int(need.max(initial=0))
     k, k2 = _bound(d_max, c), cand_bound(d_max, c)
-    best, best_level = need.size * k2, None
+    best, best_level, best_k2 = need.size * k2, None, k2
     level = 2
     while cand_bound(level, c) < k2:
         light_k2 = cand_bound(int(need[need <= level].max(initial=0)), c)
         n_heavy = int((need > level).sum())
         cost = need.size * light_k2 + 2 * _padded_size(n_heavy) * k2 + 65536
         if cost < best:
-            best, best_level = cost, level
+            best, best_level, best_k2 = cost, level, light_k2
         level *= 2
     if best_level is None:
         return Widths(k, k2), ()
     idx = np.nonzero(need > best_level)[0]
     cols = np.full(_padded_size(idx.size), need.size, np.int32)
     cols[: idx.size] = idx
-    light_k2 = cand_bound(int(need[need <= best_level].max(initial=0)), c)
-    return Widths(k, light_k2, (k2,)), (cols,)
+    return Widths(k, best_k2, (k2,)), (cols,)
 
 
 def apply_layer(mask, prio, delta, heavy=(), *, m, n_pe: int, widths: Widths):
