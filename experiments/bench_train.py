@@ -17,6 +17,11 @@ at CIFAR shape (32x32x3, 10 classes), both with batch `--batch_size` and `--time
 plain lax vs ours, and PyTorch's own kernels when torch imports) at the folded batch T*B, and
 their sums per implementation (`vgg16_layers_total_ms`).
 
+On Linux with glibc >= 2.35 and the kernel's THP mode `madvise`, the script restarts itself once
+with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (`uticket_jax.hostmem`), so both frameworks' large
+per-step buffers fault in as huge pages; `glibc_hugepages` in the output says whether that was in
+effect, and `UTICKET_HUGEPAGES=0` runs without it.
+
 Run it on a quiet machine: when other processes share the cores, SpikingJelly's OpenMP threads
 slow down far more than XLA's (measured here: 3.6 to 37 images/s for the same step), and the
 ratio then overstates ours.
@@ -38,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from uticket_jax import models, train
+from uticket_jax import hostmem, models, train
 from uticket_jax.models.conv import choose_impl, conv2d, explicit_padding
 
 _MODELS = flags.DEFINE_list("models", ["digits_snn", "vgg16"], "Models: digits_snn, vgg16.")
@@ -270,6 +275,7 @@ def run() -> dict:
         "device": str(jax.devices()[0].device_kind),
         "batch_size": _BATCH.value,
         "timesteps": _T.value,
+        "glibc_hugepages": hostmem.hugepages_active(),
     }
     b, t, reps = _BATCH.value, _T.value, _REPEATS.value
     for name in _MODELS.value:
@@ -306,4 +312,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    hostmem.reexec_with_hugepages()  # both frameworks' big buffers on huge pages
     sys.exit(app.run(main))

@@ -22,7 +22,7 @@ import time
 import jax
 from absl import flags
 
-from uticket_jax import cli, data, lth, presets, report, results
+from uticket_jax import cli, data, hostmem, lth, presets, report, results
 from uticket_jax.checkpoint import Checkpointer
 from uticket_jax.masks import save_mask_file, save_npz_atomic
 
@@ -171,4 +171,5 @@ def _finish(records, workdir):
 
 
 if __name__ == "__main__":
+    hostmem.reexec_with_hugepages()  # XLA:CPU's per-step buffers on huge pages
     cli.run(main, name="lth.py")

@@ -15,7 +15,7 @@ import time
 import jax
 from absl import flags
 
-from uticket_jax import cli, data, loop, models, results, train
+from uticket_jax import cli, data, hostmem, loop, models, results, train
 
 _DATASET = flags.DEFINE_string("dataset", "digits", f"One of {', '.join(data.DATASET_NAMES)}.")
 _ARCH = flags.DEFINE_string(
@@ -110,4 +110,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    hostmem.reexec_with_hugepages()  # XLA:CPU's per-step buffers on huge pages
     cli.run(main, name="train.py")
