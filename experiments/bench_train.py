@@ -11,7 +11,7 @@ at CIFAR shape (32x32x3, 10 classes), both with batch `--batch_size` and `--time
 * `spikingjelly_images_per_s` and `ratio` (ours / theirs), VGG16-BN only, when `torch` and
   `spikingjelly` import: the same network built from SpikingJelly's multi-step layers (LIF tau 4/3,
   v_th 1, hard reset to 0, detach_reset, ATan(2); direct encoding: conv0 + bn0 once on the image,
-  repeated over T), trained with `torch.optim.SGD` in the same process.
+  repeated over T), trained with `torch.optim.SGD` (in a child process, see below).
 
 `--layers` adds per-layer timings of VGG16's convolutions (forward, input gradient, weight gradient;
 plain lax vs ours, and PyTorch's own kernels when torch imports) at the folded batch T*B, and
@@ -21,6 +21,10 @@ On Linux with glibc >= 2.35 and the kernel's THP mode `madvise`, the script rest
 with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (`uticket_jax.hostmem`), so both frameworks' large
 per-step buffers fault in as huge pages; `glibc_hugepages` in the output says whether that was in
 effect, and `UTICKET_HUGEPAGES=0` runs without it.
+
+SpikingJelly runs in a child process of its own with the same environment (`--peer_process`),
+and each variant's repeats run on their own, one variant after the other (`--interleave` times
+them round-robin instead).
 
 Run it on a quiet machine: when other processes share the cores, SpikingJelly's OpenMP threads
 slow down far more than XLA's (measured here: 3.6 to 37 images/s for the same step), and the
@@ -34,7 +38,9 @@ Prints one JSON line.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
 import sys
 import time
 
@@ -52,6 +58,23 @@ _T = flags.DEFINE_integer("timesteps", 4, "Simulation steps T.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Train steps per timed repeat (vgg16; digits: x20).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats; the best is reported.")
 _PEER = flags.DEFINE_bool("peer", True, "Time SpikingJelly's VGG16-BN when importable.")
+_PEER_PROCESS = flags.DEFINE_bool(
+    "peer_process",
+    True,
+    "Run SpikingJelly's steps in a child process of its own (same environment), so neither "
+    "framework's memory traffic disturbs the other's; false: in this process.",
+)
+_INTERLEAVE = flags.DEFINE_bool(
+    "interleave",
+    False,
+    "Time the variants round-robin, one repeat each in turn (fairer when other jobs load the "
+    "machine, but every step then starts from the other framework's cache and memory state, "
+    "which measured 5-20 percent slower for ours); false: all repeats of one variant, then "
+    "the next.",
+)
+_PEER_SERVE = flags.DEFINE_bool(
+    "peer_serve", False, "Internal: serve SpikingJelly steps to a parent over stdin/stdout."
+)
 _PLAIN = flags.DEFINE_bool("plain", True, "Also time our model with plain lax convolutions.")
 _LAYERS = flags.DEFINE_bool("layers", False, "Add per-layer VGG16 conv timings.")
 
@@ -155,6 +178,60 @@ def spikingjelly_step(batch: int, timesteps: int):
         functional.reset_net(body)
 
     return step
+
+
+_PEER_TAG = "PEER "  # prefix of the child's protocol lines (torch may print to stdout too)
+
+
+def serve_peer(batch: int, timesteps: int) -> None:
+    """Child side: one header line, then one train step per line read from stdin."""
+    step = spikingjelly_step(batch, timesteps)
+    if step is None:
+        print(_PEER_TAG + json.dumps(None), flush=True)
+        return
+    import torch
+
+    print(_PEER_TAG + json.dumps({"torch_threads": torch.get_num_threads()}), flush=True)
+    for _ in sys.stdin:
+        step()
+        print(_PEER_TAG + "done", flush=True)
+
+
+def _peer_line(proc) -> str:
+    for line in proc.stdout:
+        if line.startswith(_PEER_TAG):
+            return line[len(_PEER_TAG) :].strip()
+    raise RuntimeError(f"the SpikingJelly child process ended (status {proc.wait()})")
+
+
+def spikingjelly_child(batch: int, timesteps: int, stack: contextlib.ExitStack):
+    """`(step, torch_threads)` with the steps run by a child process, or `(None, None)` when
+    SpikingJelly does not import there. The child ends when `stack` closes."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--peer_serve",
+            f"--batch_size={batch}",
+            f"--timesteps={timesteps}",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    stack.callback(proc.wait)
+    stack.callback(proc.stdin.close)
+    header = json.loads(_peer_line(proc))
+    if header is None:
+        return None, None
+
+    def step():
+        proc.stdin.write("step\n")
+        proc.stdin.flush()
+        if _peer_line(proc) != "done":
+            raise RuntimeError("the SpikingJelly child process answered out of turn")
+
+    return step, header["torch_threads"]
 
 
 def _vgg16_conv_shapes(batch: int, timesteps: int):
@@ -263,6 +340,42 @@ def _usage(message: str) -> None:
     sys.exit(2)
 
 
+def _bench_model(name: str, b: int, t: int, reps: int, stack: contextlib.ExitStack) -> dict:
+    steps = {"ours": ours_step(name, "auto", b, t)}
+    if _PLAIN.value:
+        steps["plain"] = ours_step(name, "lax", b, t)
+    threads = None
+    if name == "vgg16" and _PEER.value:
+        if _PEER_PROCESS.value:
+            peer, threads = spikingjelly_child(b, t, stack)
+        else:
+            peer = spikingjelly_step(b, t)
+            if peer is not None:
+                import torch
+
+                threads = torch.get_num_threads()
+        if peer is not None:
+            steps["spikingjelly"] = peer
+    n_steps = _STEPS.value * (20 if name == "digits_snn" else 1)
+    if _INTERLEAVE.value:
+        rates = best_rates(steps, b, n_steps, reps)
+    else:  # each framework's repeats on their own: neither starts from the other's cache state
+        rates = {}
+        for key, step in steps.items():
+            rates |= best_rates({key: step}, b, n_steps, reps)
+    res = {"ours_images_per_s": round(rates["ours"], 2)}
+    if "plain" in rates:
+        res["ours_plain_conv_images_per_s"] = round(rates["plain"], 2)
+        res["custom_conv_speedup"] = round(rates["ours"] / rates["plain"], 3)
+    if "spikingjelly" in rates:
+        res["spikingjelly_images_per_s"] = round(rates["spikingjelly"], 2)
+        res["ratio"] = round(rates["ours"] / rates["spikingjelly"], 3)
+        res["torch_threads"] = threads
+        res["peer_process"] = _PEER_PROCESS.value
+        res["interleaved"] = _INTERLEAVE.value
+    return res
+
+
 def run() -> dict:
     for flag in (_BATCH, _T, _STEPS, _REPEATS):
         if flag.value <= 0:
@@ -279,26 +392,8 @@ def run() -> dict:
     }
     b, t, reps = _BATCH.value, _T.value, _REPEATS.value
     for name in _MODELS.value:
-        steps = {"ours": ours_step(name, "auto", b, t)}
-        if _PLAIN.value:
-            steps["plain"] = ours_step(name, "lax", b, t)
-        if name == "vgg16" and _PEER.value:
-            peer = spikingjelly_step(b, t)
-            if peer is not None:
-                steps["spikingjelly"] = peer
-        n_steps = _STEPS.value * (20 if name == "digits_snn" else 1)
-        rates = best_rates(steps, b, n_steps, reps)
-        res = {"ours_images_per_s": round(rates["ours"], 2)}
-        if "plain" in rates:
-            res["ours_plain_conv_images_per_s"] = round(rates["plain"], 2)
-            res["custom_conv_speedup"] = round(rates["ours"] / rates["plain"], 3)
-        if "spikingjelly" in rates:
-            import torch
-
-            res["spikingjelly_images_per_s"] = round(rates["spikingjelly"], 2)
-            res["ratio"] = round(rates["ours"] / rates["spikingjelly"], 3)
-            res["torch_threads"] = torch.get_num_threads()
-        out[name] = res
+        with contextlib.ExitStack() as stack:
+            out[name] = _bench_model(name, b, t, reps, stack)
     if _LAYERS.value:
         out["vgg16_layers"] = bench_layers(b, t, reps, _PEER.value)
         out["vgg16_layers_total_ms"] = layer_totals(out["vgg16_layers"])
@@ -308,6 +403,9 @@ def run() -> dict:
 def main(argv):
     if len(argv) > 1:
         _usage(f"unexpected arguments: {argv[1:]}")
+    if _PEER_SERVE.value:
+        serve_peer(_BATCH.value, _T.value)
+        return
     print(json.dumps(run()), flush=True)
 
 
