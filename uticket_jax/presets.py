@@ -3,8 +3,8 @@
 digits (the default; embedded data, no download):
   python experiments/lth.py
   Dense round + 11 rounds x 2 arms on scikit-learn's 8x8 digits with the small conv SNN, to
-  95.8 % sparsity (0.75^11 of the weights left). About 4.5 minutes on 2 CPU cores; LTH's PE
-  utilization falls to 64 % while u-Ticket stays at 100 % (latency -25 %) at equal accuracy
+  95.8 % sparsity (0.75^11 of the weights left). About 3.5 minutes on 2 CPU cores; LTH's PE
+  utilization falls to 62 % while u-Ticket stays at 100 % (latency -26 %) at equal accuracy
   (the table is in BUILD_NOTES.md).
 
 vgg16_cifar10 / resnet19_cifar10 / vgg16_cifar100 (the paper's settings, Yin et al. 2024 Sec. V):
