@@ -11,7 +11,7 @@ transparent huge pages (`madvise(MADV_HUGEPAGE)`), so they fault in 2 MiB at a t
 matters where the kernel's THP mode is `madvise`; under `always` they are huge pages already, and
 under `never` the advice is ignored. glibc reads tunables once, when a process starts, so
 `reexec_with_hugepages()` restarts the running interpreter once with the tunable added. The
-training launchers call it before anything else; set `UTICKET_HUGEPAGES=0` to keep a process as
+training launchers call it first thing in `__main__`; set `UTICKET_HUGEPAGES=0` to keep a process as
 started. Measured effect: BUILD_NOTES.md ("Training step").
 """
 
@@ -49,6 +49,12 @@ def _glibc_version(libc: tuple[str, str]) -> tuple[int, ...] | None:
         return None
 
 
+def _hugetlb_values(tunables: str) -> list[str]:
+    """The values given to `glibc.malloc.hugetlb` in a `GLIBC_TUNABLES` string, in order."""
+    entries = (entry.partition("=") for entry in tunables.split(":"))
+    return [value for name, _, value in entries if name == "glibc.malloc.hugetlb"]
+
+
 def hugepage_env(
     environ: Mapping[str, str], *, libc: tuple[str, str], thp: str | None
 ) -> dict[str, str] | None:
@@ -65,9 +71,9 @@ def hugepage_env(
     if environ.get(OPT_OUT, "").strip() == "0":
         return None
     current = environ.get("GLIBC_TUNABLES", "")
-    entries = [entry for entry in current.split(":") if entry]
-    if any(entry.split("=")[0] == "glibc.malloc.hugetlb" for entry in entries):
+    if _hugetlb_values(current):
         return None
+    entries = [entry for entry in current.split(":") if entry]
     env = dict(environ)
     env["GLIBC_TUNABLES"] = ":".join([*entries, TUNABLE])
     return env
@@ -75,10 +81,7 @@ def hugepage_env(
 
 def hugepages_active(environ: Mapping[str, str] | None = None) -> bool:
     """Whether this process started with `glibc.malloc.hugetlb` set to a non-zero value."""
-    tunables = (os.environ if environ is None else environ).get("GLIBC_TUNABLES", "")
-    values = [
-        e.split("=", 1)[1] for e in tunables.split(":") if e.startswith("glibc.malloc.hugetlb=")
-    ]
+    values = _hugetlb_values((os.environ if environ is None else environ).get("GLIBC_TUNABLES", ""))
     return bool(values) and values[-1] not in ("", "0")
 
 
