@@ -24,7 +24,12 @@ effect, and `UTICKET_HUGEPAGES=0` runs without it.
 
 SpikingJelly runs in a child process of its own with the same environment (`--peer_process`),
 and each variant's repeats run on their own, one variant after the other (`--interleave` times
-them round-robin instead).
+them round-robin instead). With `--trials N` (N > 1) every variant, ours included, runs in a fresh
+child process in each of N trials (the order of the variants reversed every other trial); the
+reported images/s and `ratio` are then medians over the trials (the ratio: the median of the
+trials' ratios), and `trials` lists each trial's figures. On the development VM a process
+sometimes runs ~30 % slower than another one running the same code, so one process pair can
+land on either side of parity; the median of several trials is the steadier figure.
 
 Run it on a quiet machine: when other processes share the cores, SpikingJelly's OpenMP threads
 slow down far more than XLA's (measured here: 3.6 to 37 images/s for the same step), and the
@@ -33,6 +38,7 @@ ratio then overstates ours.
 Usage (about 3 minutes on 2 CPU cores):
   python experiments/bench_train.py
   python experiments/bench_train.py --models vgg16 --layers --repeats 5
+  python experiments/bench_train.py --models vgg16 --noplain --trials 5   # ~4 minutes
 Prints one JSON line.
 """
 
@@ -72,8 +78,19 @@ _INTERLEAVE = flags.DEFINE_bool(
     "which measured 5-20 percent slower for ours); false: all repeats of one variant, then "
     "the next.",
 )
-_PEER_SERVE = flags.DEFINE_bool(
-    "peer_serve", False, "Internal: serve SpikingJelly steps to a parent over stdin/stdout."
+_TRIALS = flags.DEFINE_integer(
+    "trials",
+    1,
+    "Process trials: above 1, every variant runs in a fresh child process per trial (ours, "
+    "plain, SpikingJelly, in alternating order), and the reported figures are the medians over "
+    "the trials, with each trial's figures under `trials`. On a VM whose processes land in "
+    "faster or slower memory modes this gives a steadier ratio than one process.",
+)
+_SERVE = flags.DEFINE_enum(
+    "serve",
+    None,
+    ["ours", "plain", "spikingjelly"],
+    "Internal: serve this variant's train steps (first of --models) to a parent over stdin/stdout.",
 )
 _PLAIN = flags.DEFINE_bool("plain", True, "Also time our model with plain lax convolutions.")
 _LAYERS = flags.DEFINE_bool("layers", False, "Add per-layer VGG16 conv timings.")
@@ -183,35 +200,51 @@ def spikingjelly_step(batch: int, timesteps: int):
 _PEER_TAG = "PEER "  # prefix of the child's protocol lines (torch may print to stdout too)
 
 
-def serve_peer(batch: int, timesteps: int) -> None:
-    """Child side: one header line, then one train step per line read from stdin."""
+def _variant_step(variant: str, name: str, batch: int, timesteps: int):
+    """`(step, header)` of one variant: ours ("auto" convs), plain ("lax" convs) or SpikingJelly
+    (VGG16 only; `(None, None)` when it does not import)."""
+    if variant != "spikingjelly":
+        impl = "auto" if variant == "ours" else "lax"
+        return ours_step(name, impl, batch, timesteps), {}
     step = spikingjelly_step(batch, timesteps)
     if step is None:
-        print(_PEER_TAG + json.dumps(None), flush=True)
-        return
+        return None, None
     import torch
 
-    print(_PEER_TAG + json.dumps({"torch_threads": torch.get_num_threads()}), flush=True)
+    return step, {"torch_threads": torch.get_num_threads()}
+
+
+def serve_variant(variant: str, name: str, batch: int, timesteps: int) -> None:
+    """Child side: one header line (JSON, null when the variant cannot run), then one train
+    step per line read from stdin."""
+    step, header = _variant_step(variant, name, batch, timesteps)
+    print(_PEER_TAG + json.dumps(header), flush=True)
+    if step is None:
+        return
     for _ in sys.stdin:
         step()
         print(_PEER_TAG + "done", flush=True)
 
 
-def _peer_line(proc) -> str:
+def _peer_line(proc, variant: str) -> str:
     for line in proc.stdout:
         if line.startswith(_PEER_TAG):
             return line[len(_PEER_TAG) :].strip()
-    raise RuntimeError(f"the SpikingJelly child process ended (status {proc.wait()})")
+    raise RuntimeError(f"the {variant} child process ended (status {proc.wait()})")
 
 
-def spikingjelly_child(batch: int, timesteps: int, stack: contextlib.ExitStack):
-    """`(step, torch_threads)` with the steps run by a child process, or `(None, None)` when
-    SpikingJelly does not import there. The child ends when `stack` closes."""
+def child_step(
+    variant: str, name: str, batch: int, timesteps: int, stack: contextlib.ExitStack
+) -> tuple:
+    """`(step, header)` with `variant`'s steps run by a child process of its own (same
+    interpreter and environment), or `(None, None)` when the variant cannot run there
+    (SpikingJelly not importable). The child ends when `stack` closes."""
     proc = subprocess.Popen(
         [
             sys.executable,
             __file__,
-            "--peer_serve",
+            f"--serve={variant}",
+            f"--models={name}",
             f"--batch_size={batch}",
             f"--timesteps={timesteps}",
         ],
@@ -221,17 +254,17 @@ def spikingjelly_child(batch: int, timesteps: int, stack: contextlib.ExitStack):
     )
     stack.callback(proc.wait)
     stack.callback(proc.stdin.close)
-    header = json.loads(_peer_line(proc))
+    header = json.loads(_peer_line(proc, variant))
     if header is None:
         return None, None
 
     def step():
         proc.stdin.write("step\n")
         proc.stdin.flush()
-        if _peer_line(proc) != "done":
-            raise RuntimeError("the SpikingJelly child process answered out of turn")
+        if _peer_line(proc, variant) != "done":
+            raise RuntimeError(f"the {variant} child process answered out of turn")
 
-    return step, header["torch_threads"]
+    return step, header
 
 
 def _vgg16_conv_shapes(batch: int, timesteps: int):
@@ -340,44 +373,80 @@ def _usage(message: str) -> None:
     sys.exit(2)
 
 
-def _bench_model(name: str, b: int, t: int, reps: int, stack: contextlib.ExitStack) -> dict:
-    steps = {"ours": ours_step(name, "auto", b, t)}
-    if _PLAIN.value:
-        steps["plain"] = ours_step(name, "lax", b, t)
-    threads = None
-    if name == "vgg16" and _PEER.value:
-        if _PEER_PROCESS.value:
-            peer, threads = spikingjelly_child(b, t, stack)
-        else:
-            peer = spikingjelly_step(b, t)
-            if peer is not None:
-                import torch
+def _variants(name: str) -> list[str]:
+    out = ["ours"] + (["plain"] if _PLAIN.value else [])
+    return out + (["spikingjelly"] if name == "vgg16" and _PEER.value else [])
 
-                threads = torch.get_num_threads()
+
+def _n_steps(name: str) -> int:
+    return _STEPS.value * (20 if name == "digits_snn" else 1)
+
+
+def _one_process(name: str, b: int, t: int, reps: int, stack: contextlib.ExitStack):
+    """`(rates, torch_threads)`: ours (and plain) timed in this process, SpikingJelly in a child
+    (`--peer_process`) or here."""
+    steps = {v: _variant_step(v, name, b, t)[0] for v in _variants(name) if v != "spikingjelly"}
+    threads = None
+    if "spikingjelly" in _variants(name):
+        if _PEER_PROCESS.value:
+            peer, header = child_step("spikingjelly", name, b, t, stack)
+        else:
+            peer, header = _variant_step("spikingjelly", name, b, t)
         if peer is not None:
-            steps["spikingjelly"] = peer
-    n_steps = _STEPS.value * (20 if name == "digits_snn" else 1)
+            steps["spikingjelly"], threads = peer, header["torch_threads"]
     if _INTERLEAVE.value:
-        rates = best_rates(steps, b, n_steps, reps)
+        rates = best_rates(steps, b, _n_steps(name), reps)
     else:  # each framework's repeats on their own: neither starts from the other's cache state
         rates = {}
         for key, step in steps.items():
-            rates |= best_rates({key: step}, b, n_steps, reps)
+            rates |= best_rates({key: step}, b, _n_steps(name), reps)
+    return rates, threads
+
+
+def _trials(name: str, b: int, t: int, reps: int) -> tuple[dict, int | None, list[dict]]:
+    """`(median rates, torch_threads, per-trial rates)` over `--trials` trials, each variant in a
+    fresh child process per trial, the variants' order reversed every other trial."""
+    trials, threads = [], None
+    for i in range(_TRIALS.value):
+        order = _variants(name)[:: 1 if i % 2 == 0 else -1]
+        rates = {}
+        for variant in order:
+            with contextlib.ExitStack() as stack:
+                step, header = child_step(variant, name, b, t, stack)
+                if step is None:
+                    continue
+                threads = header.get("torch_threads", threads)
+                rates |= best_rates({variant: step}, b, _n_steps(name), reps)
+        if "spikingjelly" in rates:
+            rates["ratio"] = rates["ours"] / rates["spikingjelly"]
+        trials.append({k: round(v, 3) for k, v in rates.items()})
+    median = {k: float(np.median([tr[k] for tr in trials])) for k in trials[0]}
+    return median, threads, trials
+
+
+def _bench_model(name: str, b: int, t: int, reps: int, stack: contextlib.ExitStack) -> dict:
+    if _TRIALS.value > 1:
+        rates, threads, trials = _trials(name, b, t, reps)
+    else:
+        (rates, threads), trials = _one_process(name, b, t, reps, stack), None
     res = {"ours_images_per_s": round(rates["ours"], 2)}
     if "plain" in rates:
         res["ours_plain_conv_images_per_s"] = round(rates["plain"], 2)
         res["custom_conv_speedup"] = round(rates["ours"] / rates["plain"], 3)
     if "spikingjelly" in rates:
         res["spikingjelly_images_per_s"] = round(rates["spikingjelly"], 2)
-        res["ratio"] = round(rates["ours"] / rates["spikingjelly"], 3)
+        # One process: the ratio of the two rates. Trials: the median of the trials' ratios.
+        res["ratio"] = round(rates.get("ratio", rates["ours"] / rates["spikingjelly"]), 3)
         res["torch_threads"] = threads
-        res["peer_process"] = _PEER_PROCESS.value
-        res["interleaved"] = _INTERLEAVE.value
+        res["peer_process"] = _PEER_PROCESS.value or trials is not None
+        res["interleaved"] = _INTERLEAVE.value and trials is None
+    if trials is not None:
+        res["trials"] = trials
     return res
 
 
 def run() -> dict:
-    for flag in (_BATCH, _T, _STEPS, _REPEATS):
+    for flag in (_BATCH, _T, _STEPS, _REPEATS, _TRIALS):
         if flag.value <= 0:
             _usage(f"--{flag.name}: must be a positive integer, got {flag.value}")
     unknown = sorted(set(_MODELS.value) - set(_SHAPES))
@@ -403,8 +472,8 @@ def run() -> dict:
 def main(argv):
     if len(argv) > 1:
         _usage(f"unexpected arguments: {argv[1:]}")
-    if _PEER_SERVE.value:
-        serve_peer(_BATCH.value, _T.value)
+    if _SERVE.value:
+        serve_variant(_SERVE.value, _MODELS.value[0], _BATCH.value, _T.value)
         return
     print(json.dumps(run()), flush=True)
 

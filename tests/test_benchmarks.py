@@ -73,7 +73,7 @@ def test_bench_rebalance_bad_flags(flag, message):
 
 
 @pytest.mark.slow
-def test_bench_train_digits():
+def test_bench_train_digits_in_process():
     out = _json_line(
         _run(
             "bench_train.py",
@@ -90,6 +90,35 @@ def test_bench_train_digits():
     assert set(out["digits_snn"]) == {"ours_images_per_s"}
     assert out["digits_snn"]["ours_images_per_s"] > 0
     assert "vgg16" not in out
+
+
+@pytest.mark.slow
+def test_bench_train_trials_in_child_processes():
+    # Every variant in a child process per trial; the figures are the trials' medians.
+    out = _json_line(
+        _run(
+            "bench_train.py",
+            "--models=digits_snn",
+            "--nopeer",
+            "--repeats=1",
+            "--steps=1",
+            "--batch_size=16",
+            "--trials=2",
+        )
+    )
+    res = out["digits_snn"]
+    assert [set(tr) for tr in res["trials"]] == [{"ours", "plain"}] * 2
+    ours = sorted(tr["ours"] for tr in res["trials"])
+    assert res["ours_images_per_s"] == pytest.approx((ours[0] + ours[1]) / 2, abs=0.01)
+    plain = sorted(tr["plain"] for tr in res["trials"])
+    speedup = res["ours_images_per_s"] / ((plain[0] + plain[1]) / 2)
+    assert res["custom_conv_speedup"] == pytest.approx(speedup, rel=1e-2)
+
+
+def test_bench_train_bad_trials():
+    r = _run("bench_train.py", "--trials=0")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == "--trials: must be a positive integer, got 0"
 
 
 @pytest.mark.slow
