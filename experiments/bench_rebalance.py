@@ -11,8 +11,9 @@ Prints ONE JSON line: per mapping and n_pe, warm (compiled) minimum times in ms 
 * `oracle_ms`: the tests' per-group loop oracle (magnitude policy), at `--oracle_n_pe` only (~5 s
   per mapping on 2 CPU cores; 0 skips it);
 and once, `pass_ms`: one elementwise pass over every analysed layer that reads the mask and the
-weights and writes a mask (`mask ^ (|w| > t)`). Any magnitude rebalance reads every weight of the
-PEs that regrow and writes the new mask, so it cannot be faster than `count_ms + pass_ms`.
+weights and writes a mask (`mask ^ (|w| > t)`). A magnitude rebalance must read the weights of
+every PE that regrows (under `ceil_mean`, all but the fullest PEs of each group) after counting,
+so `count_ms + pass_ms` is about the least a rebalance built from whole-array passes can take.
 """
 
 from __future__ import annotations
