@@ -95,11 +95,11 @@ def _plan_layer(mask, cap, *, n_pe: int, mapping: str, target: str, c_max: int):
     return loads, tgt, jnp.max(jnp.abs(tgt - loads))
 
 
-@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "policy", "widths", "layer"))
-def _apply_layer(mask, weights, delta, key, heavy, *, n_pe, mapping, policy, widths, layer):
-    # Static: the PE array, the policy (which priority), the selection widths
-    # (`rebalance.plan_widths`; `heavy` holds the columns of its wide classes) and the layer
-    # position (folded into `key`).
+@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "policy", "widths"))
+def _apply_layer(mask, weights, delta, key, heavy, layer, *, n_pe, mapping, policy, widths):
+    # Static: the PE array, the policy (which priority) and the selection widths
+    # (`rebalance.plan_widths`; `heavy` holds the columns of its wide classes). The layer
+    # position (folded into `key`) is traced, so layers of one shape and widths share a program.
     # Keeps: only the PE's own slots change; regrown were pruned, dropped were active.
     if policy == "magnitude":
         prio = rb._magnitude(weights)
@@ -181,11 +181,11 @@ def rebalance_network(
                 deltas[i],
                 rkey,
                 heavy,
+                jnp.int32(i),
                 n_pe=n_pe,
                 mapping=m.name,
                 policy=policy,
                 widths=widths,
-                layer=i,
             )
     layers = []
     for i in range(len(names)):
