@@ -64,12 +64,7 @@ def _choices(flag, allowed) -> list[str]:
 
 def _settings() -> tuple[list[int], list[str], list[str]]:
     """`(n_pes, mappings, policies)` from the flags; ValueError naming the flag when bad."""
-    try:
-        n_pes = [int(v) for v in _N_PE.value.split(",")]
-    except ValueError:
-        n_pes = []
-    if not n_pes or min(n_pes) < 1:
-        raise ValueError(f"--n_pe: must be a comma list of integers >= 1, got {_N_PE.value!r}")
+    n_pes = cli.int_list(_N_PE)
     if _REPEATS.value < 1:
         raise ValueError(f"--repeats: must be a positive integer, got {_REPEATS.value}")
     if _ORACLE_N_PE.value < 0:

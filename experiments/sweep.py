@@ -75,17 +75,6 @@ def _floats(flag, scale: float = 1.0, grid: bool = False) -> list[float]:
     return [v * s for v in vals for s in GRID_SCALES] if grid and len(vals) == 1 else vals
 
 
-def _ints(flag) -> list[int]:
-    try:
-        vals = [int(v) for v in flag.value.split(",") if v.strip()]
-    except ValueError:
-        msg = f"--{flag.name}: expected a comma list of integers, got {flag.value!r}"
-        raise ValueError(msg) from None
-    if not vals or min(vals) <= 0:
-        raise ValueError(f"--{flag.name}: must be integers >= 1, got {flag.value!r}")
-    return vals
-
-
 def _configs() -> hardware.HardwareConfig:
     mappings = [m.strip() for m in _MAPPING.value.split(",") if m.strip()]
     for m in mappings:
@@ -98,9 +87,9 @@ def _configs() -> hardware.HardwareConfig:
         raise ValueError(f"--clock_mhz: must be > 0, got {_CLOCK.value!r}")
     grid = _GRID.value
     return hardware.config_grid(
-        n_pe=_ints(_N_PE),
+        n_pe=cli.int_list(_N_PE),
         mapping=mappings,
-        timesteps=_ints(_TIMESTEPS),
+        timesteps=cli.int_list(_TIMESTEPS),
         clock_hz=clocks,
         e_acc_pj=_floats(_E_ACC, grid=grid),
         e_fetch_pj=_floats(_E_FETCH, grid=grid),
@@ -205,7 +194,7 @@ def run() -> list[dict]:
         specs = hardware.specs_from_shapes(
             {k: v.shape for k, v in masks.items()},
             input_size=_INPUT_SIZE.value,
-            out_sizes=_ints(_OUT_SIZES) if _OUT_SIZES.value else None,
+            out_sizes=cli.int_list(_OUT_SIZES) if _OUT_SIZES.value else None,
             arch=_ARCH.value,
             conv_only=_CONV_ONLY.value,
             skip_first=_SKIP_FIRST.value,

@@ -58,7 +58,8 @@ def test_bench_rebalance_reduced():
 @pytest.mark.parametrize(
     "flag, message",
     [
-        ("--n_pe=4,x", "--n_pe: must be a comma list of integers >= 1"),
+        ("--n_pe=4,x", "--n_pe: expected a comma list of integers, got '4,x'"),
+        ("--n_pe=0,8", "--n_pe: must be integers >= 1, got '0,8'"),
         ("--mappings=tiles", "--mappings: got ['tiles']; allowed: output_channel, input_split"),
         ("--policies=greedy", "--policies: got ['greedy']; allowed: magnitude, random"),
         ("--repeats=0", "--repeats: must be a positive integer"),

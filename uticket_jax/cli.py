@@ -23,6 +23,18 @@ def fail(name: str, message: str) -> NoReturn:
     sys.exit(2)
 
 
+def int_list(flag) -> list[int]:
+    """The integers >= 1 of a comma-list string flag; ValueError naming the flag otherwise."""
+    try:
+        vals = [int(v) for v in flag.value.split(",") if v.strip()]
+    except ValueError:
+        msg = f"--{flag.name}: expected a comma list of integers, got {flag.value!r}"
+        raise ValueError(msg) from None
+    if not vals or min(vals) <= 0:
+        raise ValueError(f"--{flag.name}: must be integers >= 1, got {flag.value!r}")
+    return vals
+
+
 def guarded(main: Callable[[], object], name: str) -> Callable[[], None]:
     """`main` with user errors (`ValueError`) turned into `fail(name, ...)`; flags parsed."""
 
