@@ -64,7 +64,7 @@ def metrics_of(loads):
         mean = total / n
         utils.append(mean / mx)
         cm = math.ceil(total / n)
-        norms.append(1.0 if n == 1 else 1.0 - (mx - cm) / mx * n / (n - 1))
+        norms.append(1.0 if n == 1 else (mx * (n - 1) - (mx - cm) * n) / (mx * (n - 1)))
         latency += mx
         wasted += sum(mx - int(x) for x in row)
     return {

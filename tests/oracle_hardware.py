@@ -51,7 +51,7 @@ def layer_oracle(mask, n, mapping):
         mean = total / n
         utils.append(mean / mx)
         ceil_mean = -(-total // n)
-        norms.append(1.0 if n == 1 else 1.0 - (mx - ceil_mean) / mx * n / (n - 1))
+        norms.append(1.0 if n == 1 else (mx * (n - 1) - (mx - ceil_mean) * n) / (mx * (n - 1)))
         latency += mx
         wasted += sum(mx - x for x in loads)
     return {

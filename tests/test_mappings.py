@@ -85,6 +85,18 @@ def test_metrics_match_oracle(mapping):
                     assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-6), (k, shape, n)
 
 
+@given(st.integers(1, 40), st.integers(1, 500), st.data())
+@settings(max_examples=200, deadline=None)
+def test_normalized_utilization_is_the_exact_fraction(n, mx, data):
+    # The paper's 1 - (max - ceil(mean)) / max * n / (n - 1), correctly rounded to float32: in
+    # particular exactly 0 or 1 where the fraction is (float arithmetic gave -3e-8 for 3, 3, 3).
+    total = data.draw(st.integers(mx, mx * n))  # a group whose busiest PE carries mx
+    _, norm, _ = metrics.group_figures(jnp.array([total]), jnp.array([mx]), n)
+    cm = -(-total // n)
+    want = 1.0 if n == 1 else (mx * (n - 1) - (mx - cm) * n) / (mx * (n - 1))
+    assert float(norm[0]) == float(np.float32(want)), (n, mx, total)
+
+
 def test_idle_pes_and_edge_geometry():
     mask = np.ones((1, 1, 5, 5), bool)  # c_out = 5, n = 4: last group has 1 busy PE
     np.testing.assert_array_equal(mp.pe_loads(mask, 4), [[5, 5, 5, 5], [5, 0, 0, 0]])

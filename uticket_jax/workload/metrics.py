@@ -57,9 +57,14 @@ def group_figures(group_sum, group_max, n):
     safe_max = jnp.where(group_max > 0, maxf, 1.0)
     nf = n.astype(jnp.float32)
     util = group_sum.astype(jnp.float32) / (nf * safe_max)
-    ceil_mean = ((group_sum + n - 1) // n).astype(jnp.float32)  # exact integer ceil(sum / n)
-    scale = jnp.where(n > 1, nf / jnp.maximum(nf - 1.0, 1.0), 0.0)
-    util_norm = 1.0 - (maxf - ceil_mean) / safe_max * scale
+    ceil_mean = (group_sum + n - 1) // n  # exact integer ceil(sum / n)
+    # 1 - (max - ceil_mean) / max * n / (n - 1) as one division of exact integers,
+    # (max (n - 1) - (max - ceil_mean) n) / (max (n - 1)): correctly rounded, and exactly 0 where
+    # the figure is 0 (the float formula gave -3e-8 for max 3, ceil_mean 1, n 3).
+    safe_max_i = jnp.where(group_max > 0, group_max, 1)
+    den = safe_max_i * jnp.maximum(n - 1, 1)
+    num = den - (safe_max_i - ceil_mean) * n
+    util_norm = jnp.where(n > 1, num.astype(jnp.float32) / den.astype(jnp.float32), 1.0)
     empty = group_max <= 0
     util = jnp.where(empty, jnp.nan, util)
     util_norm = jnp.where(empty, jnp.nan, util_norm)
