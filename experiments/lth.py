@@ -9,7 +9,7 @@ project's .npz mask files, one per round and arm, readable by experiments/sweep.
 experiments/rebalance.py), weights/ (the trained kernels, same keys; --nosave_weights skips them),
 spike_rates/ (per-layer input spike rates, for sweep.py --spike_rates), summary.json,
 summary.csv, the plots (*.png) and checkpoints/ (orbax).
-Every flag left unset takes the preset's value (see uticket_jax/presets.py).
+Every flag left unset takes the preset's value (see uticket_jax/configs/).
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ import time
 import jax
 from absl import flags
 
-from uticket_jax import cli, data, hostmem, lth, presets, report, results
-from uticket_jax.checkpoint import Checkpointer
-from uticket_jax.masks import save_mask_file, save_npz_atomic
+from uticket_jax import configs as presets
+from uticket_jax import data
+from uticket_jax import pipeline as lth
+from uticket_jax.launch import cli, hostmem, report, results
+from uticket_jax.sparsity.masks import save_mask_file, save_npz_atomic
+from uticket_jax.training.checkpoint import Checkpointer
 
 _F = lth.LTHConfig()
 _PRESET = flags.DEFINE_string("preset", "digits", f"One of {', '.join(presets.PRESETS)}.")

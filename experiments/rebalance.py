@@ -22,8 +22,8 @@ import time
 import jax
 from absl import flags
 
-from uticket_jax import cli
-from uticket_jax.masks import LAYOUTS, load_mask_file, load_weight_file, save_mask_file
+from uticket_jax.launch import cli
+from uticket_jax.sparsity.masks import LAYOUTS, load_mask_file, load_weight_file, save_mask_file
 from uticket_jax.workload import MAPPINGS, POLICIES, TARGETS, rebalance_network, report_to_json
 
 _MASKS = flags.DEFINE_string("masks", None, "Mask .npz file (one array per prunable layer).")

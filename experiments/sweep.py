@@ -20,8 +20,9 @@ import os
 import numpy as np
 from absl import flags
 
-from uticket_jax import cli, hardware, plots
-from uticket_jax.masks import LAYOUTS, load_mask_file
+from uticket_jax import hardware
+from uticket_jax.launch import cli, plots
+from uticket_jax.sparsity.masks import LAYOUTS, load_mask_file
 
 _MASKS = flags.DEFINE_string("masks", None, "Mask .npz file (one array per prunable layer).")
 _LAYOUT = flags.DEFINE_string("layout", "hwio", f"Layout of the mask files: {', '.join(LAYOUTS)}.")

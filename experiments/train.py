@@ -15,7 +15,10 @@ import time
 import jax
 from absl import flags
 
-from uticket_jax import cli, data, hostmem, loop, models, results, train
+from uticket_jax import data, models
+from uticket_jax.launch import cli, hostmem, results
+from uticket_jax.training import loop
+from uticket_jax.training import step as train
 
 _DATASET = flags.DEFINE_string("dataset", "digits", f"One of {', '.join(data.DATASET_NAMES)}.")
 _ARCH = flags.DEFINE_string(

@@ -1,7 +1,8 @@
-"""Plain per-group Python loops of the workload model: the oracle for tests and benchmarks.
+"""Plain per-group Python loops: the oracles of the workload model and the PE-array simulator.
 
-Written straight from the definitions (issue 3, DESIGN.md), one PE at a time, with numpy only, so
-the vectorized JAX kernels in `uticket_jax.workload` can be checked against it.
+Written straight from the definitions, one PE at a time, with numpy only, so the vectorized JAX
+kernels in `uticket_jax.workload` and `uticket_jax.hardware` can be checked against them. Every
+oracle walks the PEs through one loop, `pe_views`.
 """
 
 from __future__ import annotations
@@ -17,17 +18,20 @@ def _dims(shape):
     return 1, shape[0], shape[1]
 
 
-def pe_slices(shape, n, mapping):
-    """For every group, for every PE: the list of hwio flat indices it holds (ascending)."""
+def pe_views(shape, n, mapping):
+    """For every group, for every PE: the `(k, c_in, c_out)` index of its weights, or None.
+
+    THE per-PE loop of the oracles: the index applies to a kernel viewed as `[K, c_in, c_out]`;
+    `None` marks an idle PE (past `c_out`, or an empty input slice).
+    """
     k, c_in, c_out = _dims(shape)
-    flat = np.arange(int(np.prod(shape))).reshape(k, c_in, c_out)
     groups = []
     if mapping == "output_channel":
         for g in range(math.ceil(c_out / n)):
             pes = []
             for j in range(n):
                 o = g * n + j
-                pes.append(sorted(flat[:, :, o].ravel().tolist()) if o < c_out else [])
+                pes.append((slice(None), slice(None), o) if o < c_out else None)
             groups.append(pes)
     elif mapping == "input_split":
         s = math.ceil(c_in / n)
@@ -35,24 +39,37 @@ def pe_slices(shape, n, mapping):
             pes = []
             for j in range(n):
                 lo, hi = j * s, min((j + 1) * s, c_in)
-                pes.append(sorted(flat[:, lo:hi, o].ravel().tolist()) if lo < hi else [])
+                pes.append((slice(None), slice(lo, hi), o) if lo < hi else None)
             groups.append(pes)
     else:
         raise ValueError(mapping)
     return groups
 
 
+def pe_slices(shape, n, mapping):
+    """For every group, for every PE: the list of hwio flat indices it holds (ascending)."""
+    flat = np.arange(int(np.prod(shape))).reshape(_dims(shape))
+    return [
+        [sorted(flat[v].ravel().tolist()) if v is not None else [] for v in pes]
+        for pes in pe_views(shape, n, mapping)
+    ]
+
+
 def loads_of(mask, n, mapping):
     """`[G, n]` numpy int loads."""
-    shape = np.shape(mask)
-    flat = np.asarray(mask).ravel()
+    m3 = np.asarray(mask).reshape(_dims(np.shape(mask)))
     return np.array(
-        [[int(flat[idx].sum()) for idx in pes] for pes in pe_slices(shape, n, mapping)], np.int64
+        [
+            [int(m3[v].sum()) if v is not None else 0 for v in pes]
+            for pes in pe_views(np.shape(mask), n, mapping)
+        ],
+        np.int64,
     )
 
 
-def metrics_of(loads):
-    """Layer figures from a `[G, n]` load table, one group at a time."""
+def metrics_of(loads, empty=None):
+    """Layer figures from a `[G, n]` load table, one group at a time (`empty`: a layer's
+    utilizations when no group has work)."""
     n = loads.shape[1]
     utils, norms = [], []
     latency = wasted = dynamic = 0
@@ -68,8 +85,8 @@ def metrics_of(loads):
         latency += mx
         wasted += sum(mx - int(x) for x in row)
     return {
-        "utilization": float(np.mean(utils)) if utils else None,
-        "utilization_normalized": float(np.mean(norms)) if norms else None,
+        "utilization": float(np.mean(utils)) if utils else empty,
+        "utilization_normalized": float(np.mean(norms)) if norms else empty,
         "latency": latency,
         "wasted": wasted,
         "dynamic": dynamic,
@@ -131,3 +148,37 @@ def rebalance(mask, prio, n, mapping, target):
                 for i in cand[:-d]:
                     flat[i] = False
     return flat.reshape(shape), loads, tgt
+
+
+TERMS = ("accumulate", "weight_fetch", "idle", "leakage")
+
+
+def simulator_oracle(masks, specs, cfg: dict, rates=None) -> dict:
+    """The PE-array simulator for one config, by loops over layers, groups and PEs.
+
+    Returns `{"layers": [dict], "network": dict}`, energies in J (float64).
+    """
+    n, T, clock = int(cfg["n_pe"]), int(cfg["timesteps"]), float(cfg["clock_hz"])
+    layers = []
+    for j, spec in enumerate(specs):
+        f = metrics_of(loads_of(np.asarray(masks[spec.name], bool), n, cfg["mapping"]), math.nan)
+        pix = spec.out_hw[0] * spec.out_hw[1]
+        rate = float(rates[j]) if (rates is not None and cfg["activity_aware"]) else 1.0
+        f["cycles"] = float(f["latency"] * pix * T)
+        f["seconds"] = f["cycles"] / clock
+        f["wasted_pe_cycles"] = float(f["wasted"] * pix * T)
+        f["energy_accumulate"] = cfg["e_acc_pj"] * 1e-12 * f["dynamic"] * pix * T * rate
+        f["energy_weight_fetch"] = cfg["e_fetch_pj"] * 1e-12 * f["dynamic"]
+        f["energy_idle"] = cfg["e_idle_pj"] * 1e-12 * f["wasted_pe_cycles"]
+        f["energy_leakage"] = cfg["leak_w"] * n * f["seconds"]
+        f["energy_total"] = sum(f[f"energy_{t}"] for t in TERMS)
+        layers.append(f)
+    sel = [f for f, s in zip(layers, specs, strict=True) if s.analysed]
+    net = {}
+    for k in ("utilization", "utilization_normalized"):
+        vals = [f[k] for f in sel if not math.isnan(f[k])]
+        net[k] = float(np.mean(vals)) if vals else float("nan")
+    for k in layers[0]:
+        if k not in net:
+            net[k] = sum(f[k] for f in sel)
+    return {"layers": layers, "network": net}

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, f"experiments/{script}", *args],
+        [sys.executable, "-m", f"benchmarks.{script.removesuffix('.py')}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from uticket_jax import train
-from uticket_jax.checkpoint import Checkpointer, CheckpointError
+from uticket_jax.training import step as train
+from uticket_jax.training.checkpoint import Checkpointer, CheckpointError
 
 
 def _tree(scale=1.0):

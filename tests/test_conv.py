@@ -1,4 +1,4 @@
-"""uticket_jax.models.conv: values and both gradients equal plain lax.conv + autodiff."""
+"""uticket_jax.ops.conv: values and both gradients equal plain lax.conv + autodiff."""
 
 import flax.linen as nn
 import jax
@@ -9,14 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from uticket_jax.models.conv import (
+from uticket_jax.ops.conv import (
     Conv,
     ConvImpl,
     choose_impl,
     conv2d,
     explicit_padding,
-    max_pool,
 )
+from uticket_jax.ops.pool import max_pool
 
 DIMS = ("NHWC", "HWIO", "NHWC")
 MIXED_IMPLS = [
@@ -77,10 +77,10 @@ def test_tiny_spatial(impl, hw):
 
 def test_weight_grad_chunked_with_ragged_batch(monkeypatch):
     # Force several chunks and a batch that is not a multiple of the chunk size.
-    import uticket_jax.models.conv as conv_mod
+    from uticket_jax.ops import tuning
 
     # Three images a chunk: 7 images -> 3 chunks of 3, two zero images padded in.
-    monkeypatch.setattr(conv_mod, "_CHUNK_BYTES", 4 * 4 * 9 * 3 * 4 * 3)
+    monkeypatch.setattr(tuning, "CHUNK_BYTES", 4 * 4 * 9 * 3 * 4 * 3)
     _check((7, 4, 4, 3), (3, 3), 2, (1, 1), "SAME", ROTATED)
 
 

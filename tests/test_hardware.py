@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.oracle_hardware import oracle
+from tests.oracle import simulator_oracle as oracle
 from uticket_jax import hardware
 from uticket_jax.hardware import simulator
 from uticket_jax.workload.mappings import pe_loads

@@ -1,4 +1,4 @@
-"""uticket_jax.hostmem: when the glibc huge-page tunable applies, and the one-time restart."""
+"""uticket_jax.launch.hostmem: when the glibc huge-page tunable applies; the one-time restart."""
 
 import os
 import platform
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from uticket_jax import hostmem
+from uticket_jax.launch import hostmem
 
 GLIBC = ("glibc", "2.36")
 
@@ -86,7 +86,7 @@ def test_thp_mode_reads_the_bracketed_word(tmp_path):
 
 _SCRIPT = """
 import os, sys
-from uticket_jax import hostmem
+from uticket_jax.launch import hostmem
 print("start", os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:], flush=True)
 hostmem.reexec_with_hugepages()
 print("run", hostmem.hugepages_active(), flush=True)

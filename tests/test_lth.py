@@ -10,8 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from uticket_jax import data, lth, masks, report
-from uticket_jax.checkpoint import Checkpointer
+from uticket_jax import data, models
+from uticket_jax import pipeline as lth
+from uticket_jax.launch import report
+from uticket_jax.sparsity import masks
+from uticket_jax.training import loop
+from uticket_jax.training.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,9 +121,9 @@ def test_rewind_restores_the_rewind_point(tiny, tmp_path):
     with Checkpointer(str(tmp_path)) as ckpt:
         _, stage_masks = _run(cfg, tiny, ckpt)
         state, meta = ckpt.restore()
-    model = lth.models.get_model(cfg.arch, num_classes=10, timesteps=cfg.timesteps)
+    model = models.get_model(cfg.arch, num_classes=10, timesteps=cfg.timesteps)
     init_key = jax.random.split(jax.random.key(cfg.seed), 3)[0]
-    init = lth.loop.init_variables(model, tiny.image_shape, init_key)
+    init = loop.init_variables(model, tiny.image_shape, init_key)
     trained = masks.flatten(state["arms"]["lth"]["trained"])
     m = stage_masks[(1, "lth")]
     for k, w0 in masks.flatten(init["params"]).items():
@@ -200,7 +204,9 @@ def test_bad_configuration_names_the_flag(kw, flag):
 _SHARDED = textwrap.dedent(
     """
     import json, jax, numpy as np
-    from uticket_jax import data, loop, models, train
+    from uticket_jax import data, models
+    from uticket_jax.training import loop
+    from uticket_jax.training import step as train
     ds = data.load_dataset("digits")
     model = models.get_model("digits_snn", num_classes=10, timesteps=2)
     variables = loop.init_variables(model, ds.image_shape, jax.random.key(0))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uticket_jax import masks as M
+from uticket_jax.sparsity import masks as M
 from uticket_jax.workload import metrics
 
 

@@ -10,7 +10,6 @@ import pytest
 from jax import lax
 
 from uticket_jax import snn
-from uticket_jax.masks import flatten
 from uticket_jax.models import (
     MODEL_NAMES,
     VGG16,
@@ -20,7 +19,8 @@ from uticket_jax.models import (
     describe_layers,
     get_model,
 )
-from uticket_jax.models.conv import Conv
+from uticket_jax.ops.conv import Conv
+from uticket_jax.sparsity.masks import flatten
 
 SHAPES = {"digits_snn": (3, 8, 8, 1), "vgg16": (2, 32, 32, 3), "resnet19": (2, 32, 32, 3)}
 

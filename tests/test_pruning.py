@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uticket_jax import masks as M
-from uticket_jax import pruning
+from uticket_jax.sparsity import masks as M
+from uticket_jax.sparsity import pruning
 
 
 def _oracle(scores, keep, percent):

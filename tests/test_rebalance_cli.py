@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from uticket_jax.masks import from_hwio, load_mask_file
+from uticket_jax.sparsity.masks import from_hwio, load_mask_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = {

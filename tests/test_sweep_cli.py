@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from uticket_jax.masks import save_mask_file
+from uticket_jax.sparsity.masks import save_mask_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "sweep.py")

@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from uticket_jax import masks as masks_lib
-from uticket_jax import train
+from uticket_jax.sparsity import masks as masks_lib
+from uticket_jax.training import step as train
 
 T, B, D, C = 3, 8, 6, 4
 

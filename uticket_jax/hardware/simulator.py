@@ -54,8 +54,7 @@ from uticket_jax.hardware.config import (
     validate_config,
 )
 from uticket_jax.hardware.tables import LayerSpec, LayerTables, network_tables, spike_rate_vector
-from uticket_jax.results import jsonable
-from uticket_jax.workload.metrics import Metrics, layer_metrics, network_metrics
+from uticket_jax.workload.metrics import Metrics, float_or_none, layer_metrics, network_metrics
 
 ENERGY_TERMS = ("accumulate", "weight_fetch", "idle", "leakage")
 _PJ = 1e-12
@@ -320,7 +319,7 @@ def _fig_dict(cols: Mapping[str, Any], *index: int, counts: bool = True) -> dict
         v = cols[k]
         for i in index:
             v = v[i]
-        return int(v) if counts and k in _COUNTS else jsonable(float(v))  # NaN: no work
+        return int(v) if counts and k in _COUNTS else float_or_none(v)  # NaN: no work
 
     d = {k: at(k) for k in cols if not k.startswith("energy_")}
     d["energy"] = {t: at(f"energy_{t}") for t in ENERGY_TERMS}

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from uticket_jax.models.common import SpikingNet
-from uticket_jax.models.conv import Conv
 from uticket_jax.models.describe import LayerInfo, describe_layers
 from uticket_jax.models.digits import DigitsSNN
 from uticket_jax.models.resnet import ResNet19
 from uticket_jax.models.vgg import VGG16
+from uticket_jax.ops.conv import Conv
 
 _MODELS: dict[str, type[SpikingNet]] = {
     "digits_snn": DigitsSNN,

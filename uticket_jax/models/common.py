@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from uticket_jax.models.conv import Conv
+from uticket_jax.ops.conv import Conv
 from uticket_jax.snn import LIFConfig
 
 # PyTorch's BatchNorm2d(momentum=0.1, eps=1e-5) in Flax's convention (running = m*running + ...).

@@ -13,8 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from uticket_jax.masks import flatten
-from uticket_jax.models.conv import Conv
+from uticket_jax.ops.conv import Conv
+from uticket_jax.sparsity.masks import flatten
 
 # The modules that hold a prunable kernel (the layers of the mask files and the simulator).
 LAYER_TYPES = (Conv, nn.Conv, nn.Dense)

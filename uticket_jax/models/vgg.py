@@ -26,7 +26,7 @@ from uticket_jax.models.common import (
     spiking,
     unfold_logits,
 )
-from uticket_jax.models.conv import max_pool
+from uticket_jax.ops.pool import max_pool
 from uticket_jax.snn import LIFConfig
 
 VGG16_CFG: tuple[int | str, ...] = (

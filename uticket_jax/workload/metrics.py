@@ -20,12 +20,11 @@ and dynamic are sums.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax.numpy as jnp
-
-from uticket_jax.results import jsonable
 
 
 class Metrics(NamedTuple):
@@ -39,7 +38,13 @@ class Metrics(NamedTuple):
 
     def to_dict(self) -> dict[str, float | None]:
         """Python floats for JSON; NaN (a layer without work) becomes None."""
-        return {k: jsonable(float(v)) for k, v in self._asdict().items()}
+        return {k: float_or_none(v) for k, v in self._asdict().items()}
+
+
+def float_or_none(x) -> float | None:
+    """A scalar as a Python float for JSON; NaN or infinite (a layer without work) becomes None."""
+    f = float(x)
+    return f if math.isfinite(f) else None
 
 
 def group_figures(group_sum, group_max, n):

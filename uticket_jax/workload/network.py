@@ -1,9 +1,9 @@
 """Network-level workload: PE loads, metrics and u-Ticket rebalancing over every layer of a net.
 
 Masks are a flat `{path: bool hwio kernel}` dict in network order (the mask-file format) or a mask
-pytree (flattened with `uticket_jax.masks.flatten`; `None` leaves are not prunable). Which layers
-are analysed follows `metrics.analysed_layers` (default, as the paper: conv layers only, the first
-conv left out); the others pass through unchanged and stay out of the network figures.
+pytree (flattened with `uticket_jax.sparsity.masks.flatten`; `None` leaves are not prunable). Which
+layers are analysed follows `metrics.analysed_layers` (default, as the paper: conv layers only, the
+first conv left out); the others pass through unchanged and stay out of the network figures.
 
 Every layer goes through one compiled call per step (counting, then selecting), dispatched
 asynchronously so the layers' kernels overlap; the loop over layers is a Python loop outside jit.
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uticket_jax import masks as masks_lib
+from uticket_jax.sparsity import masks as masks_lib
 from uticket_jax.workload import mappings as mp
 from uticket_jax.workload import rebalance as rb
 from uticket_jax.workload.metrics import Metrics, analysed_layers, loads_metrics, network_metrics

@@ -1,9 +1,13 @@
 """2-D convolution for the spiking models (NHWC input, HWIO kernel) with a fast CPU backward.
 
-`Conv` is a drop-in for the subset of `flax.linen.Conv` the models use (param names `kernel`
-and `bias`, the same default initializers). `conv2d` computes the same function as
-`lax.conv_general_dilated` but through a `jax.custom_vjp` that picks, per static shape, how the
-forward pass, the input gradient and the weight gradient are computed:
+`Conv` covers the subset of `flax.linen.Conv` the models use (param names `kernel` and `bias`,
+the same default initializers), with one difference: `use_bias` defaults to False, since every
+conv of the models is followed by batch norm. Max pooling with the same CPU concern lives in
+`ops/pool.py`; the measured thresholds of `choose_impl` in `ops/tuning.py`.
+
+`conv2d` computes the same function as `lax.conv_general_dilated` but through a `jax.custom_vjp`
+that picks, per static shape, how the forward pass, the input gradient and the weight gradient are
+computed:
 
 * "lax": XLA's own convolution (and its transposes for the gradients);
 * "patches": a matmul over image patches (im2col), one chunk of the batch at a time so each
@@ -32,26 +36,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from uticket_jax.ops import tuning
+
 PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 IMPLS = ("auto", "lax", "patches")
-# Bytes of one chunk's patch matrix in the weight gradient (measured best near 4-10 MB).
-_CHUNK_BYTES = 8 * 2**20
-# Output sizes Ho*Wo at or below which XLA:CPU's convolution takes its slow path.
-_TINY_SPATIAL = 4
-# The patch weight gradient beats XLA's from Ho*Wo >= 64 outputs, C_in >= 64 channels and
-# ~1e9 multiply-adds (N*Ho*Wo*kh*kw*C_in*C_out) up.
-_BIG_SPATIAL = 64
-_WIDE_INPUT = 64
-_MIN_MACS = 2**30
-# The chunked patch forward (and stride-1 input gradient) beats XLA for Ho*Wo >= 256 outputs
-# with 16 to 64 channels on the narrower side, and for Ho*Wo <= 64 with more on both sides.
-_MIN_PATCH_CHANNELS = 16
-_NARROW = 64
-_BIG_SPATIAL_FWD = 256
-_SMALL_SPATIAL = 64
 
 
 class ConvImpl(NamedTuple):
@@ -109,15 +100,15 @@ def _patch_matmul_wins(out_hw, c_in: int, c_out: int) -> bool:
     (measured, see `choose_impl`): big images (Ho*Wo >= 256) with 16 to 64 channels on the
     narrower side, or small images (Ho*Wo <= 64) with more than 64 channels on both sides."""
     narrow, hw = min(c_in, c_out), out_hw[0] * out_hw[1]
-    if narrow <= _NARROW:
-        return narrow >= _MIN_PATCH_CHANNELS and hw >= _BIG_SPATIAL_FWD
-    return hw <= _SMALL_SPATIAL
+    if narrow <= tuning.NARROW:
+        return narrow >= tuning.MIN_PATCH_CHANNELS and hw >= tuning.BIG_SPATIAL_FWD
+    return hw <= tuning.SMALL_SPATIAL
 
 
 def choose_impl(x_shape, w_shape, strides, pads) -> ConvImpl:
     """The measured-fastest implementation on XLA:CPU for one static convolution shape.
 
-    Measured on 2 CPU cores, VGG16 at batch 4*32 (see experiments/bench_train.py --layers):
+    Measured on 2 CPU cores, VGG16 at batch 4*32 (see benchmarks/bench_train.py --layers):
     * forward: the chunked patch matmul for tiny outputs (Ho*Wo <= 4, where XLA is ~100x
       slower), for big images with 16 to 64 channels on the narrower side (Ho*Wo >= 256:
       1.4-1.9x faster, e.g. 32x32x64 -> 64 in ~37 ms against ~70 ms) and for small images with
@@ -135,7 +126,7 @@ def choose_impl(x_shape, w_shape, strides, pads) -> ConvImpl:
     """
     kh, kw, ci, co = w_shape
     ho, wo = _out_hw(x_shape[1:3], (kh, kw), strides, pads)
-    tiny = ho * wo <= _TINY_SPATIAL
+    tiny = ho * wo <= tuning.TINY_SPATIAL
     forward = tiny or _patch_matmul_wins((ho, wo), ci, co)
     rotated = (
         not tiny
@@ -143,7 +134,7 @@ def choose_impl(x_shape, w_shape, strides, pads) -> ConvImpl:
         and _patch_matmul_wins(x_shape[1:3], co, ci)  # the rotated conv's in/out channels
     )
     macs = x_shape[0] * ho * wo * kh * kw * ci * co
-    big = ho * wo >= _BIG_SPATIAL and ci >= _WIDE_INPUT and macs >= _MIN_MACS
+    big = ho * wo >= tuning.BIG_SPATIAL and ci >= tuning.WIDE_INPUT and macs >= tuning.MIN_MACS
     pick = lambda patches: "patches" if patches else "lax"  # noqa: E731
     input_grad = "rotated" if rotated else pick(tiny)
     return ConvImpl(pick(forward), input_grad, pick(big))
@@ -172,12 +163,12 @@ def _patches(x, kernel_hw, strides, pads):
 
 
 def _batch_chunks(n: int, per_image: int) -> tuple[int, int]:
-    """`(n_chunks, chunk)`: a split of `n` images into chunks of about `_CHUNK_BYTES` of patches.
+    """`(n_chunks, chunk)`: `n` images split into chunks of about `tuning.CHUNK_BYTES` of patches.
 
     `per_image` is one image's patch-matrix bytes. A chunk count that divides `n` is preferred
     when one is close (no padding images); static, from shapes only.
     """
-    n_chunks = -(-n // max(1, _CHUNK_BYTES // max(per_image, 1)))
+    n_chunks = -(-n // max(1, tuning.CHUNK_BYTES // max(per_image, 1)))
     n_chunks = next((k for k in range(n_chunks, 2 * n_chunks + 1) if n % k == 0), n_chunks)
     return n_chunks, -(-n // n_chunks)
 
@@ -347,70 +338,9 @@ def conv2d(
     return _conv2d(x, w, strides, pads, impl)
 
 
-def _pool_windows(x, window: int):
-    """[N, H, W, C] -> [N, H//k, W//k, k*k, C] non-overlapping windows (row-major in a window)."""
-    n, h, w, c = x.shape
-    ho, wo = h // window, w // window
-    x = x[:, : ho * window, : wo * window, :]  # VALID: a partial last window is dropped
-    win = x.reshape(n, ho, window, wo, window, c).transpose(0, 1, 3, 2, 4, 5)
-    return win.reshape(n, ho, wo, window * window, c)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool(x, window):
-    return jnp.max(_pool_windows(x, window), axis=3)
-
-
-def _max_pool_fwd(x, window):
-    win = _pool_windows(x, window)  # [N, Ho, Wo, k*k, C]
-    first = jnp.argmax(win, axis=3).astype(jnp.int8)  # first maximum of each window
-    return jnp.take_along_axis(win, first[:, :, :, None].astype(jnp.int32), 3)[:, :, :, 0], (
-        first,
-        x.shape,
-    )
-
-
-def _max_pool_bwd(window, res, dy):
-    first, x_shape = res
-    n, h, w, c = x_shape
-    ho, wo = dy.shape[1:3]
-    taps = jnp.arange(window * window, dtype=jnp.int8)[:, None]  # [k*k, 1]
-    dwin = jnp.where(taps == first[:, :, :, None, :], dy[:, :, :, None, :], 0)  # [N,Ho,Wo,k*k,C]
-    dwin = dwin.reshape(n, ho, wo, window, window, c).transpose(0, 1, 3, 2, 4, 5)
-    dx = dwin.reshape(n, ho * window, wo * window, c)
-    return (jnp.pad(dx, ((0, 0), (0, h - ho * window), (0, w - wo * window), (0, 0))),)
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
-def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
-    """Non-overlapping max pooling (stride = window, VALID), NHWC, with a fast CPU backward.
-
-    Same values as `flax.linen.max_pool(x, (k, k), strides=(k, k))` and the same gradient: each
-    window's cotangent goes to its first maximum in row-major order (XLA's select-and-scatter and
-    PyTorch's `max_pool2d` tie rule, which matters for binary spike inputs). XLA:CPU's
-    select-and-scatter is slow (211 ms for VGG16's first pool at [128, 32, 32, 64] on 2 cores);
-    this backward is a one-hot select over reshaped windows (~5x faster).
-
-    Args:
-      x: [N, H, W, C].
-      window: k, the window side and stride.
-
-    Returns:
-      [N, H // k, W // k, C].
-    """
-    if x.ndim != 4:
-        raise ValueError(f"x must be NHWC [N, H, W, C], got shape {x.shape}")
-    if not (isinstance(window, int) and 1 <= window <= min(x.shape[1:3])):
-        raise ValueError(f"window must be an int in [1, min(H, W)], got {window!r}")
-    if window * window > 127:
-        raise ValueError(f"window must be at most 11 (int8 argmax), got {window}")
-    return _max_pool(x, window)
-
-
 class Conv(nn.Module):
-    """2-D convolution, NHWC input, HWIO `kernel` param (drop-in for `flax.linen.Conv`).
+    """2-D convolution, NHWC input, HWIO `kernel` param (`flax.linen.Conv`'s names and inits;
+    `use_bias` defaults to False).
 
     Attributes:
       features: output channels.
@@ -447,4 +377,4 @@ class Conv(nn.Module):
         return y
 
 
-__all__ = ["Conv", "ConvImpl", "IMPLS", "choose_impl", "conv2d", "explicit_padding", "max_pool"]
+__all__ = ["Conv", "ConvImpl", "IMPLS", "choose_impl", "conv2d", "explicit_padding"]

@@ -4,8 +4,8 @@ Times one jitted masked train step (forward + backward + SGD momentum 0.9 / weig
 compiled and warmed up, best of `--repeats`, for the digits SNN (8x8x1, 10 classes) and VGG16-BN
 at CIFAR shape (32x32x3, 10 classes), both with batch `--batch_size` and `--timesteps` steps:
 
-* `ours_images_per_s`: `uticket_jax.train.train_step` with the default `Conv` (impl "auto": the
-  CPU-tuned custom backward of `uticket_jax.models.conv`);
+* `ours_images_per_s`: `uticket_jax.training.step.train_step` with the default `Conv` (impl
+  "auto": the CPU-tuned custom backward of `uticket_jax.ops.conv`);
 * `ours_plain_conv_images_per_s`: the same model with `conv_impl="lax"` (plain
   `lax.conv_general_dilated` + autodiff), so the effect of the custom convolution shows;
 * `spikingjelly_images_per_s` and `ratio` (ours / theirs), VGG16-BN only, when `torch` and
@@ -18,9 +18,9 @@ plain lax vs ours, and PyTorch's own kernels when torch imports) at the folded b
 their sums per implementation (`vgg16_layers_total_ms`).
 
 On Linux with glibc >= 2.35 and the kernel's THP mode `madvise`, the script restarts itself once
-with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (`uticket_jax.hostmem`), so both frameworks' large
-per-step buffers fault in as huge pages; `glibc_hugepages` in the output says whether that was in
-effect, and `UTICKET_HUGEPAGES=0` runs without it.
+with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (`uticket_jax.launch.hostmem`), so both frameworks'
+large per-step buffers fault in as huge pages; `glibc_hugepages` in the output says whether that
+was in effect, and `UTICKET_HUGEPAGES=0` runs without it.
 
 SpikingJelly runs in a child process of its own with the same environment (`--peer_process`),
 and each variant's repeats run on their own, one variant after the other (`--interleave` times
@@ -36,9 +36,9 @@ slow down far more than XLA's (measured here: 3.6 to 37 images/s for the same st
 ratio then overstates ours.
 
 Usage (about 3 minutes on 2 CPU cores):
-  python experiments/bench_train.py
-  python experiments/bench_train.py --models vgg16 --layers --repeats 5
-  python experiments/bench_train.py --models vgg16 --noplain --trials 5   # ~4 minutes
+  python -m benchmarks.bench_train
+  python -m benchmarks.bench_train --models vgg16 --layers --repeats 5
+  python -m benchmarks.bench_train --models vgg16 --noplain --trials 5   # ~4 minutes
 Prints one JSON line.
 """
 
@@ -55,8 +55,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from uticket_jax import hostmem, models, train
-from uticket_jax.models.conv import choose_impl, conv2d, explicit_padding
+from uticket_jax import models
+from uticket_jax.launch import hostmem
+from uticket_jax.ops.conv import choose_impl, conv2d, explicit_padding
+from uticket_jax.training import step as train
 
 _MODELS = flags.DEFINE_list("models", ["digits_snn", "vgg16"], "Models: digits_snn, vgg16.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Images per train step.")

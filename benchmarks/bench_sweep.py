@@ -1,6 +1,6 @@
 r"""Benchmark of the vectorized hardware sweep against the project's loop oracle (one JSON line).
 
-  python experiments/bench_sweep.py            # ~30 s on a 2-core CPU
+  python -m benchmarks.bench_sweep            # ~30 s on a 2-core CPU
 
 A VGG16-shaped network at 98% sparsity (`workload.synthetic.vgg16_sparse`, uneven per-channel
 density), 4,096 configs per mapping (n_pe 1..64 x 8 clocks x 8 accumulate energies), warm
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 
@@ -25,11 +24,9 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from tests.oracle import simulator_oracle as oracle
 from uticket_jax import hardware
 from uticket_jax.workload.synthetic import vgg16_sparse
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.oracle_hardware import oracle  # noqa: E402  (the oracle lives with the tests)
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (best is reported).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic masks.")

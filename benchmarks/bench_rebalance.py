@@ -1,6 +1,6 @@
 """Benchmark: workload count, metrics and u-Ticket rebalance over a VGG16-shaped net (98% sparse).
 
-  python experiments/bench_rebalance.py [--n_pe 8,16,32] [--repeats 5] [--oracle_n_pe 16]
+  python -m benchmarks.bench_rebalance [--n_pe 8,16,32] [--repeats 5] [--oracle_n_pe 16]
       [--mappings output_channel,input_split] [--policies magnitude,random]
 Prints ONE JSON line: per mapping and n_pe, warm (compiled) minimum times in ms of
 * `count_ms`: the load count of every layer (the reference of the issue's "<= 3x one vectorized
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import jax
@@ -28,13 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tests import oracle  # noqa: E402
-from uticket_jax import cli  # noqa: E402
-from uticket_jax.workload import MAPPINGS, network_loads, rebalance_network, synthetic  # noqa: E402
-from uticket_jax.workload.metrics import analysed_layers, loads_metrics, network_metrics  # noqa: E402
-from uticket_jax.workload.rebalance import POLICIES  # noqa: E402
+from tests import oracle
+from uticket_jax.launch import cli
+from uticket_jax.workload import MAPPINGS, network_loads, rebalance_network, synthetic
+from uticket_jax.workload.metrics import analysed_layers, loads_metrics, network_metrics
+from uticket_jax.workload.rebalance import POLICIES
 
 _N_PE = flags.DEFINE_string("n_pe", "8,16,32", "Comma list of PEs per group.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions (the minimum is reported).")

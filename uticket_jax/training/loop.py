@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from uticket_jax import data as data_lib
-from uticket_jax import train as train_lib
+from uticket_jax.training import step as train_lib
 
 
 class TrainingDiverged(ValueError):

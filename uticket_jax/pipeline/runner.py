@@ -36,14 +36,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from uticket_jax import data as data_lib
-from uticket_jax import loop, models, pruning, workload
-from uticket_jax import train as train_lib
-from uticket_jax.checkpoint import Checkpointer
+from uticket_jax import models, workload
 from uticket_jax.hardware import config as hw_config
 from uticket_jax.hardware import simulator
 from uticket_jax.hardware.tables import specs_from_layers
-from uticket_jax.masks import flatten, make_masks, sparsity_report, unflatten
-from uticket_jax.spikes import input_spike_rates
+from uticket_jax.models.spike_rates import input_spike_rates
+from uticket_jax.sparsity import pruning
+from uticket_jax.sparsity.masks import flatten, make_masks, sparsity_report, unflatten
+from uticket_jax.training import loop
+from uticket_jax.training import step as train_lib
+from uticket_jax.training.checkpoint import Checkpointer
 
 ARMS = ("lth", "uticket")
 PRUNABLE = ("conv_dense", "conv")

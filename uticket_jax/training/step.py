@@ -4,7 +4,7 @@ Masks compose with optax: `masked(tx)` wraps any gradient transformation so that
 exactly zero updates. The gradients are masked before the inner transformation (so momentum and
 Adam moments of pruned weights stay zero) and the updates after it (so nothing the inner chain adds,
 e.g. decoupled weight decay, can move a pruned weight). With pruned weights stored as exact zeros
-(see `uticket_jax.masks.apply_masks`), they stay exactly zero through every step.
+(see `uticket_jax.sparsity.masks.apply_masks`), they stay exactly zero through every step.
 
 Loss (direct-encoded SNNs emit logits per step, `[T, B, classes]`): the mean over steps of the
 cross-entropy, `L = 1/T Σ_t CE(logits_t, y)`; the prediction is `argmax_c 1/T Σ_t logits_t`.
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from uticket_jax.masks import apply_masks
+from uticket_jax.sparsity.masks import apply_masks
 
 PyTree = Any
 OPTIMIZERS = ("sgd", "adam")

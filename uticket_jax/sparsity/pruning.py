@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from uticket_jax.masks import flatten, unflatten
+from uticket_jax.sparsity.masks import flatten, unflatten
 
 SCOPES = ("global", "layer")
 PyTree = Any
