@@ -293,7 +293,17 @@ def _run(tables, pixels, rates, uniq, inv, configs, mapping, n_cap, analysed, de
         args = jax.device_put(args, repl)
         inv, configs = jax.device_put((inv, configs), split)
     out = _simulate_mapping(*args, inv, configs, mapping=mapping, n_cap=n_cap)
-    return SweepResult(*jax.tree.map(lambda x: np.asarray(x)[:n], out))
+    return SweepResult(*jax.tree.map(lambda x: _fetch(x)[:n], out))
+
+
+def _fetch(x: jax.Array) -> np.ndarray:
+    """A result on the host; a config axis sharded over other processes' devices is gathered
+    (every process then holds every config's figures)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils  # multi-process runs only
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def simulate_masks(

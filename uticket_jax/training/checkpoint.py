@@ -3,6 +3,12 @@
 Each save is a numbered orbax step holding two items, `state` (arrays, restored into the exact
 structure of a template) and `meta` (JSON: progress counters, results so far). Saves are
 finished before `save` returns, so a run killed at any point resumes from the last complete step.
+
+Multi-process runs (`jax.process_count() > 1`): every process calls `save` and `restore` with the
+same values, and orbax writes ONE set of files (a multi-host checkpoint: the state is saved as
+arrays replicated over all devices of all processes, which orbax writes from the primary process).
+The directory must be the same path on every process (one machine, or a shared file system).
+`restore` hands back host-local numpy arrays there, so callers treat them as in a one-process run.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 class CheckpointError(ValueError):
@@ -42,7 +50,7 @@ class Checkpointer:
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                state=ocp.args.StandardSave(_global(state)), meta=ocp.args.JsonSave(meta)
             ),
         )
         self._manager.wait_until_finished()
@@ -65,7 +73,7 @@ class Checkpointer:
             # Compare shapes from the metadata first: a foreign checkpoint is refused before
             # orbax starts its asynchronous array reads (which leave debris when they fail).
             _check_shapes(template, self._stored_leaves(step), step, self.directory)
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+            abstract = jax.tree.map(_abstract, template)
         try:
             restored = self._manager.restore(
                 step,
@@ -79,7 +87,10 @@ class Checkpointer:
                 f"--resume: checkpoint step {step} under {self.directory} cannot be restored"
                 f" into this run's configuration ({first})"
             ) from None
-        return restored.state, restored.meta
+        state = restored.state
+        if jax.process_count() > 1:  # fully replicated global arrays -> host-local values
+            state = jax.tree.map(np.asarray, state)
+        return state, restored.meta
 
     def _stored_leaves(self, step: int) -> Any:
         """The saved arrays' metadata (shape and dtype per leaf), without reading the arrays."""
@@ -114,3 +125,33 @@ def _check_shapes(template: Any, stored: Any, step: int, directory: str) -> None
             f"--resume: checkpoint step {step} under {directory} holds arrays of other shapes"
             " than this run's model and flags"
         )
+
+
+def _replicated() -> NamedSharding:
+    """Replicated over every device of every process."""
+    return NamedSharding(Mesh(np.asarray(jax.devices()), ("all",)), PartitionSpec())
+
+
+def _global(tree: Any) -> Any:
+    """`tree` as orbax can save it: unchanged in one process; with several processes, every
+    leaf that is not already a global array becomes one, replicated over all devices (each
+    process holds the same value: the run is computed identically on every process)."""
+    if jax.process_count() == 1:
+        return tree
+    repl = _replicated()
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return x  # already global (the replicated train state)
+        return jax.make_array_from_process_local_data(repl, np.asarray(x))
+
+    return jax.tree.map(one, tree)
+
+
+def _abstract(x: Any) -> jax.ShapeDtypeStruct:
+    """The restore target of one template leaf (replicated over all devices with several
+    processes, so every process reads the whole array)."""
+    if jax.process_count() == 1:
+        return ocp.utils.to_shape_dtype_struct(x)
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+    return jax.ShapeDtypeStruct(np.shape(x), dtype, sharding=_replicated())

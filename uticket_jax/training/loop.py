@@ -3,8 +3,9 @@
 Data parallelism: a 1-D mesh over all devices (axis "data"); each batch is split over it along
 the batch axis and the train state is replicated, so the jitted `train_step` runs SPMD with a
 gradient all-reduce inserted by XLA. With one device this is the plain single-device path.
-On several hosts, call `jax.distributed.initialize()` first; each process then feeds its own
-slice of the global batch (`jax.make_array_from_process_local_data`).
+On several hosts, call `jax.distributed.initialize()` first (`uticket_jax.launch.distributed`);
+every process then draws the same global batches and places the rows of its own devices
+(`shard`), so the run equals a one-process run over the same number of devices.
 """
 
 from __future__ import annotations
@@ -62,14 +63,30 @@ def check_batch_size(batch_size: int, n: int, dp: DataParallel) -> None:
 
 
 def shard(dp: DataParallel, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
-    """Places host batches on the mesh, split along axis 0 (this process's rows on its devices)."""
+    """Places GLOBAL host batches on the mesh, split along axis 0.
+
+    Every process holds the same global batch (the batch order depends only on the run's key);
+    with several processes each one places only the rows of its own devices, so the global
+    array is the one a single process would build, whatever the number of processes.
+    """
     if jax.process_count() == 1:
         return tuple(jax.device_put(a, dp.batch) for a in arrays)
-    return tuple(jax.make_array_from_process_local_data(dp.batch, a) for a in arrays)
+    return tuple(jax.make_array_from_callback(a.shape, dp.batch, a.__getitem__) for a in arrays)
 
 
 def replicate(dp: DataParallel, tree: Any) -> Any:
-    """Places a pytree (e.g. the train state) on every device of the mesh."""
+    """Places a pytree (e.g. the train state) on every device of the mesh.
+
+    With several processes, host-local leaves go through numpy (every process holds the same
+    value), since a process cannot place its device's array on another process's devices.
+    """
+    if jax.process_count() > 1:
+        tree = jax.tree.map(
+            lambda x: (
+                x if isinstance(x, jax.Array) and not x.is_fully_addressable else np.asarray(x)
+            ),
+            tree,
+        )
     return jax.device_put(tree, dp.replicated)
 
 
