@@ -19,14 +19,14 @@ import json
 import os
 import time
 
-import jax
 from absl import flags
 
 from uticket_jax import configs as presets
 from uticket_jax import data
 from uticket_jax import pipeline as lth
-from uticket_jax.launch import cli, hostmem, report, results
+from uticket_jax.launch import cli, distributed, hostmem, report, results
 from uticket_jax.sparsity.masks import save_mask_file, save_npz_atomic
+from uticket_jax.training import loop
 from uticket_jax.training.checkpoint import Checkpointer
 
 _F = lth.LTHConfig()
@@ -40,9 +40,6 @@ _OVERWRITE = flags.DEFINE_bool(
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 _SAVE_WEIGHTS = flags.DEFINE_bool(
     "save_weights", True, "Write each stage's trained kernels to WORKDIR/weights/ (.npz)."
-)
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (multi-host runs)."
 )
 
 # Run settings: None means "the preset's value".
@@ -114,24 +111,39 @@ def _check_resume(workdir: str, cfg: lth.LTHConfig) -> None:
 
 
 def main() -> None:
-    if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+    distributed.initialize()
     cfg = build_config()
     if _RESUME.value and _OVERWRITE.value:
         raise ValueError("--resume and --overwrite: choose one")
+    # Every process must run the same configuration (checked on all of them at once).
+    distributed.check_same_settings(
+        {**_config_json(cfg), "resume": _RESUME.value, "workdir": _WORKDIR.value}
+    )
     dataset = data.load_dataset(cfg.dataset, data_dir=_DATA_DIR.value)
+    # Checked before the work directory is touched, so a bad batch size writes nothing.
+    loop.check_batch_size(cfg.batch_size, dataset.train_images.shape[0], loop.data_parallel())
+    workdir = distributed.together(lambda: _prepare(cfg))
+    records = _run(cfg, dataset, workdir)
+    if distributed.is_writer():
+        _finish(records, workdir)
+
+
+def _prepare(cfg: lth.LTHConfig) -> str:
+    """The work directory, checked (and on process 0 created, with config.json)."""
+    workdir = os.path.abspath(_WORKDIR.value)
+    if _RESUME.value:
+        _check_resume(workdir, cfg)
+    if not distributed.is_writer():
+        return workdir
     workdir = results.prepare_workdir(
         _WORKDIR.value, overwrite=_OVERWRITE.value, resume=_RESUME.value
     )
-    if _RESUME.value:
-        _check_resume(workdir, cfg)
-    else:
+    if not _RESUME.value:
         moved = results.set_aside(workdir)
         if moved:
             print(f"--overwrite: moved the earlier results to {moved}")
         results.write_json(os.path.join(workdir, "config.json"), _config_json(cfg))
-    records = _run(cfg, dataset, workdir)
-    _finish(records, workdir)
+    return workdir
 
 
 def _run(cfg, dataset, workdir):
@@ -147,15 +159,18 @@ def _run(cfg, dataset, workdir):
         results.write_text_atomic(os.path.join(workdir, "rounds.jsonl"), lines)
 
     start = time.perf_counter()
+    writer = distributed.is_writer()  # process 0 alone writes files, logs and progress bars
     with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
         records = lth.run(
             cfg,
             dataset,
             checkpointer=ckpt,
-            on_stage_end=on_stage_end,
-            progress=_PROGRESS.value,
+            on_stage_end=on_stage_end if writer else None,
+            progress=_PROGRESS.value and writer,
+            log=print if writer else lambda line: None,
         )
-    print(f"run finished in {time.perf_counter() - start:.1f} s (this process)")
+    if writer:
+        print(f"run finished in {time.perf_counter() - start:.1f} s (this process)")
     return records
 
 

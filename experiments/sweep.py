@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags
 
 from uticket_jax import hardware
-from uticket_jax.launch import cli, plots
+from uticket_jax.launch import cli, distributed, plots
 from uticket_jax.sparsity.masks import LAYOUTS, load_mask_file
 
 _MASKS = flags.DEFINE_string("masks", None, "Mask .npz file (one array per prunable layer).")
@@ -171,7 +171,8 @@ def _model_specs(masks: dict) -> list[hardware.LayerSpec]:
     )
 
 
-def run() -> list[dict]:
+def _inputs() -> tuple:
+    """The sweep's configs, networks, layer specs and spike rates, every input checked."""
     if not _MASKS.value:
         raise ValueError("--masks: required (a mask .npz file)")
     if not _OUT.value:
@@ -202,11 +203,28 @@ def run() -> list[dict]:
         )
     rates = hardware.load_spike_rates(_RATES.value) if _RATES.value else None
     hardware.spike_rate_vector(rates, specs)  # validates before anything is written
-    _prepare_out(_OUT.value)
+    if distributed.is_writer():
+        _prepare_out(_OUT.value)
+    return configs, networks, specs, rates
+
+
+def run() -> list[dict]:
+    distributed.initialize()
+    # Every process checks the inputs; a failure on one is a one-line failure on all.
+    configs, networks, specs, rates = distributed.together(_inputs)
     baseline = _COMPARE.value if _COMPARE.value else None
+    # With several processes the configs are sharded over all of their devices; every process
+    # gets every row back, and process 0 writes them.
     rows = hardware.sweep_networks(
         networks, specs, configs, spike_rates=rates, baseline=baseline, layers=_LAYER_ROWS.value
     )
+    if distributed.is_writer():
+        _write(rows, len(networks), configs)
+    return rows
+
+
+def _write(rows: list[dict], n_networks: int, configs) -> None:
+    """sweep.json, sweep.csv, the plots and the printed table."""
     _write_atomic(os.path.join(_OUT.value, "sweep.json"), json.dumps(rows))
     flat = [hardware.flat_row(r) for r in rows]
     fields = list(dict.fromkeys(k for r in flat for k in r))
@@ -219,10 +237,9 @@ def run() -> list[dict]:
     if _MAX_PRINT.value > 0:
         print(_table(rows, _MAX_PRINT.value))
     print(
-        f"{len(rows)} rows ({len(networks)} masks x {hardware.num_configs(configs)} configs) "
+        f"{len(rows)} rows ({n_networks} masks x {hardware.num_configs(configs)} configs) "
         f"-> {_OUT.value}"
     )
-    return rows
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ auto-detection under Slurm, Open MPI or on TPU pods). `initialize` connects them
 which CPU processes cannot all-reduce. After that, `jax.devices()` lists the devices of all
 processes: training is data-parallel over all of them, sweeps shard their configs over all of them.
 
+An unreachable coordinator is a one-line error on the processes other than 0 (they probe its
+address first, within `--distributed_timeout`); process 0 waiting for peers that never come ends
+with JAX's own fatal "deadline exceeded" error after the same time-out.
+
 Who writes: process 0 alone writes files, logs and progress bars (`is_writer`); the others compute
 the same results and write nothing. `check_same_settings` refuses, on every process at once, a run
 whose processes were started with different settings (seeds, presets, ...), which would otherwise
@@ -17,7 +21,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -40,6 +47,8 @@ NUM_PROCESSES = flags.DEFINE_integer(
 PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "This process's id in [0, --num_processes) (default: auto-detection)."
 )
+T = TypeVar("T")
+
 TIMEOUT = flags.DEFINE_integer(
     "distributed_timeout", 300, "Seconds to wait for all processes to connect."
 )
@@ -88,6 +97,8 @@ def initialize() -> None:
     if _on_cpu():
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     address = COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if address and PROCESS_ID.value not in (None, 0):
+        _wait_for_coordinator(address, TIMEOUT.value)
     try:
         jax.distributed.initialize(
             coordinator_address=address,
@@ -103,6 +114,30 @@ def initialize() -> None:
         ) from None
 
 
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+    """Waits until something listens at `address` (host:port), at most `timeout` seconds.
+
+    JAX's client aborts the whole process (a fatal C++ check, no Python exception) when it
+    cannot reach the coordinator, so a process other than 0 probes the address first and turns
+    an unreachable coordinator into a one-line error.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--coordinator_address: expected host:port, got {address!r}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2.0):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise ValueError(
+                    f"--coordinator_address: nothing listens at {address} after {timeout:g} s"
+                    " (start process 0 first, or check the address and port)"
+                ) from None
+            time.sleep(0.25)
+
+
 def is_writer() -> bool:
     """Whether this process writes files, logs and progress bars (process 0)."""
     return jax.process_index() == 0
@@ -113,7 +148,7 @@ def _allgather_bytes(payload: bytes) -> list[bytes]:
     from jax.experimental import multihost_utils
 
     sizes = multihost_utils.process_allgather(np.int32(len(payload)))
-    width = int(np.max(sizes))
+    width = max(1, int(np.max(sizes)))
     buf = np.zeros(width, np.uint8)
     buf[: len(payload)] = np.frombuffer(payload, np.uint8)
     rows = np.asarray(multihost_utils.process_allgather(buf)).reshape(-1, width)
@@ -144,3 +179,27 @@ def check_same_settings(settings: dict[str, Any]) -> None:
         f"--distributed: processes {bad} were started with other settings than process 0"
         f" ({', '.join('--' + k for k in keys)}); start every process with the same flags"
     )
+
+
+def together(fn: Callable[[], T]) -> T:
+    """`fn()` on every process; if it raises ValueError on any of them, raises on all of them.
+
+    For the checks and set-up a launcher does before its first collective (flags, files, the
+    work directory): a process that failed alone would leave the others waiting in a collective
+    until a time-out. A no-op wrapper in a single-process run.
+
+    Raises:
+      ValueError: the first failing process's message (prefixed with its id when that is not
+        this process).
+    """
+    if jax.process_count() == 1:
+        return fn()
+    try:
+        out, err = fn(), ""
+    except ValueError as e:
+        out, err = None, str(e).strip().splitlines()[0] if str(e).strip() else "error"
+    errors = [b.decode() for b in _allgather_bytes(err.encode())]
+    for i, msg in enumerate(errors):
+        if msg:
+            raise ValueError(msg if i == jax.process_index() else f"{msg} (on process {i})")
+    return out
