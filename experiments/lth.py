@@ -9,7 +9,9 @@ project's .npz mask files, one per round and arm, readable by experiments/sweep.
 experiments/rebalance.py), weights/ (the trained kernels, same keys; --nosave_weights skips them),
 spike_rates/ (per-layer input spike rates, for sweep.py --spike_rates), summary.json,
 summary.csv, the plots (*.png) and checkpoints/ (orbax).
-Every flag left unset takes the preset's value (see uticket_jax/configs/).
+The run's settings are the fields of `LTHConfig` (uticket_jax/pipeline/config.py), one flag each,
+generated from the field (name, type, help); every flag left unset takes the preset's value (see
+uticket_jax/configs/).
 """
 
 from __future__ import annotations

@@ -320,6 +320,9 @@ def test_every_config_field_is_a_flag_and_flags_override_the_preset():
     holders = cli.define_config_flags(lth.LTHConfig, note="(preset)", flag_values=fv)
     assert list(holders) == _FIELDS
     assert all(fv[name].help.endswith("(preset)") for name in _FIELDS)
+    # They are the defining module's own flags (a launcher's --help lists them).
+    key_flags = {f.name for f in fv.get_key_flags_for_module(sys.modules[__name__])}
+    assert set(_FIELDS) <= key_flags
     assert all(f.metadata.get("help") for f in dataclasses.fields(lth.LTHConfig))
     fv(["prog", "--arms=lth", "--et_candidates=1,2", "--et", "--lr=0.5", "--n_pe=8"])
     base = configs.get("digits")

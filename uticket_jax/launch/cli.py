@@ -21,6 +21,10 @@ from typing import Any, NoReturn
 
 from absl import app, flags, logging
 
+# Flags this module defines for a launcher (`define_config_flags`) are the launcher's key flags
+# (listed by its --help), not this module's.
+flags.disclaim_key_flags()
+
 _SCALAR_FLAGS = {
     str: flags.DEFINE_string,
     int: flags.DEFINE_integer,

@@ -397,6 +397,7 @@ def choose_et_timesteps(
     x = jnp.asarray(dataset.test_images[: cfg.eval_batch_size])
 
     def log_probs(t):
+        """Log-softmax of the time-averaged logits at `t` steps."""
         logits = model_for(t).apply(variables, x, train=False)  # [t, B, classes]
         return jax.nn.log_softmax(logits.mean(0), -1)
 
