@@ -9,7 +9,9 @@ project's .npz mask files, one per round and arm, readable by experiments/sweep.
 experiments/rebalance.py), weights/ (the trained kernels, same keys; --nosave_weights skips them),
 spike_rates/ (per-layer input spike rates, for sweep.py --spike_rates), summary.json,
 summary.csv, the plots (*.png) and checkpoints/ (orbax).
-Every flag left unset takes the preset's value (see uticket_jax/configs/).
+The run's settings are the fields of `LTHConfig` (uticket_jax/pipeline/config.py), one flag each,
+generated from the field (name, type, help); every flag left unset takes the preset's value (see
+uticket_jax/configs/).
 """
 
 from __future__ import annotations
@@ -21,16 +23,14 @@ import time
 
 from absl import flags
 
-from uticket_jax import configs as presets
-from uticket_jax import data
+from uticket_jax import configs, data
 from uticket_jax import pipeline as lth
 from uticket_jax.launch import cli, distributed, hostmem, report, results
 from uticket_jax.sparsity.masks import save_mask_file, save_npz_atomic
 from uticket_jax.training import loop
 from uticket_jax.training.checkpoint import Checkpointer
 
-_F = lth.LTHConfig()
-_PRESET = flags.DEFINE_string("preset", "digits", f"One of {', '.join(presets.PRESETS)}.")
+_PRESET = flags.DEFINE_string("preset", "digits", f"One of {', '.join(configs.NAMES)}.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset files (needed for all but digits).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/lth_digits", "Output directory.")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its checkpoint.")
@@ -41,50 +41,13 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 _SAVE_WEIGHTS = flags.DEFINE_bool(
     "save_weights", True, "Write each stage's trained kernels to WORKDIR/weights/ (.npz)."
 )
-
-# Run settings: None means "the preset's value".
-flags.DEFINE_string("dataset", None, f"One of {', '.join(data.DATASET_NAMES)}.")
-flags.DEFINE_string("arch", None, "digits_snn, vgg16 or resnet19.")
-flags.DEFINE_integer("timesteps", None, "Simulation steps T.")
-flags.DEFINE_integer("epochs", None, "Training epochs per round.")
-flags.DEFINE_integer("batch_size", None, "Global batch size.")
-flags.DEFINE_string("optimizer", None, "sgd or adam.")
-flags.DEFINE_float("lr", None, "Peak learning rate.")
-flags.DEFINE_float("momentum", None, "SGD momentum.")
-flags.DEFINE_float("weight_decay", None, "L2 weight decay.")
-flags.DEFINE_string("schedule", None, "cosine, step or constant.")
-flags.DEFINE_integer("rounds", None, "Pruning rounds after the dense round 0.")
-flags.DEFINE_float("prune_percent", None, "Percent of the surviving weights pruned per round.")
-flags.DEFINE_string("scope", None, "global or layer magnitude pruning.")
-flags.DEFINE_string("prunable", None, "conv_dense (every conv and dense kernel) or conv.")
-flags.DEFINE_integer("rewind_epoch", None, "Rewind point (epochs of round 0; 0 = init).")
-flags.DEFINE_list("arms", None, "Arms to run: lth,uticket (default both).")
-flags.DEFINE_integer("n_pe", None, "PEs per group of the simulated array.")
-flags.DEFINE_string("mapping", None, "output_channel or input_split.")
-flags.DEFINE_string("policy", None, "Rebalance policy: magnitude or random.")
-flags.DEFINE_string("target", None, "Rebalance target: ceil_mean or keep_count.")
-flags.DEFINE_bool("et", None, "Early-time ticket: search rounds with a smaller T.")
-flags.DEFINE_list("et_candidates", None, "Candidate T values of the early-time ticket.")
-flags.DEFINE_float("et_threshold", None, "Normalized KL threshold of the early-time ticket.")
-flags.DEFINE_bool("skip_first_layer", None, "Leave the first conv out of the hardware figures.")
-flags.DEFINE_integer("seed", None, "Seed of init, data order, augmentation and rebalancing.")
-flags.DEFINE_integer("eval_batch_size", None, "Rows per evaluation batch.")
-
-FLAGS = flags.FLAGS
-_CONVERT = {"arms": tuple, "et_candidates": lambda v: tuple(int(x) for x in v)}
+# One flag per LTHConfig field (name, type and help from the field); unset: the preset's value.
+_SETTINGS = cli.define_config_flags(lth.LTHConfig, note="(default: the preset's value)")
 
 
 def build_config() -> lth.LTHConfig:
-    """Preset values, then every flag the user set; validated."""
-    values = presets.get_preset(_PRESET.value)
-    for field in dataclasses.fields(lth.LTHConfig):
-        v = FLAGS[field.name].value
-        if v is not None:
-            try:
-                values[field.name] = _CONVERT.get(field.name, lambda x: x)(v)
-            except ValueError:
-                raise ValueError(f"--{field.name}: expected integers, got {v}") from None
-    cfg = lth.LTHConfig(**values)
+    """The preset, then every flag the user set; validated."""
+    cfg = cli.config_from_flags(configs.get(_PRESET.value), _SETTINGS)
     cfg.validate()
     return cfg
 
@@ -148,14 +111,12 @@ def _prepare(cfg: lth.LTHConfig) -> str:
 
 def _run(cfg, dataset, workdir):
     def on_stage_end(record, masks_flat, weights_flat, records):
-        stem = f"round{record['round']:02d}_{record['arm']}"
+        stem = f"round{record.round:02d}_{record.arm}"
         save_mask_file(os.path.join(workdir, "masks", f"{stem}.npz"), masks_flat)
         if _SAVE_WEIGHTS.value:
             save_npz_atomic(os.path.join(workdir, "weights", f"{stem}.npz"), weights_flat)
-        results.write_json(
-            os.path.join(workdir, "spike_rates", f"{stem}.json"), record["spike_rates"]
-        )
-        lines = "".join(json.dumps(results.jsonable(r)) + "\n" for r in records)
+        results.write_json(os.path.join(workdir, "spike_rates", f"{stem}.json"), record.spike_rates)
+        lines = "".join(json.dumps(results.jsonable(r.to_json())) + "\n" for r in records)
         results.write_text_atomic(os.path.join(workdir, "rounds.jsonl"), lines)
 
     start = time.perf_counter()

@@ -17,6 +17,7 @@ from absl import flags
 
 from uticket_jax import data, models
 from uticket_jax.launch import cli, hostmem, results
+from uticket_jax.pipeline import steps
 from uticket_jax.training import loop
 from uticket_jax.training import step as train
 
@@ -61,19 +62,21 @@ def run() -> dict:
     dp = loop.data_parallel()
     loop.check_batch_size(_BATCH.value, dataset.train_images.shape[0], dp)
     workdir = results.prepare_workdir(_WORKDIR.value, overwrite=_OVERWRITE.value)
-    model = models.get_model(arch, num_classes=dataset.num_classes, timesteps=_TIMESTEPS.value)
     init_key, data_key = jax.random.split(jax.random.key(_SEED.value))
-    variables = loop.init_variables(model, dataset.image_shape, init_key)
-    steps = _EPOCHS.value * data.num_batches(dataset.train_images.shape[0], _BATCH.value)
-    tx = train.make_optimizer(
-        _OPT.value,
+    trainer = steps.make_trainer(
+        arch=arch,
+        num_classes=dataset.num_classes,
+        image_shape=dataset.image_shape,
+        timesteps=_TIMESTEPS.value,
+        total_steps=_EPOCHS.value * data.num_batches(dataset.train_images.shape[0], _BATCH.value),
+        optimizer=_OPT.value,
         lr=_LR.value,
-        total_steps=steps,
         momentum=_MOMENTUM.value,
         weight_decay=_WD.value,
         schedule=_SCHEDULE.value,
+        key=init_key,
     )
-    state = train.create_train_state(model.apply, variables, tx)
+    state = steps.fresh_state(trainer, _TIMESTEPS.value, trainer.variables)
     start = time.perf_counter()
     state, history = loop.fit(
         state,

@@ -1,18 +1,25 @@
 """The u-Ticket pipeline: prune, rebalance and rewind per round, resume, sharding, launcher."""
 
+import ast
+import dataclasses
+import glob
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 
-from uticket_jax import data, models
+from uticket_jax import configs, data, models
 from uticket_jax import pipeline as lth
-from uticket_jax.launch import report
+from uticket_jax.hardware.tables import specs_from_layers
+from uticket_jax.launch import cli, report
 from uticket_jax.sparsity import masks
 from uticket_jax.training import loop
 from uticket_jax.training.checkpoint import Checkpointer
@@ -43,7 +50,7 @@ def _cfg(**kw):
         eval_batch_size=128,
         n_pe=16,
     )
-    return lth.LTHConfig(**(base | kw))
+    return configs.get("digits").replace(**(base | kw))
 
 
 def _run(cfg, ds, ckpt=None):
@@ -51,7 +58,8 @@ def _run(cfg, ds, ckpt=None):
 
     def keep(record, masks_flat, weights_flat, records):
         assert list(weights_flat) == list(masks_flat)
-        masks_by_stage[(record["round"], record["arm"])] = {
+        assert records[-1] is record
+        masks_by_stage[(record.round, record.arm)] = {
             k: np.asarray(v) for k, v in masks_flat.items()
         }
 
@@ -71,39 +79,55 @@ def full_run(tiny, tmp_path_factory):
 
 def test_rounds_prune_rebalance_and_record(full_run):
     records, stage_masks, _ = full_run
-    assert [(r["round"], r["arm"]) for r in records] == [
+    assert [(r.round, r.arm) for r in records] == [
         (0, "dense"),
         (1, "lth"),
         (1, "uticket"),
         (2, "lth"),
         (2, "uticket"),
     ]
-    assert records[0]["sparsity"] == 0.0
+    assert records[0].sparsity == 0.0
     for rnd in (1, 2):
-        lth_rec = next(r for r in records if r["round"] == rnd and r["arm"] == "lth")
-        ut_rec = next(r for r in records if r["round"] == rnd and r["arm"] == "uticket")
+        lth_rec = next(r for r in records if r.round == rnd and r.arm == "lth")
+        ut_rec = next(r for r in records if r.round == rnd and r.arm == "uticket")
         # IMP: 40 % of the survivors per round, global scope.
-        assert lth_rec["sparsity"] == pytest.approx(1 - 0.6**rnd, abs=1e-3)
+        assert lth_rec.sparsity == pytest.approx(1 - 0.6**rnd, abs=1e-3)
         # u-Ticket balances every analysed layer exactly (ceil_mean), LTH does not.
-        assert ut_rec["hardware"]["network"]["utilization"] == pytest.approx(1.0)
-        assert lth_rec["hardware"]["network"]["utilization"] < 1.0
-        assert ut_rec["rebalance"]["regrown"] > 0
-        assert ut_rec["hardware"]["network"]["cycles"] < lth_rec["hardware"]["network"]["cycles"]
+        assert ut_rec.hardware.plain["utilization"] == pytest.approx(1.0)
+        assert lth_rec.hardware.plain["utilization"] < 1.0
+        assert ut_rec.rebalance.regrown > 0 and lth_rec.rebalance is None
+        assert ut_rec.hardware.plain["cycles"] < lth_rec.hardware.plain["cycles"]
         for rec in (lth_rec, ut_rec):
-            assert 0.0 <= rec["test_accuracy"] <= 1.0
-            rates = rec["spike_rates"]
+            assert 0.0 <= rec.test_accuracy <= 1.0
+            rates = rec.spike_rates
             assert set(rates) == set(stage_masks[(0, "dense")])
             assert all(0.0 <= v <= 1.0 for v in rates.values())
-            energy = rec["hardware"]["activity_aware"]["energy"]
+            energy = rec.hardware.activity_aware["energy"]
             assert sum(energy.values()) == pytest.approx(
-                rec["hardware"]["activity_aware"]["energy_total"], rel=1e-5
+                rec.hardware.activity_aware["energy_total"], rel=1e-5
             )
-    # Each arm's masks only shrink round to round (except u-Ticket's regrowth on analysed layers).
+            # Activity-aware figures scale only the accumulates: they are never above the plain.
+            plain_acc = rec.hardware.plain["energy"]["accumulate"]
+            assert energy["accumulate"] <= plain_acc * (1 + 1e-6)
+            assert rec.hardware.activity_aware["cycles"] == rec.hardware.plain["cycles"]
+    # Each arm's masks only shrink round to round, except u-Ticket's regrowth on analysed layers,
+    # which is at most the regrown count it reports.
     dense = stage_masks[(0, "dense")]
-    first = stage_masks[(1, "lth")]
-    second = stage_masks[(2, "lth")]
-    for k in dense:
-        assert not (second[k] & ~first[k]).any()
+    analysed = {s["name"] for s in records[0].hardware.layers if s["analysed"]}
+    assert analysed and analysed < set(dense)
+    for arm in ("lth", "uticket"):
+        first, second = stage_masks[(1, arm)], stage_masks[(2, arm)]
+        grown = 0
+        for k in dense:
+            new = int((second[k] & ~first[k]).sum())
+            if arm == "lth" or k not in analysed:
+                assert new == 0, (arm, k)
+            grown += new
+        rec2 = next(r for r in records if r.round == 2 and r.arm == arm)
+        assert grown <= (0 if arm == "lth" else rec2.rebalance.regrown), arm
+        assert sum(int(m.sum()) for m in second.values()) < sum(
+            int(m.sum()) for m in first.values()
+        )
     # Non-analysed layers (first conv, classifier) are never touched by the rebalance.
     ut = stage_masks[(1, "uticket")]
     assert (ut["features/conv0/kernel"] == first["features/conv0/kernel"]).all()
@@ -149,7 +173,8 @@ class _KillingCheckpointer(Checkpointer):
             raise _Killed
 
 
-@pytest.mark.parametrize("kill_at", [3, 5])  # 3: right after round 0; 5: inside round 1 (lth)
+# 3: right after round 0; 4: inside round 1 (lth); 5: after its last epoch, before its record.
+@pytest.mark.parametrize("kill_at", [3, 4, 5])
 def test_resume_ends_with_the_same_masks_and_figures(full_run, tiny, tmp_path, kill_at):
     records, stage_masks, _ = full_run
     with _KillingCheckpointer(str(tmp_path), kill_at) as ckpt, pytest.raises(_Killed):
@@ -158,7 +183,7 @@ def test_resume_ends_with_the_same_masks_and_figures(full_run, tiny, tmp_path, k
         resumed, resumed_masks = _run(_cfg(), tiny, ckpt)
 
     def strip(r):
-        return {k: v for k, v in r.items() if k != "seconds"}
+        return dataclasses.replace(r, seconds=0.0)
 
     assert [strip(r) for r in resumed] == [strip(r) for r in records]
     for key, m in resumed_masks.items():
@@ -177,9 +202,185 @@ def test_early_time_ticket_chooses_and_records_a_timestep(tiny):
         timesteps=3, rounds=2, arms=("lth",), et=True, et_candidates=(1, 2), et_threshold=10.0
     )
     records, _ = _run(cfg, tiny)
-    et = records[0]["et"]
-    assert et["timesteps"] == 1 and set(et["normalized_kl"]) == {1, 2}
-    assert [r["timesteps"] for r in records] == [3, 1, 3]  # search round 1 at T=1, final at 3
+    et = records[0].et
+    assert et.timesteps == 1 and set(et.normalized_kl) == {1, 2}
+    assert [r.timesteps for r in records] == [3, 1, 3]  # search round 1 at T=1, final at 3
+    assert all(r.et is None for r in records[1:])
+
+
+class _FixedOutputModel:
+    """A stand-in model whose time-averaged logits are `[shift, 0]` for every image."""
+
+    def __init__(self, t, shift):
+        self.t, self.shift = t, shift
+
+    def apply(self, variables, x, train):
+        assert not train
+        logits = jnp.zeros((self.t, x.shape[0], 2)).at[..., 0].set(self.shift)
+        return logits
+
+
+def _normalized_kl(shift):
+    """KL((1/2, 1/2) || softmax([shift, 0])) / log 2."""
+    q0 = 1.0 / (1.0 + np.exp(-shift))
+    return (0.5 * np.log(0.5 / q0) + 0.5 * np.log(0.5 / (1.0 - q0))) / np.log(2.0)
+
+
+# Full T = 4 gives p = (1/2, 1/2); T = 1 is far from it, 2 close, 3 closer (5 is >= T: skipped).
+_SHIFTS = {4: 0.0, 1: 3.0, 2: 0.5, 3: 0.1, 5: 0.0}
+
+
+@pytest.mark.parametrize(
+    "threshold, chosen",
+    [
+        ((_normalized_kl(3.0) + _normalized_kl(0.5)) / 2, 2),  # 1 rejected, 2 is the smallest in
+        (_normalized_kl(0.5) * 1.01, 2),  # 2 just inside: still the smallest within
+        (_normalized_kl(0.5) * 0.99, 3),  # 2 just outside: 3 is the smallest within
+        (_normalized_kl(0.1) * 0.5, 4),  # none within: the full T
+        (_normalized_kl(3.0) * 1.01, 1),
+    ],
+)
+def test_early_time_ticket_takes_the_smallest_timestep_within_the_threshold(threshold, chosen):
+    cfg = _cfg(timesteps=4, et=True, et_candidates=(3, 1, 2, 5, 2), et_threshold=threshold)
+    dataset = types.SimpleNamespace(test_images=np.zeros((3, 8, 8, 1), np.float32), num_classes=2)
+    asked = []
+
+    def model_for(t):
+        asked.append(t)
+        return _FixedOutputModel(t, _SHIFTS[t])
+
+    et = lth.choose_et_timesteps(cfg, {}, dataset, model_for)
+    assert et.timesteps == chosen and et.threshold == threshold
+    assert list(et.normalized_kl) == [1, 2, 3]
+    for t, d in et.normalized_kl.items():
+        assert d == pytest.approx(_normalized_kl(_SHIFTS[t]), rel=1e-4)
+    assert sorted(asked) == [1, 2, 3, 4]
+
+
+def test_records_and_progress_survive_json():
+    """The checkpoint's JSON part restores the records exactly (integer KL keys included)."""
+    et = lth.ETChoice(timesteps=2, normalized_kl={1: 0.5, 2: 0.01}, threshold=0.05)
+    hw = lth.HardwareFigures(plain={"cycles": 3.0}, activity_aware={"cycles": 3.0}, layers=[])
+    rec = lth.StageRecord(
+        round=0,
+        arm="dense",
+        timesteps=4,
+        sparsity=0.0,
+        layer_sparsity={"a/kernel": 0.0},
+        test_accuracy=0.9,
+        best_test_accuracy=0.95,
+        train_loss=0.1,
+        spike_rates={"a/kernel": 1.0},
+        rebalance=lth.RebalanceCounts(regrown=3, dropped=1, capped=0),
+        hardware=hw,
+        et=et,
+        seconds=1.5,
+    )
+    prog = lth.Progress(stage=1, epoch=0, history=({"epoch": 0},), records=(rec,), et=et, saves=3)
+    back = lth.Progress.from_json(json.loads(json.dumps(prog.to_json())))
+    assert back == prog
+    assert list(rec.to_json()) == [
+        "round",
+        "arm",
+        "timesteps",
+        "sparsity",
+        "layer_sparsity",
+        "test_accuracy",
+        "best_test_accuracy",
+        "train_loss",
+        "spike_rates",
+        "rebalance",
+        "hardware",
+        "et",
+        "seconds",
+    ]
+    assert list(rec.to_json()["hardware"]) == ["network", "activity_aware", "layers"]
+
+
+def test_hardware_figures_are_picked_by_their_config():
+    """Plain and activity-aware figures differ only in the accumulate energy."""
+    cfg = _cfg()
+    model = models.get_model(cfg.arch, num_classes=10, timesteps=cfg.timesteps)
+    infos = models.describe_layers(model, (1, 8, 8, 1))
+    specs = specs_from_layers(infos, skip_first=True)
+    masks_flat = {i.path: np.ones(i.kernel_shape, bool) for i in infos}
+    rates = {i.path: 0.25 for i in infos}
+    hw = lth.hardware_figures(cfg, specs, masks_flat, rates)
+    plain, aware = hw.plain["energy"], hw.activity_aware["energy"]
+    assert aware["accumulate"] == pytest.approx(0.25 * plain["accumulate"], rel=1e-5)
+    assert aware["weight_fetch"] == plain["weight_fetch"]
+    assert [row["name"] for row in hw.layers] == [i.path for i in infos]
+
+
+_FIELDS = [f.name for f in dataclasses.fields(lth.LTHConfig)]
+
+
+def test_every_config_field_is_a_flag_and_flags_override_the_preset():
+    fv = flags.FlagValues()
+    holders = cli.define_config_flags(lth.LTHConfig, note="(preset)", flag_values=fv)
+    assert list(holders) == _FIELDS
+    assert all(fv[name].help.endswith("(preset)") for name in _FIELDS)
+    # They are the defining module's own flags (a launcher's --help lists them).
+    key_flags = {f.name for f in fv.get_key_flags_for_module(sys.modules[__name__])}
+    assert set(_FIELDS) <= key_flags
+    assert all(f.metadata.get("help") for f in dataclasses.fields(lth.LTHConfig))
+    fv(["prog", "--arms=lth", "--et_candidates=1,2", "--et", "--lr=0.5", "--n_pe=8"])
+    base = configs.get("digits")
+    cfg = cli.config_from_flags(base, holders)
+    assert cfg == base.replace(arms=("lth",), et_candidates=(1, 2), et=True, lr=0.5, n_pe=8)
+    bad = flags.FlagValues()
+    holders = cli.define_config_flags(lth.LTHConfig, flag_values=bad)
+    bad(["prog", "--et_candidates=1,x"])
+    with pytest.raises(ValueError, match="--et_candidates: expected a comma list of int"):
+        cli.config_from_flags(base, holders)
+
+
+def test_a_new_config_field_gets_its_flag():
+    @dataclasses.dataclass(frozen=True)
+    class Extended(lth.LTHConfig):
+        train_subset: int = dataclasses.field(default=0, metadata={"help": "Subset size."})
+
+    fv = flags.FlagValues()
+    holders = cli.define_config_flags(Extended, flag_values=fv)
+    assert list(holders) == [*_FIELDS, "train_subset"]
+    fv(["prog", "--train_subset=100"])
+    base = Extended(**dataclasses.asdict(configs.get("digits")))
+    assert cli.config_from_flags(base, holders).train_subset == 100
+
+
+def test_the_launcher_declares_no_config_field_by_hand():
+    with open(os.path.join(ROOT, "experiments", "lth.py")) as f:
+        tree = ast.parse(f.read())
+    declared = {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr.startswith("DEFINE_")
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+    assert declared and not declared & set(_FIELDS)
+
+
+def test_every_preset_sets_every_field_and_is_valid():
+    calls = 0
+    for path in glob.glob(os.path.join(ROOT, "uticket_jax", "configs", "*.py")):
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "LTHConfig":
+                assert [k.arg for k in node.keywords] == _FIELDS, path
+                calls += 1
+    assert calls >= 2
+    for name in configs.NAMES:
+        cfg = configs.get(name)
+        cfg.validate()
+        assert cfg == configs.get(name) and cfg is not configs.get(name)
+    assert configs.get("digits").epochs == 8  # the table in BUILD_NOTES.md
+    assert {configs.get(n).rounds for n in configs.NAMES if n != "digits"} == {15}
+    with pytest.raises(ValueError, match=r"--preset: unknown 'x'; allowed: digits, "):
+        configs.get("x")
 
 
 @pytest.mark.parametrize(
@@ -359,6 +560,8 @@ def test_launcher_one_round_end_to_end(tmp_path):
         (["--preset", "nope"], "--preset"),
         (["--preset", "vgg16_cifar10"], "--data_dir"),
         (["--n_pe", "-1"], "--n_pe"),
+        (["--et_candidates", "1,x"], "--et_candidates"),
+        (["--arms", "lth,best"], "--arms"),
     ],
 )
 def test_launcher_bad_flags_fail_in_one_line(tmp_path, args, needle):

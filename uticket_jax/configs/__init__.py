@@ -1,66 +1,47 @@
-"""Named settings of the u-Ticket pipeline (`experiments/lth.py --preset=NAME`); flags override.
+"""Named, complete settings of the u-Ticket pipeline (`experiments/lth.py --preset=NAME`).
 
-digits (the default; embedded data, no download):
-  python experiments/lth.py
-  Dense round + 11 rounds x 2 arms on scikit-learn's 8x8 digits with the small conv SNN, to
-  95.8 % sparsity (0.75^11 of the weights left). About 3.5 minutes on 2 CPU cores; LTH's PE
-  utilization falls to 62 % while u-Ticket stays at 100 % (latency -26 %) at equal accuracy
-  (the table is in BUILD_NOTES.md).
+One module per preset family, each returning a complete `LTHConfig` (every field set) and
+documenting its command, runtime and result:
 
-vgg16_cifar10 / resnet19_cifar10 / vgg16_cifar100 (the paper's settings, Yin et al. 2024 Sec. V):
-  python experiments/lth.py --preset=vgg16_cifar10 --data_dir=/path/to/cifar --workdir=runs/vgg
-  T = 5, batch 128, SGD momentum 0.9, lr 0.1, weight decay 5e-4, cosine schedule, 15 rounds of
-  25 % (98.7 % sparsity), late rewinding to epoch 20, n_pe = 16, output_channel mapping. The
-  epochs per round are ours (the paper does not fix them in the text); these runs need a GPU: a
-  round of VGG16 is hours on a CPU.
+- `digits` (the default; embedded data): `configs/digits.py`;
+- `vgg16_cifar10`, `resnet19_cifar10`, `vgg16_cifar100` (the paper's): `configs/paper.py`.
+
+`get(name)` is the one place that turns a name into a config; flags then override fields. A new
+preset is a function returning an `LTHConfig` plus one line in `_REGISTRY`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
-_PAPER = {
-    "timesteps": 5,
-    "batch_size": 128,
-    "optimizer": "sgd",
-    "lr": 0.1,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "schedule": "cosine",
-    "rounds": 15,
-    "prune_percent": 25.0,
-    "rewind_epoch": 20,
-    "epochs": 100,
-    "n_pe": 16,
-    "mapping": "output_channel",
+from uticket_jax.configs import digits, paper
+from uticket_jax.pipeline.config import LTHConfig
+
+_REGISTRY: dict[str, Callable[[], LTHConfig]] = {
+    "digits": digits.get_config,
+    "vgg16_cifar10": paper.vgg16_cifar10,
+    "resnet19_cifar10": paper.resnet19_cifar10,
+    "vgg16_cifar100": paper.vgg16_cifar100,
 }
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "digits": {
-        "dataset": "digits",
-        "arch": "digits_snn",
-        "timesteps": 4,
-        "batch_size": 64,
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "schedule": "cosine",
-        "epochs": 8,
-        "rounds": 11,
-        "prune_percent": 25.0,
-        "rewind_epoch": 1,
-        "n_pe": 16,
-        "mapping": "output_channel",
-    },
-    "vgg16_cifar10": {"dataset": "cifar10", "arch": "vgg16", **_PAPER},
-    "resnet19_cifar10": {"dataset": "cifar10", "arch": "resnet19", **_PAPER},
-    "vgg16_cifar100": {"dataset": "cifar100", "arch": "vgg16", **_PAPER},
-}
+NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
-def get_preset(name: str) -> dict[str, Any]:
-    """The settings of preset `name` (a copy); ValueError naming the allowed presets."""
-    if name not in PRESETS:
-        raise ValueError(f"--preset: unknown {name!r}; allowed: {', '.join(PRESETS)}")
-    return dict(PRESETS[name])
+def get(name: str) -> LTHConfig:
+    """The preset `name`.
+
+    Args:
+      name: one of `NAMES`.
+
+    Returns:
+      A fresh, complete `LTHConfig`.
+
+    Raises:
+      ValueError: `--preset: unknown 'x'; allowed: ...` for another name.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"--preset: unknown {name!r}; allowed: {', '.join(NAMES)}")
+    return _REGISTRY[name]()
+
+
+__all__ = ["NAMES", "get"]

@@ -8,6 +8,8 @@ from typing import Any
 
 import matplotlib
 
+from uticket_jax.pipeline.state import StageRecord
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -18,19 +20,26 @@ ARM_STYLE = {
 }
 
 
-def summary_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per stage record: accuracy, sparsity and the network hardware figures."""
+def summary_rows(records: Sequence[StageRecord]) -> list[dict[str, Any]]:
+    """One flat row per stage record: accuracy, sparsity and the network hardware figures.
+
+    Args:
+      records: the pipeline's `StageRecord`s.
+
+    Returns:
+      The rows of `summary.json` / `summary.csv`, in record order.
+    """
     rows = []
     for r in records:
-        hw, act = r["hardware"]["network"], r["hardware"]["activity_aware"]
+        hw, act = r.hardware.plain, r.hardware.activity_aware
         rows.append(
             {
-                "round": r["round"],
-                "arm": r["arm"],
-                "timesteps": r["timesteps"],
-                "sparsity": r["sparsity"],
-                "test_accuracy": r["test_accuracy"],
-                "best_test_accuracy": r["best_test_accuracy"],
+                "round": r.round,
+                "arm": r.arm,
+                "timesteps": r.timesteps,
+                "sparsity": r.sparsity,
+                "test_accuracy": r.test_accuracy,
+                "best_test_accuracy": r.best_test_accuracy,
                 "utilization": hw["utilization"],
                 "utilization_normalized": hw["utilization_normalized"],
                 "latency": hw["latency"],
@@ -40,9 +49,9 @@ def summary_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "energy_total": hw["energy_total"],
                 "energy_activity_aware": act["energy_total"],
                 **{f"energy_{k}": v for k, v in hw["energy"].items()},
-                "regrown": (r["rebalance"] or {}).get("regrown"),
-                "dropped": (r["rebalance"] or {}).get("dropped"),
-                "wall_seconds": r["seconds"],
+                "regrown": None if r.rebalance is None else r.rebalance.regrown,
+                "dropped": None if r.rebalance is None else r.rebalance.dropped,
+                "wall_seconds": r.seconds,
             }
         )
     return rows

@@ -1,23 +1,54 @@
-"""The u-Ticket pipeline: lottery-ticket IMP with and without workload rebalancing, side by side."""
+"""The u-Ticket pipeline: lottery-ticket IMP with and without workload rebalancing, side by side.
 
-from uticket_jax.pipeline.runner import (
-    ARMS,
-    PRUNABLE,
-    LTHConfig,
-    Stage,
+`config` (what defines a run: `LTHConfig`, its stages), `state` (the run state and records,
+typed), `steps` (the step functions), `runner` (`run`: a loop over `run_stage`).
+"""
+
+from uticket_jax.pipeline.config import ARMS, PRUNABLE, LTHConfig, Stage, stage_at
+from uticket_jax.pipeline.runner import run, run_stage
+from uticket_jax.pipeline.state import (
+    ArmState,
+    ETChoice,
+    HardwareFigures,
+    Progress,
+    RebalanceCounts,
+    RewindPoint,
+    RunState,
+    StageRecord,
+    TrainArrays,
+)
+from uticket_jax.pipeline.steps import (
+    RunSetup,
+    Trainer,
     choose_et_timesteps,
+    fresh_state,
+    hardware_figures,
+    make_trainer,
     next_masks,
-    run,
-    stage_at,
 )
 
 __all__ = [
     "ARMS",
     "PRUNABLE",
+    "ArmState",
+    "ETChoice",
+    "HardwareFigures",
     "LTHConfig",
+    "Progress",
+    "RebalanceCounts",
+    "RewindPoint",
+    "RunSetup",
+    "RunState",
     "Stage",
+    "StageRecord",
+    "TrainArrays",
+    "Trainer",
     "choose_et_timesteps",
+    "fresh_state",
+    "hardware_figures",
+    "make_trainer",
     "next_masks",
     "run",
+    "run_stage",
     "stage_at",
 ]

@@ -1,0 +1,53 @@
+"""The `digits` preset (the default): the whole comparison on embedded data, no download.
+
+  python experiments/lth.py                      # = --preset=digits, writes runs/lth_digits
+
+Dense round + 11 rounds x 2 arms of 25 % global magnitude pruning on scikit-learn's 8x8 digits
+with the small conv SNN (T = 4, 8 epochs per round, rewind to epoch 1), to 95.8 % sparsity
+(0.75^11 of the weights left); 16 PEs per group, output-channel mapping, magnitude policy,
+`ceil_mean` target. Runtime: 3 min 11 s - 3 min 23 s on the quiet 2-core development machine
+(up to ~8 min while other jobs share the cores). Result (BUILD_NOTES.md has the table): at round
+11 LTH's PE utilization has fallen to 62.0 % (acc 97.2 %, 3.43e+04 cycles), u-Ticket's stays at
+100 % (acc 96.7 %, 2.534e+04 cycles): latency -26.1 %, energy -3.1 %, activity-aware energy
+-25.4 %.
+"""
+
+from __future__ import annotations
+
+from uticket_jax.pipeline.config import ARMS, LTHConfig
+
+
+def get_config() -> LTHConfig:
+    """The digits preset, every field set.
+
+    Returns:
+      The complete `LTHConfig`.
+    """
+    return LTHConfig(
+        dataset="digits",
+        arch="digits_snn",
+        timesteps=4,
+        epochs=8,
+        batch_size=64,
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        schedule="cosine",
+        rounds=11,
+        prune_percent=25.0,
+        scope="global",
+        prunable="conv_dense",
+        rewind_epoch=1,
+        arms=ARMS,
+        n_pe=16,
+        mapping="output_channel",
+        policy="magnitude",
+        target="ceil_mean",
+        et=False,
+        et_candidates=(1, 2, 3),
+        et_threshold=0.05,
+        skip_first_layer=True,
+        seed=0,
+        eval_batch_size=256,
+    )

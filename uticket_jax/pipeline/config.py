@@ -1,0 +1,127 @@
+"""What defines a run of the pipeline: `LTHConfig` (validated), its stages (`Stage`, `stage_at`).
+
+`LTHConfig` has no defaults: a run's settings are always complete, and every field is set on
+purpose by a preset (`uticket_jax.configs.get(name)`, one module per preset family) and then
+overridden field by field (`dataclasses.replace`, or the launcher's flags). Each field's
+`metadata["help"]` is its flag's help text: `experiments/lth.py` makes one flag per field, so a
+new field needs one line here and one in each preset, nothing in the launchers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+from uticket_jax import data as data_lib
+from uticket_jax import models, workload
+from uticket_jax.hardware import config as hw_config
+from uticket_jax.sparsity import pruning
+from uticket_jax.training import step as train_lib
+
+ARMS = ("lth", "uticket")
+PRUNABLE = ("conv_dense", "conv")
+
+
+def _setting(help_text: str) -> Any:
+    """A config field (no default) whose flag help is `help_text`."""
+    return dataclasses.field(metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class LTHConfig:
+    """Everything that defines a run (a preset, then the launcher's flags); see `validate`."""
+
+    dataset: str = _setting(f"Dataset: one of {', '.join(data_lib.DATASET_NAMES)}.")
+    arch: str = _setting(f"Model: one of {', '.join(models.MODEL_NAMES)}.")
+    timesteps: int = _setting("Simulation steps T.")
+    epochs: int = _setting("Training epochs per round.")
+    batch_size: int = _setting("Global batch size.")
+    optimizer: str = _setting(f"Optimizer: one of {', '.join(train_lib.OPTIMIZERS)}.")
+    lr: float = _setting("Peak learning rate.")
+    momentum: float = _setting("SGD momentum.")
+    weight_decay: float = _setting("L2 weight decay.")
+    schedule: str = _setting(f"Learning-rate schedule: one of {', '.join(train_lib.SCHEDULES)}.")
+    rounds: int = _setting("Pruning rounds after the dense round 0.")
+    prune_percent: float = _setting("Percent of the surviving weights pruned per round.")
+    scope: str = _setting(f"Magnitude-pruning scope: one of {', '.join(pruning.SCOPES)}.")
+    prunable: str = _setting("conv_dense (every conv and dense kernel) or conv.")
+    rewind_epoch: int = _setting("Rewind point (epochs of round 0; 0 = init).")
+    arms: tuple[str, ...] = _setting("Arms to run, a comma list: lth,uticket or one of them.")
+    n_pe: int = _setting("PEs per group of the simulated array.")
+    mapping: str = _setting(f"PE mapping: one of {', '.join(hw_config.MAPPINGS)}.")
+    policy: str = _setting(f"Rebalance policy: one of {', '.join(workload.POLICIES)}.")
+    target: str = _setting(f"Rebalance target: one of {', '.join(workload.TARGETS)}.")
+    et: bool = _setting("Early-time ticket: search rounds with a smaller T.")
+    et_candidates: tuple[int, ...] = _setting("Candidate T values of the early-time ticket.")
+    et_threshold: float = _setting("Normalized KL threshold of the early-time ticket.")
+    skip_first_layer: bool = _setting("Leave the first conv out of the hardware figures.")
+    seed: int = _setting("Seed of init, data order, augmentation and rebalancing.")
+    eval_batch_size: int = _setting("Rows per evaluation batch.")
+
+    def validate(self) -> None:
+        """Raises ValueError naming the field (as its flag) when a value is out of range."""
+        for name in ("timesteps", "epochs", "batch_size", "rounds", "n_pe", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name}: must be a positive integer, got {getattr(self, name)}")
+        if not 0.0 < self.prune_percent < 100.0:
+            raise ValueError(f"--prune_percent: must be in (0, 100), got {self.prune_percent}")
+        if not 0 <= self.rewind_epoch < self.epochs:
+            raise ValueError(
+                f"--rewind_epoch: must be in [0, --epochs={self.epochs}), got {self.rewind_epoch}"
+            )
+        if not self.arms or any(a not in ARMS for a in self.arms):
+            raise ValueError(f"--arms: {','.join(self.arms)!r}; allowed: lth, uticket, or both")
+        if self.prunable not in PRUNABLE:
+            raise ValueError(f"--prunable: unknown {self.prunable!r}; allowed: {PRUNABLE}")
+        if self.et and (not self.et_candidates or min(self.et_candidates) <= 0):
+            raise ValueError("--et_candidates: need positive timesteps")
+        if self.et_threshold <= 0:
+            raise ValueError(f"--et_threshold: must be > 0, got {self.et_threshold}")
+        choices = {
+            "dataset": data_lib.DATASET_NAMES,
+            "arch": models.MODEL_NAMES,
+            "optimizer": train_lib.OPTIMIZERS,
+            "schedule": train_lib.SCHEDULES,
+            "scope": pruning.SCOPES,
+            "mapping": hw_config.MAPPINGS,
+            "policy": workload.POLICIES,
+            "target": workload.TARGETS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"--{name}: unknown {getattr(self, name)!r}; allowed: {', '.join(allowed)}"
+                )
+
+    def stages(self) -> list[tuple[int, str]]:
+        """`(round, arm)` of every stage in run order; round 0's arm is `dense`."""
+        return [(0, "dense")] + [(r, a) for r in range(1, self.rounds + 1) for a in self.arms]
+
+    def replace(self, **changes: Any) -> LTHConfig:
+        """A copy with `changes` applied (`dataclasses.replace`)."""
+        return dataclasses.replace(self, **changes)
+
+
+class Stage(NamedTuple):
+    """One stage of the run: its index, round, arm and the timesteps it trains with."""
+
+    index: int
+    round: int
+    arm: str
+    timesteps: int
+
+
+def stage_at(cfg: LTHConfig, index: int, et_timesteps: int | None) -> Stage:
+    """The stage at `index`; search rounds (1..R-1) use the early-time `T` when one was chosen.
+
+    Args:
+      cfg: the run's configuration.
+      index: position in `cfg.stages()`.
+      et_timesteps: the early-time ticket's `T`, or None when none was chosen.
+
+    Returns:
+      The `Stage`.
+    """
+    rnd, arm = cfg.stages()[index]
+    search = et_timesteps is not None and 0 < rnd < cfg.rounds
+    return Stage(index, rnd, arm, et_timesteps if search else cfg.timesteps)
