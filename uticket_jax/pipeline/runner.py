@@ -39,7 +39,7 @@ from uticket_jax import data as data_lib
 from uticket_jax import models, workload
 from uticket_jax.hardware import config as hw_config
 from uticket_jax.hardware import simulator
-from uticket_jax.hardware.tables import specs_from_layers
+from uticket_jax.hardware.layers import specs_from_layers
 from uticket_jax.models.spike_rates import input_spike_rates
 from uticket_jax.sparsity import pruning
 from uticket_jax.sparsity.masks import flatten, make_masks, sparsity_report, unflatten
@@ -107,7 +107,7 @@ class LTHConfig:
             "optimizer": train_lib.OPTIMIZERS,
             "schedule": train_lib.SCHEDULES,
             "scope": pruning.SCOPES,
-            "mapping": hw_config.MAPPINGS,
+            "mapping": workload.MAPPINGS,
             "policy": workload.POLICIES,
             "target": workload.TARGETS,
         }
