@@ -323,7 +323,7 @@ def test_bad_spike_rates_raise():
 def test_int32_overflow_is_refused():
     shapes = {"a/kernel": (3, 3, 4096, 4096)}
     specs = hardware.specs_from_shapes(shapes, out_sizes=[1], skip_first=False)
-    tables = [hardware.LayerTables(np.zeros(4096, np.int32), np.zeros((4096, 4097), np.int32))]
+    tables = [{"input_split": np.zeros((4096, 4097), np.int32)}]  # LayerTables: one per mapping
     cfg = hardware.make_config(n_pe=2**20, mapping="input_split")
     with pytest.raises(ValueError, match="n_pe"):
         hardware.simulate(tables, specs, cfg)

@@ -1,4 +1,8 @@
-"""Analytical PE-array accelerator model: configs, mask count tables, vectorized sweeps."""
+"""Analytical PE-array accelerator model: configs, layer descriptions, count tables, sweeps.
+
+Mappings are not registered here: `MAPPINGS` is a live view of the names in the one registry,
+`uticket_jax.workload.MAPPINGS` (add one with `workload.register_mapping`).
+"""
 
 from uticket_jax.hardware.config import (
     DEFAULTS,
@@ -13,6 +17,14 @@ from uticket_jax.hardware.config import (
     take_configs,
     validate_config,
 )
+from uticket_jax.hardware.layers import (
+    LayerSpec,
+    check_same_layers,
+    load_spike_rates,
+    specs_from_layers,
+    specs_from_shapes,
+    spike_rate_vector,
+)
 from uticket_jax.hardware.simulator import (
     ENERGY_TERMS,
     Figures,
@@ -26,17 +38,7 @@ from uticket_jax.hardware.simulator import (
     sweep_networks,
     sweep_rows,
 )
-from uticket_jax.hardware.tables import (
-    LayerSpec,
-    LayerTables,
-    check_same_layers,
-    count_tables,
-    load_spike_rates,
-    network_tables,
-    specs_from_layers,
-    specs_from_shapes,
-    spike_rate_vector,
-)
+from uticket_jax.hardware.tables import LayerTables, count_tables, network_tables
 
 __all__ = [
     "DEFAULTS",

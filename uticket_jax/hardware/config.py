@@ -28,8 +28,25 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-# Registry of mappings: name <-> the integer id stored in `HardwareConfig.mapping`.
-MAPPINGS: tuple[str, ...] = ("output_channel", "input_split")
+from uticket_jax.workload import mappings as wm
+
+
+class _MappingNames(Sequence[str]):
+    """Read-only live view of the names in `workload.mappings.MAPPINGS`, in id order."""
+
+    def __getitem__(self, i):
+        return tuple(wm.MAPPINGS)[i]
+
+    def __len__(self) -> int:
+        return len(wm.MAPPINGS)
+
+    def __repr__(self) -> str:
+        return repr(tuple(wm.MAPPINGS))
+
+
+# The names of the ONE mapping registry (`workload.MAPPINGS`); `HardwareConfig.mapping` holds a
+# mapping's position there (output_channel = 0, input_split = 1, then registration order).
+MAPPINGS: Sequence[str] = _MappingNames()
 
 DEFAULTS: dict[str, Any] = {
     "n_pe": 16,
@@ -52,7 +69,7 @@ class HardwareConfig(NamedTuple):
 
     Fields:
       n_pe: int32, PEs per group (> 0).
-      mapping: int32, index into `MAPPINGS`.
+      mapping: int32, the mapping's position in the registry (`workload.MAPPINGS`, `mapping_id`).
       timesteps: int32, SNN time steps `T` (> 0).
       clock_hz: float32, clock frequency in Hz (> 0).
       e_acc_pj: float32, energy of one accumulate, pJ (>= 0).
@@ -73,17 +90,15 @@ class HardwareConfig(NamedTuple):
     activity_aware: jnp.ndarray
 
 
-def mapping_id(name: str) -> int:
-    """The integer id of a mapping name; ValueError naming the allowed ones."""
-    if name not in MAPPINGS:
-        raise ValueError(f"mapping: unknown mapping {name!r}; allowed: {', '.join(MAPPINGS)}")
-    return MAPPINGS.index(name)
+def mapping_id(name: str | wm.PEMapping) -> int:
+    """The integer id (registry position) of a mapping name; ValueError naming the allowed ones."""
+    return wm.mapping_index(name)
 
 
 def _field_array(name: str, values: Any) -> np.ndarray:
     if name == "mapping":
         vals = np.atleast_1d(np.asarray(values, dtype=object))
-        ids = [mapping_id(v) if isinstance(v, str) else int(v) for v in vals.ravel()]
+        ids = [mapping_id(v) if isinstance(v, str | wm.PEMapping) else int(v) for v in vals.ravel()]
         return np.asarray(ids, np.int32).reshape(np.shape(values))
     if name in _INT_FIELDS:
         arr = np.asarray(values)
@@ -103,9 +118,9 @@ def validate_config(config: HardwareConfig) -> None:
         raise ValueError(f"config: all fields must share one shape, got {sorted(shapes)}")
     if (c["n_pe"] <= 0).any():
         raise ValueError(f"n_pe: must be >= 1, got {np.unique(c['n_pe'][c['n_pe'] <= 0])}")
-    bad = (c["mapping"] < 0) | (c["mapping"] >= len(MAPPINGS))
+    bad = (c["mapping"] < 0) | (c["mapping"] >= len(wm.MAPPINGS))
     if bad.any():
-        raise ValueError(f"mapping: ids must be in [0, {len(MAPPINGS)}) for {MAPPINGS}")
+        raise ValueError(f"mapping: ids must be in [0, {len(wm.MAPPINGS)}) for {tuple(MAPPINGS)}")
     if (c["timesteps"] <= 0).any():
         raise ValueError("timesteps: must be >= 1")
     if not (np.isfinite(c["clock_hz"]).all() and (c["clock_hz"] > 0).all()):
@@ -186,7 +201,8 @@ def num_configs(config: HardwareConfig) -> int:
 def config_rows(config: HardwareConfig) -> list[dict[str, Any]]:
     """JSON-ready dicts, one per config, with the mapping as its name."""
     cols = {k: np.atleast_1d(np.asarray(v)).tolist() for k, v in config._asdict().items()}
-    cols["mapping"] = [MAPPINGS[m] for m in cols["mapping"]]
+    names = tuple(MAPPINGS)
+    cols["mapping"] = [names[m] for m in cols["mapping"]]  # id -> registered name
     for k in _FLOAT_FIELDS:  # float32 values, printed with float32 precision
         cols[k] = [float(f"{v:.7g}") for v in cols[k]]
     return [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]

@@ -15,12 +15,12 @@ Model (lock-step, weight-stationary array; Yin et al., IEEE TETCI 2024, Sec. on 
   Utilization, normalized utilization, latency/wasted/dynamic in load units: exactly the figures
   of `workload.metrics` (same code). Network figures cover the analysed layers only.
 
-Mappings with a traced `n = n_pe`:
-  output_channel: group of channel o is o // n; group max/sum by `segment_max/segment_sum` over
-    a static bound of c_out segments (the most any n >= 1 makes; unused segments are empty).
-  input_split: the group is one output channel; slice size s = ceil(c_in / n); PE j < n holds
-    input channels [min(j s, c_in), min((j+1) s, c_in)), load = prefix difference; PEs are
-    evaluated up to a static bound min(c_in, n_cap) and masked beyond n.
+Mappings with a traced `n = n_pe`: the simulator knows no mapping by name. A config's mapping id
+is its position in the one registry (`workload.MAPPINGS`), and everything mapping-specific comes
+from that `PEMapping` object: its `count_table` (per layer, `tables.py`), its `group_loads`
+(per-group sum and max for a traced `n` over a static number of groups, with a static bound
+`n_cap` on `n` when `needs_n_cap`) and its `load_bound` (the host int32 overflow check). See
+`workload/mappings.py` for the built-ins' formulas.
 
 Evaluation: the workload part depends on (mapping, n_pe) only, so a sweep evaluates it once per
 distinct n_pe (vmapped, traced n) and then every config (vmapped) from a gather of it; the
@@ -48,12 +48,13 @@ from uticket_jax.hardware.config import (
     MAPPINGS,
     HardwareConfig,
     config_rows,
-    mapping_id,
     num_configs,
     take_configs,
     validate_config,
 )
-from uticket_jax.hardware.tables import LayerSpec, LayerTables, network_tables, spike_rate_vector
+from uticket_jax.hardware.layers import LayerSpec, spike_rate_vector
+from uticket_jax.hardware.tables import LayerTables, network_tables
+from uticket_jax.workload import mappings as wm
 from uticket_jax.workload.metrics import Metrics, float_or_none, layer_metrics, network_metrics
 
 ENERGY_TERMS = ("accumulate", "weight_fetch", "idle", "leakage")
@@ -86,50 +87,57 @@ class SweepResult(NamedTuple):
     network: Figures
 
 
-def _group_loads(table: LayerTables, n, mapping: int, n_cap: int):
-    """Per-group `(sum, max)` of one layer for a traced `n`; `[G]` with a static G bound."""
-    if mapping == 0:  # output_channel
-        counts = table.channel_counts  # [C]
-        c_out = counts.shape[0]
-        seg = jnp.arange(c_out, dtype=jnp.int32) // n  # group of each output channel
-        gsum = jax.ops.segment_sum(counts, seg, num_segments=c_out, indices_are_sorted=True)
-        gmax = jax.ops.segment_max(counts, seg, num_segments=c_out, indices_are_sorted=True)
-        return gsum, jnp.maximum(gmax, 0)  # empty segments hold the dtype minimum
-    prefix = table.prefix  # [C, K + 1]
-    c_in = prefix.shape[1] - 1
-    s = (c_in + n - 1) // n  # slice size ceil(c_in / n)
-    j = jnp.arange(min(c_in, n_cap), dtype=jnp.int32)  # static bound on the non-empty slices
-    start = jnp.minimum(j * s, c_in)
-    stop = jnp.minimum(start + s, c_in)
-    loads = prefix[:, stop] - prefix[:, start]  # [C, J]
-    loads = jnp.where(j < n, loads, 0)
-    return prefix[:, c_in], loads.max(axis=1)
+def _group_loads(table, n, mapping: wm.PEMapping, n_cap: int):
+    """Per-group `(sum, max)` of one layer for a traced `n`: the mapping's own `group_loads`."""
+    return mapping.group_loads(table, n, n_cap)
 
 
-# Static: mapping (selects the reduction) and n_cap (bounds the input_split PE axis).
+# Static: mapping (selects the reduction) and n_cap (bounds n where the mapping needs it).
 @functools.partial(jax.jit, static_argnames=("mapping", "n_cap"))
 def _group_loads_jit(table, n, *, mapping, n_cap):
     return _group_loads(table, n, mapping, n_cap)
 
 
+def _table_of(tables: Mapping[str, Any], m: wm.PEMapping):
+    """The mapping's count table from one layer's `LayerTables`, as int32."""
+    if m.name not in tables:
+        raise ValueError(
+            f"tables: no count table for mapping {m.name!r} (have {', '.join(tables)}); build "
+            "them with network_tables(..., mappings=[...])"
+        )
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.int32), tables[m.name])
+
+
+def _n_cap(m: wm.PEMapping, n_max: int) -> int:
+    """Static bound on n: a power of two >= n_max (>= 16) if the mapping uses one, else 0."""
+    return max(16, _pow2(n_max)) if m.needs_n_cap else 0  # few distinct caps, few compilations
+
+
 def group_loads(table: LayerTables, n_pe, mapping: str, n_cap: int | None = None):
-    """Per-group `(sum, max)` PE loads of one layer for a traced `n_pe` (segment reductions).
+    """Per-group `(sum, max)` PE loads of one layer for a traced `n_pe` (the mapping's kernel).
 
     Args:
-      table: the layer's `LayerTables`.
+      table: the layer's `LayerTables` (`count_tables`), holding a table for `mapping`.
       n_pe: PEs per group (int or traced scalar >= 1).
-      mapping: "output_channel" or "input_split".
-      n_cap: static upper bound of `n_pe` for input_split (default: c_in, always enough).
+      mapping: a registered mapping name, e.g. "output_channel" or "input_split".
+      n_cap: static upper bound of `n_pe` for mappings with `needs_n_cap` (default: the
+        simulator's power of two >= `n_pe`; required when `n_pe` is traced).
     Returns:
-      `(group_sum [c_out], group_max [c_out])` int32; groups past the real ones are 0. Equal, on
-      the real groups, to `workload.mappings.pe_loads(mask, n_pe, mapping)` summed / maxed over PEs.
+      `(group_sum [B], group_max [B])` int32, `B` the mapping's static bound on the groups
+      (`c_out` for the built-ins); groups past the real ones are 0. Equal, on the real groups,
+      to `workload.mappings.pe_loads(mask, n_pe, mapping)` summed / maxed over PEs.
     """
-    m = mapping_id(mapping)
-    cap = int(table.prefix.shape[1] - 1) if n_cap is None else int(n_cap)
-    return _group_loads_jit(table, jnp.asarray(n_pe, jnp.int32), mapping=m, n_cap=cap)
+    m = wm.get_mapping(mapping)
+    if n_cap is None and m.needs_n_cap:
+        try:
+            n_cap = _n_cap(m, int(n_pe))
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+            raise ValueError(f"n_cap: needed with a traced n_pe for mapping {m.name!r}") from None
+    cap = int(n_cap) if m.needs_n_cap else 0
+    return _group_loads_jit(_table_of(table, m), jnp.asarray(n_pe, jnp.int32), mapping=m, n_cap=cap)
 
 
-def _workload(tables, n, mapping: int, n_cap: int, analysed):
+def _workload(tables, n, mapping: wm.PEMapping, n_cap: int, analysed):
     """Per-layer `Metrics` (stacked `[L]`) and the network `Metrics` for one traced `n`.
 
     `analysed` is a traced `[L]` bool mask: a layer left out enters `network_metrics` as a layer
@@ -174,8 +182,8 @@ def _figures(wl: Metrics, net: Metrics, cfg: HardwareConfig, pixels, rates, anal
     return layer, Figures(*net, *sums)
 
 
-# Static: mapping (selects the kernel) and n_cap (bounds the input_split PE axis, a power of
-# two >= every n of the call). `analysed` is a traced [L] bool mask.
+# Static: mapping (the `PEMapping`, selects the kernel) and n_cap (0, or a power of two >= every
+# n of the call for mappings with `needs_n_cap`). `analysed` is a traced [L] bool mask.
 @functools.partial(jax.jit, static_argnames=("mapping", "n_cap"))
 def _simulate_mapping(tables, pixels, rates, analysed, uniq_n, inv, configs, *, mapping, n_cap):
     """Invariant: every config's figures equal the loop oracle of that config alone."""
@@ -194,18 +202,15 @@ def _pow2(x: int) -> int:
     return 1 << max(int(x) - 1, 0).bit_length()
 
 
-def _check_int32(specs: Sequence[LayerSpec], tables: Sequence[LayerTables], n_max: int, m: int):
-    """Refuses n_pe so large that the int32 wasted-load counts could overflow."""
-    bound = 0
-    for spec, t in zip(specs, tables, strict=True):
-        kh, kw, c_in, c_out = spec.kernel_shape
-        if m == 0:
-            bound += (c_out + n_max - 1) * int(np.max(np.asarray(t.channel_counts), initial=0))
-        else:
-            bound += c_out * kh * kw * (c_in + n_max - 1)
+def _check_int32(specs: Sequence[LayerSpec], tables: Sequence[Any], n_max: int, m: wm.PEMapping):
+    """Refuses n_pe so large that the int32 wasted-load counts could overflow (`load_bound`)."""
+    bound = sum(
+        int(m.load_bound(spec.kernel_shape, t, n_max))
+        for spec, t in zip(specs, tables, strict=True)
+    )
     if bound > _INT32_MAX:
         raise ValueError(
-            f"n_pe: up to {n_max} PEs with mapping {MAPPINGS[m]} could overflow the exact int32 "
+            f"n_pe: up to {n_max} PEs with mapping {m.name} could overflow the exact int32 "
             "load counts of this network; use fewer PEs"
         )
 
@@ -222,7 +227,8 @@ def simulate(
     """Evaluates a batch of hardware configs on one network.
 
     Args:
-      tables: per-layer count tables (`tables.network_tables`), in the order of `specs`.
+      tables: per-layer count tables (`tables.network_tables`), in the order of `specs`, holding
+        a table for every mapping of `configs`.
       specs: layer descriptions (`tables.specs_from_shapes` or `tables.specs_from_layers`).
       configs: a batch `HardwareConfig` `[N]` (a scalar config counts as N = 1).
       spike_rates: per-layer input spike rates, `[L]` or `{path: rate}`; used by configs with
@@ -249,22 +255,22 @@ def simulate(
     devices = list(jax.devices() if devices is None else devices)
     pixels = np.asarray([s.pixels for s in specs], np.float32)
     analysed = np.asarray([bool(s.analysed) for s in specs])
-    tables = [LayerTables(*(jnp.asarray(x, jnp.int32) for x in t)) for t in tables]
     n_total = num_configs(configs)
     parts: list[tuple[np.ndarray, SweepResult]] = []
-    for m in np.unique(configs.mapping):
-        idx = np.flatnonzero(configs.mapping == m)
+    for mid in np.unique(configs.mapping):
+        m = wm.get_mapping(MAPPINGS[int(mid)])
+        mtables = [_table_of(t, m) for t in tables]
+        idx = np.flatnonzero(configs.mapping == mid)
         sub = take_configs(configs, idx)
         n_max = int(sub.n_pe.max())
-        _check_int32(specs, tables, n_max, int(m))
+        _check_int32(specs, mtables, n_max, m)
         if dedupe:
             uniq, inv = np.unique(sub.n_pe, return_inverse=True)
         else:
             uniq, inv = sub.n_pe, np.arange(len(idx))
         # Pad to a power of two (>= 8) so sweeps of similar size share one compilation.
         uniq = np.pad(uniq, (0, max(8, _pow2(len(uniq))) - len(uniq)), mode="edge")
-        n_cap = max(16, _pow2(n_max)) if m == 1 else 0  # few distinct caps, few compilations
-        out = _run(tables, pixels, rates, uniq, inv, sub, int(m), n_cap, analysed, devices)
+        out = _run(mtables, pixels, rates, uniq, inv, sub, m, _n_cap(m, n_max), analysed, devices)
         parts.append((idx, out))
     order = np.empty(n_total, np.int64)
     order[np.concatenate([i for i, _ in parts])] = np.arange(n_total)
@@ -312,8 +318,14 @@ def simulate_masks(
     configs: HardwareConfig,
     **kwargs: Any,
 ) -> SweepResult:
-    """`simulate` from masks: builds the count tables of `specs`' layers, then evaluates."""
-    return simulate(network_tables(masks, specs), specs, configs, **kwargs)
+    """`simulate` from masks: builds the count tables of `specs`' layers, then evaluates.
+
+    Only the tables of the mappings in `configs` are built.
+    """
+    validate_config(configs)
+    ids = np.unique(np.atleast_1d(np.asarray(configs.mapping)))
+    names = [MAPPINGS[int(i)] for i in ids]
+    return simulate(network_tables(masks, specs, names), specs, configs, **kwargs)
 
 
 _COUNTS = ("latency", "wasted", "dynamic")

@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 
 from uticket_jax import data as data_lib
 from uticket_jax import models, workload
-from uticket_jax.hardware import config as hw_config
 from uticket_jax.sparsity import pruning
 from uticket_jax.training import step as train_lib
 
@@ -48,7 +47,7 @@ class LTHConfig:
     rewind_epoch: int = _setting("Rewind point (epochs of round 0; 0 = init).")
     arms: tuple[str, ...] = _setting("Arms to run, a comma list: lth,uticket or one of them.")
     n_pe: int = _setting("PEs per group of the simulated array.")
-    mapping: str = _setting(f"PE mapping: one of {', '.join(hw_config.MAPPINGS)}.")
+    mapping: str = _setting(f"PE mapping: one of {', '.join(workload.MAPPINGS)}.")
     policy: str = _setting(f"Rebalance policy: one of {', '.join(workload.POLICIES)}.")
     target: str = _setting(f"Rebalance target: one of {', '.join(workload.TARGETS)}.")
     et: bool = _setting("Early-time ticket: search rounds with a smaller T.")
@@ -83,7 +82,7 @@ class LTHConfig:
             "optimizer": train_lib.OPTIMIZERS,
             "schedule": train_lib.SCHEDULES,
             "scope": pruning.SCOPES,
-            "mapping": hw_config.MAPPINGS,
+            "mapping": tuple(workload.MAPPINGS),
             "policy": workload.POLICIES,
             "target": workload.TARGETS,
         }

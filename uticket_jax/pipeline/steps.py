@@ -25,7 +25,7 @@ from uticket_jax import data as data_lib
 from uticket_jax import models, workload
 from uticket_jax.hardware import config as hw_config
 from uticket_jax.hardware import simulator
-from uticket_jax.hardware.tables import LayerSpec, specs_from_layers
+from uticket_jax.hardware.layers import LayerSpec, specs_from_layers
 from uticket_jax.models.spike_rates import input_spike_rates
 from uticket_jax.pipeline.config import LTHConfig, Stage
 from uticket_jax.pipeline.state import (
