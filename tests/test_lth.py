@@ -18,7 +18,7 @@ from absl import flags
 
 from uticket_jax import configs, data, models
 from uticket_jax import pipeline as lth
-from uticket_jax.hardware.tables import specs_from_layers
+from uticket_jax.hardware.layers import specs_from_layers
 from uticket_jax.launch import cli, report
 from uticket_jax.sparsity import masks
 from uticket_jax.training import loop
