@@ -1,4 +1,5 @@
-"""Analytical PE-array accelerator model: configs, mask count tables, vectorized sweeps."""
+"""Analytical PE-array accelerator model: configs, mask count tables, vectorized sweeps,
+energy models (`hardware.energy`) and result rows (`hardware.rows`)."""
 
 from uticket_jax.hardware.config import (
     DEFAULTS,
@@ -13,18 +14,30 @@ from uticket_jax.hardware.config import (
     take_configs,
     validate_config,
 )
+from uticket_jax.hardware.energy import (
+    ENERGY_MODELS,
+    Counts,
+    EnergyModel,
+    energy_terms,
+    get_energy_model,
+    make_constants,
+    register_energy_model,
+)
+from uticket_jax.hardware.rows import (
+    config_dicts,
+    figures_dict,
+    flat_row,
+    ratios,
+    sweep_networks,
+    sweep_rows,
+)
 from uticket_jax.hardware.simulator import (
     ENERGY_TERMS,
     Figures,
     SweepResult,
-    figures_dict,
-    flat_row,
     group_loads,
-    ratios,
     simulate,
     simulate_masks,
-    sweep_networks,
-    sweep_rows,
 )
 from uticket_jax.hardware.tables import (
     LayerSpec,
@@ -40,7 +53,15 @@ from uticket_jax.hardware.tables import (
 
 __all__ = [
     "DEFAULTS",
+    "ENERGY_MODELS",
     "ENERGY_TERMS",
+    "Counts",
+    "EnergyModel",
+    "config_dicts",
+    "energy_terms",
+    "get_energy_model",
+    "make_constants",
+    "register_energy_model",
     "MAPPINGS",
     "Figures",
     "HardwareConfig",
