@@ -64,6 +64,9 @@ flags.DEFINE_integer("rewind_epoch", None, "Rewind point (epochs of round 0; 0 =
 flags.DEFINE_list("arms", None, "Arms to run: lth,uticket (default both).")
 flags.DEFINE_integer("n_pe", None, "PEs per group of the simulated array.")
 flags.DEFINE_string("mapping", None, "output_channel or input_split.")
+flags.DEFINE_string(
+    "energy_model", None, "Energy model of the hardware figures: horowitz45 or sata."
+)
 flags.DEFINE_string("policy", None, "Rebalance policy: magnitude or random.")
 flags.DEFINE_string("target", None, "Rebalance target: ceil_mean or keep_count.")
 flags.DEFINE_bool("et", None, "Early-time ticket: search rounds with a smaller T.")
@@ -163,7 +166,7 @@ def _finish(records, workdir):
     rows = report.summary_rows(records)
     pairs = report.paired_rows(rows)
     results.write_json(os.path.join(workdir, "summary.json"), {"rows": rows, "pairs": pairs})
-    results.write_csv(os.path.join(workdir, "summary.csv"), rows)
+    results.write_csv(os.path.join(workdir, "summary.csv"), rows, report.csv_columns(rows))
     plots = report.plot_run(rows, workdir)
     print(report.format_table(rows))
     print(

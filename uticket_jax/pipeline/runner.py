@@ -38,6 +38,8 @@ import numpy as np
 from uticket_jax import data as data_lib
 from uticket_jax import models, workload
 from uticket_jax.hardware import config as hw_config
+from uticket_jax.hardware import energy as hw_energy
+from uticket_jax.hardware import rows as hw_rows
 from uticket_jax.hardware import simulator
 from uticket_jax.hardware.tables import specs_from_layers
 from uticket_jax.models.spike_rates import input_spike_rates
@@ -73,6 +75,7 @@ class LTHConfig:
     arms: tuple[str, ...] = ARMS
     n_pe: int = 16
     mapping: str = "output_channel"
+    energy_model: str = "horowitz45"  # hardware.energy.ENERGY_MODELS
     policy: str = "magnitude"
     target: str = "ceil_mean"
     et: bool = False
@@ -108,6 +111,7 @@ class LTHConfig:
             "schedule": train_lib.SCHEDULES,
             "scope": pruning.SCOPES,
             "mapping": hw_config.MAPPINGS,
+            "energy_model": tuple(hw_energy.ENERGY_MODELS),
             "policy": workload.POLICIES,
             "target": workload.TARGETS,
         }
@@ -221,19 +225,26 @@ def next_masks(
 
 
 def _hardware(cfg, specs, masks_flat, rates) -> dict[str, Any]:
-    """Simulator figures at the run's full T (so every round is costed for the deployed net)."""
+    """Simulator figures at the run's full T (so every round is costed for the deployed net),
+    under the run's energy model at its published clock."""
+    model = hw_energy.get_energy_model(cfg.energy_model)
     configs = hw_config.config_grid(
         n_pe=[cfg.n_pe],
         mapping=[cfg.mapping],
         timesteps=[cfg.timesteps],
+        clock_hz=[model.clock_hz],
         activity_aware=[False, True],
     )
-    res = simulator.simulate_masks(masks_flat, specs, configs, spike_rates=rates)
+    res = simulator.simulate_masks(
+        masks_flat, specs, configs, spike_rates=rates, energy_model=model
+    )
+    fig = functools.partial(hw_rows.figures_dict, energy_model=model.name)
     return {
-        "network": simulator.figures_dict(res.network, 0),
-        "activity_aware": simulator.figures_dict(res.network, 1),
+        "energy_model": model.name,
+        "network": fig(res.network, 0),
+        "activity_aware": fig(res.network, 1),
         "layers": [
-            {"name": s.name, "analysed": s.analysed, **simulator.figures_dict(res.layers, 0, j)}
+            {"name": s.name, "analysed": s.analysed, **fig(res.layers, 0, j)}
             for j, s in enumerate(specs)
         ],
     }
