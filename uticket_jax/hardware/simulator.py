@@ -307,10 +307,7 @@ def simulate(
     devices = list(jax.devices() if devices is None else devices)
     model = energy_lib.get_energy_model(energy_model)
     consts = _batch_constants(model, energy_constants, configs)
-    facts = tuple(  # pixels, c_in, c_out of every layer
-        np.asarray([f(s) for s in specs], np.float32)
-        for f in (lambda s: s.pixels, lambda s: s.kernel_shape[2], lambda s: s.kernel_shape[3])
-    )
+    facts = _layer_facts(specs)
     analysed = np.asarray([bool(s.analysed) for s in specs])
     tables = [LayerTables(*(jnp.asarray(x, jnp.int32) for x in t)) for t in tables]
     n_total = num_configs(configs)
@@ -328,23 +325,23 @@ def simulate(
         # Pad to a power of two (>= 8) so sweeps of similar size share one compilation.
         uniq = np.pad(uniq, (0, max(8, _pow2(len(uniq))) - len(uniq)), mode="edge")
         n_cap = max(16, _pow2(n_max)) if m == 1 else 0  # few distinct caps, few compilations
-        out = _run(
-            tables,
-            facts,
-            rates,
-            uniq,
-            inv,
-            (sub, sub_consts),
-            int(m),
-            n_cap,
-            analysed,
-            devices,
-            model,
-        )
+        batch = (sub, sub_consts)
+        out = _run(tables, facts, rates, uniq, inv, batch, int(m), n_cap, analysed, devices, model)
         parts.append((idx, out))
     order = np.empty(n_total, np.int64)
     order[np.concatenate([i for i, _ in parts])] = np.arange(n_total)
     layers, network = jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[r for _, r in parts])
+    return _with_counts(layers, network, configs, facts, rates, analysed, model)
+
+
+def _layer_facts(specs: Sequence[LayerSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels, c_in and c_out of every layer, float32 `[L]` each."""
+    pick = (lambda s: s.pixels, lambda s: s.kernel_shape[2], lambda s: s.kernel_shape[3])
+    return tuple(np.asarray([f(s) for s in specs], np.float32) for f in pick)
+
+
+def _with_counts(layers, network, configs, facts, rates, analysed, model) -> SweepResult:
+    """The result with its counts filled in and its terms in the model's order."""
     lay_counts, net_counts = _layer_counts(layers, configs, facts, rates, analysed)
     in_order = lambda terms: {t: terms[t] for t in model.terms}  # noqa: E731 (jax sorts keys)
     return SweepResult(
