@@ -374,3 +374,28 @@ def test_report_names_the_terms_that_carry_the_saving(tmp_path):
     paths = report.plot_run(rows, str(tmp_path))
     assert os.path.basename(paths[-1]) == "energy_terms_by_round.png"
     assert os.path.getsize(paths[-1]) > 1000
+
+
+# --- the pipeline -----------------------------------------------------------------------------
+
+
+def test_pipeline_config_takes_and_checks_the_energy_model():
+    from uticket_jax.pipeline import runner
+
+    with pytest.raises(ValueError, match="--energy_model: unknown 'eyeriss'; allowed: "):
+        runner.LTHConfig(energy_model="eyeriss").validate()
+    runner.LTHConfig(energy_model="sata").validate()
+    shapes = {"a/kernel": (3, 3, 2, 6), "b/kernel": (3, 3, 6, 4)}
+    rng = np.random.default_rng(3)
+    masks = {k: rng.random(s) < 0.4 for k, s in shapes.items()}
+    specs = hardware.specs_from_shapes(shapes, out_sizes=[4, 4], skip_first=False)
+    rates = {"a/kernel": 1.0, "b/kernel": 0.5}
+    rec = runner._hardware(runner.LTHConfig(energy_model="sata"), specs, masks, rates)
+    assert rec["energy_model"] == "sata" and rec["network"]["energy_model"] == "sata"
+    assert list(rec["network"]["energy_terms"]) == list(energy.SATA.terms)
+    assert rec["network"]["counts"]["clock_hz"] == 400e6  # the model's clock
+    act = rec["activity_aware"]["energy_terms"]
+    assert act["compute_op"] < rec["network"]["energy_terms"]["compute_op"]  # rate 0.5 on b
+    default = runner._hardware(runner.LTHConfig(), specs, masks, rates)
+    assert default["energy_model"] == "horowitz45"
+    assert list(default["network"]["energy"]) == list(hardware.ENERGY_TERMS)
