@@ -155,22 +155,22 @@ def _workload(tables, n, mapping: int, n_cap: int, analysed):
     return stacked, net
 
 
-def _counts(wl, cfg: HardwareConfig, facts, rates) -> energy_lib.Counts:
+def _counts(wl, cfg: HardwareConfig, facts, rates, xp=jnp) -> energy_lib.Counts:
     """The energy models' counts of every layer `[..., L]` (weight-stationary, see `energy`).
 
-    Products only (no sums), so the counts computed inside the kernel and again outside it
-    from the kernel's outputs (`_layer_counts`) are the same float32 numbers.
+    Products only (no sums), so the counts computed inside the kernel (`xp=jnp`) and again
+    outside it from the kernel's outputs (`_layer_counts`, `xp=np`) are the same float32 numbers.
     """
     pixels, c_in, c_out = facts
-    scale = pixels * cfg.timesteps.astype(jnp.float32)  # [L] positions x steps
-    dynamic = wl.dynamic.astype(jnp.float32)
-    cycles = wl.latency.astype(jnp.float32) * scale
-    rate = jnp.where(cfg.activity_aware, rates, 1.0)
+    scale = pixels * cfg.timesteps.astype(xp.float32)  # [L] positions x steps
+    dynamic = wl.dynamic.astype(xp.float32)
+    cycles = wl.latency.astype(xp.float32) * scale
+    rate = xp.where(cfg.activity_aware, rates, xp.float32(1.0))
     busy = dynamic * scale  # one non-zero weight applied per PE-cycle
     lif = c_out * scale
-    per_layer = lambda x: jnp.broadcast_to(x, cycles.shape)  # noqa: E731
+    per_layer = lambda x: xp.broadcast_to(x, cycles.shape)  # noqa: E731
     return energy_lib.Counts(
-        n_pe=per_layer(cfg.n_pe.astype(jnp.float32)),
+        n_pe=per_layer(cfg.n_pe.astype(xp.float32)),
         clock_hz=per_layer(cfg.clock_hz),
         cycles=cycles,
         seconds=cycles / cfg.clock_hz,
@@ -205,12 +205,12 @@ def _figures(wl: Metrics, net: Metrics, cfg: HardwareConfig, consts, facts, rate
 def _layer_counts(layers: Figures, configs: HardwareConfig, facts, rates, analysed):
     """The counts `[N, L]` and network counts `[N]` from the kernel's layer outputs."""
     cfg = HardwareConfig(*(np.asarray(f)[:, None] for f in configs))
-    lay = energy_lib.Counts(*(np.asarray(x) for x in _counts(layers, cfg, facts, rates)))
+    lay = _counts(layers, cfg, facts, rates, xp=np)
     net = energy_lib.Counts(
         **{
             k: np.asarray(getattr(configs, k), np.float32)
             if k in energy_lib.INTENSIVE_COUNTS
-            else np.where(analysed, v, np.float32(0)).sum(axis=1, dtype=np.float32)
+            else v[:, analysed].sum(axis=1, dtype=np.float32)
             for k, v in lay._asdict().items()
         }
     )
