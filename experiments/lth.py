@@ -139,7 +139,7 @@ def _finish(records, workdir):
     rows = report.summary_rows(records)
     pairs = report.paired_rows(rows)
     results.write_json(os.path.join(workdir, "summary.json"), {"rows": rows, "pairs": pairs})
-    results.write_csv(os.path.join(workdir, "summary.csv"), rows)
+    results.write_csv(os.path.join(workdir, "summary.csv"), rows, report.csv_columns(rows))
     plots = report.plot_run(rows, workdir)
     print(report.format_table(rows))
     print(

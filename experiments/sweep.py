@@ -6,6 +6,11 @@ Example (a u-Ticket ticket against its LTH ticket, both mappings, 5 array sizes;
       --out runs/sweep
 Energy constants sweep too: each hardware flag takes a comma list (the grid is their product),
 and `--grid` expands every single-valued energy flag to x{1/4, 1/2, 1, 2, 4} (625 variants).
+`--energy_model NAME` picks the energy model (`hardware.energy`: horowitz45, the default, or
+sata, SATA_Sim's published model); each model's constants have their own flags (horowitz45:
+`--e_acc_pj --e_fetch_pj --e_idle_pj --leak_uw`; sata: `--mac_op_mw ... --dram_nj`, see
+`--helpfull`), and `--clock_mhz` defaults to the model's clock (500 / 400 MHz). With a model
+other than horowitz45, `--grid` expands the constants given on the command line.
 Writes DIR/sweep.json, DIR/sweep.csv, DIR/{latency,energy,utilization}.png; prints a table.
 `--compare dense` compares with the all-ones masks of the same layers.
 """
@@ -21,6 +26,7 @@ import numpy as np
 from absl import flags
 
 from uticket_jax import hardware
+from uticket_jax.hardware import energy
 from uticket_jax.launch import cli, distributed, plots
 from uticket_jax.sparsity.masks import LAYOUTS, load_mask_file
 
@@ -49,12 +55,30 @@ _RATES = flags.DEFINE_string(
     None,
     "JSON {layer_path: input spike rate in [0, 1]}; turns on activity-aware accumulate energy.",
 )
-_CLOCK = flags.DEFINE_string("clock_mhz", "500", "Comma list of clock frequencies, MHz.")
+_CLOCK = flags.DEFINE_string(
+    "clock_mhz", None, "Comma list of clock frequencies, MHz (default: the energy model's)."
+)
+_ENERGY_MODEL = flags.DEFINE_string(
+    "energy_model", "horowitz45", f"Energy model: {', '.join(energy.ENERGY_MODELS)}."
+)
 _E_ACC = flags.DEFINE_string("e_acc_pj", "0.1", "Comma list: energy per accumulate, pJ.")
 _E_FETCH = flags.DEFINE_string("e_fetch_pj", "5.0", "Comma list: energy per weight fetch, pJ.")
 _E_IDLE = flags.DEFINE_string("e_idle_pj", "0.03", "Comma list: energy per idle PE-cycle, pJ.")
 _LEAK = flags.DEFINE_string("leak_uw", "10", "Comma list: leakage power per PE, microwatts.")
 _GRID = flags.DEFINE_bool("grid", False, "Expand single energy values to x{1/4,1/2,1,2,4}.")
+# One comma-list flag per constant of every other registered model (value x scale = constant).
+_MODEL_FLAGS = {
+    name: {
+        f.flag: flags.DEFINE_string(
+            f.flag,
+            f"{getattr(model.defaults, f.field) / f.scale:.7g}",
+            f"Comma list ({name}): {f.help}.",
+        )
+        for f in model.constant_flags()
+    }
+    for name, model in energy.ENERGY_MODELS.items()
+    if name != "horowitz45"
+}
 _LAYER_ROWS = flags.DEFINE_bool("layer_rows", True, "Per-layer figures in sweep.json.")
 _MAX_PRINT = flags.DEFINE_integer("print_rows", 40, "Table rows printed (0: none).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
@@ -76,28 +100,80 @@ def _floats(flag, scale: float = 1.0, grid: bool = False) -> list[float]:
     return [v * s for v in vals for s in GRID_SCALES] if grid and len(vals) == 1 else vals
 
 
-def _configs() -> hardware.HardwareConfig:
+def _energy_model() -> energy.EnergyModel:
+    """The chosen model; refuses another model's constant flags."""
+    if _ENERGY_MODEL.value not in energy.ENERGY_MODELS:
+        raise ValueError(
+            f"--energy_model: unknown {_ENERGY_MODEL.value!r}; "
+            f"allowed: {', '.join(energy.ENERGY_MODELS)}"
+        )
+    model = energy.ENERGY_MODELS[_ENERGY_MODEL.value]
+    horowitz = {"e_acc_pj": _E_ACC, "e_fetch_pj": _E_FETCH, "e_idle_pj": _E_IDLE, "leak_uw": _LEAK}
+    owners = {"horowitz45": horowitz, **_MODEL_FLAGS}
+    for name, fl in owners.items():
+        given = [f"--{k}" for k, v in fl.items() if v.present and name != model.name]
+        if given:
+            raise ValueError(
+                f"{given[0]}: a constant of energy model {name}, not of --energy_model "
+                f"{model.name}; its constants: "
+                + ", ".join(f"--{f.flag}" for f in model.constant_flags())
+            )
+    return model
+
+
+def _constants(model: energy.EnergyModel):
+    """The constants grid `[M]` of a model other than horowitz45, from its flags."""
+    fl = _MODEL_FLAGS[model.name]
+    given = [f for f in model.constant_flags() if fl[f.flag].present]
+    if _GRID.value and not given:
+        raise ValueError(
+            f"--grid: with --energy_model {model.name}, give the constants to expand "
+            f"(e.g. --{model.constant_flags()[0].flag})"
+        )
+    lists = {
+        f.field: _floats(fl[f.flag], f.scale, grid=_GRID.value and f in given)
+        for f in model.constant_flags()
+    }
+    return energy.constants_grid(model, **lists)
+
+
+def _configs() -> tuple[hardware.HardwareConfig, energy.EnergyModel, object]:
+    """The configs `[N]`, the energy model and its constants (`[N]`, None for horowitz45)."""
     mappings = [m.strip() for m in _MAPPING.value.split(",") if m.strip()]
     for m in mappings:
         if m not in hardware.MAPPINGS:
             raise ValueError(f"--mapping: unknown {m!r}; allowed: {', '.join(hardware.MAPPINGS)}")
     if not mappings:
         raise ValueError("--mapping: give at least one mapping")
-    clocks = _floats(_CLOCK, 1e6)
+    model = _energy_model()
+    if _CLOCK.value is None:
+        clocks = [model.clock_hz]
+    else:
+        clocks = _floats(_CLOCK, 1e6)
     if min(clocks) <= 0:
         raise ValueError(f"--clock_mhz: must be > 0, got {_CLOCK.value!r}")
     grid = _GRID.value
-    return hardware.config_grid(
-        n_pe=cli.int_list(_N_PE),
-        mapping=mappings,
-        timesteps=cli.int_list(_TIMESTEPS),
-        clock_hz=clocks,
-        e_acc_pj=_floats(_E_ACC, grid=grid),
-        e_fetch_pj=_floats(_E_FETCH, grid=grid),
-        e_idle_pj=_floats(_E_IDLE, grid=grid),
-        leak_w=_floats(_LEAK, 1e-6, grid=grid),
-        activity_aware=[_RATES.value is not None],
-    )
+    axes = {
+        "n_pe": cli.int_list(_N_PE),
+        "mapping": mappings,
+        "timesteps": cli.int_list(_TIMESTEPS),
+        "clock_hz": clocks,
+        "activity_aware": [_RATES.value is not None],
+    }
+    if model.name == "horowitz45":
+        configs = hardware.config_grid(
+            **axes,
+            e_acc_pj=_floats(_E_ACC, grid=grid),
+            e_fetch_pj=_floats(_E_FETCH, grid=grid),
+            e_idle_pj=_floats(_E_IDLE, grid=grid),
+            leak_w=_floats(_LEAK, 1e-6, grid=grid),
+        )
+        return configs, model, None
+    configs = hardware.config_grid(**axes)
+    consts = _constants(model)
+    n, m = hardware.num_configs(configs), len(consts[0])
+    configs = hardware.take_configs(configs, np.repeat(np.arange(n), m))  # config-major
+    return configs, model, type(consts)(*(np.tile(c, n) for c in consts))
 
 
 def _prepare_out(path: str) -> None:
@@ -181,7 +257,7 @@ def _inputs() -> tuple:
         raise ValueError(f"--input_size: must be >= 1, got {_INPUT_SIZE.value}")
     if _LAYOUT.value not in LAYOUTS:
         raise ValueError(f"--layout: unknown {_LAYOUT.value!r}; allowed: {', '.join(LAYOUTS)}")
-    configs = _configs()
+    configs, model, consts = _configs()
     masks = load_mask_file(_MASKS.value, _LAYOUT.value)
     networks = {_MASKS.value: masks}
     if _COMPARE.value == "dense":
@@ -205,25 +281,32 @@ def _inputs() -> tuple:
     hardware.spike_rate_vector(rates, specs)  # validates before anything is written
     if distributed.is_writer():
         _prepare_out(_OUT.value)
-    return configs, networks, specs, rates
+    return configs, model, consts, networks, specs, rates
 
 
 def run() -> list[dict]:
     distributed.initialize()
     # Every process checks the inputs; a failure on one is a one-line failure on all.
-    configs, networks, specs, rates = distributed.together(_inputs)
+    configs, model, consts, networks, specs, rates = distributed.together(_inputs)
     baseline = _COMPARE.value if _COMPARE.value else None
     # With several processes the configs are sharded over all of their devices; every process
     # gets every row back, and process 0 writes them.
     rows = hardware.sweep_networks(
-        networks, specs, configs, spike_rates=rates, baseline=baseline, layers=_LAYER_ROWS.value
+        networks,
+        specs,
+        configs,
+        spike_rates=rates,
+        baseline=baseline,
+        layers=_LAYER_ROWS.value,
+        energy_model=model,
+        energy_constants=consts,
     )
     if distributed.is_writer():
-        _write(rows, len(networks), configs)
+        _write(rows, len(networks), configs, model.name)
     return rows
 
 
-def _write(rows: list[dict], n_networks: int, configs) -> None:
+def _write(rows: list[dict], n_networks: int, configs, model_name: str) -> None:
     """sweep.json, sweep.csv, the plots and the printed table."""
     _write_atomic(os.path.join(_OUT.value, "sweep.json"), json.dumps(rows))
     flat = [hardware.flat_row(r) for r in rows]
@@ -237,8 +320,8 @@ def _write(rows: list[dict], n_networks: int, configs) -> None:
     if _MAX_PRINT.value > 0:
         print(_table(rows, _MAX_PRINT.value))
     print(
-        f"{len(rows)} rows ({n_networks} masks x {hardware.num_configs(configs)} configs) "
-        f"-> {_OUT.value}"
+        f"{len(rows)} rows ({n_networks} masks x {hardware.num_configs(configs)} configs, "
+        f"energy model {model_name}) -> {_OUT.value}"
     )
 
 

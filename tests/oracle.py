@@ -150,35 +150,115 @@ def rebalance(mask, prio, n, mapping, target):
     return flat.reshape(shape), loads, tgt
 
 
-TERMS = ("accumulate", "weight_fetch", "idle", "leakage")
+TERMS = ("accumulate", "weight_fetch", "idle", "leakage")  # horowitz45's
 
 
-def simulator_oracle(masks, specs, cfg: dict, rates=None) -> dict:
+def oracle_counts(mask, spec, n, mapping, T, clock, rate):
+    """The counts of one layer (weight-stationary, one weight per PE-cycle), PE by PE."""
+    k, c_in, c_out = _dims(np.shape(mask))
+    pix = spec.out_hw[0] * spec.out_hw[1]
+    loads = loads_of(np.asarray(mask, bool), n, mapping)
+    busy = idle = latency = 0
+    for row in loads:  # every group runs until its busiest PE is done
+        mx = int(row.max())
+        latency += mx
+        for x in row:
+            busy += int(x) * pix * T
+            idle += (mx - int(x)) * pix * T
+    nnz = int(np.asarray(mask, bool).sum())
+    neurons = c_out * pix * T
+    return {
+        "n_pe": float(n),
+        "clock_hz": clock,
+        "cycles": float(latency * pix * T),
+        "seconds": latency * pix * T / clock,
+        "accumulates": nnz * pix * T * rate,
+        "weights": float(nnz),
+        "lif_updates": float(neurons),
+        "pe_cycles_busy": float(busy),
+        "pe_cycles_idle": float(idle),
+        "weight_buffer_reads": float(nnz),
+        "input_buffer_reads": float(busy),
+        "output_buffer_writes": float(neurons),
+        "dram_weight_reads": float(nnz),
+        "dram_input_reads": float(c_in * pix * T),
+        "dram_output_writes": float(neurons),
+    }
+
+
+def oracle_energy(model, c, k):
+    """Energy by term (J) of counts `c` under `model` ("horowitz45" or "sata"), constants `k`."""
+    if model == "horowitz45":
+        return {
+            "accumulate": k["e_acc_pj"] * 1e-12 * c["accumulates"],
+            "weight_fetch": k["e_fetch_pj"] * 1e-12 * c["weights"],
+            "idle": k["e_idle_pj"] * 1e-12 * c["pe_cycles_idle"],
+            "leakage": k["leak_w"] * c["n_pe"] * c["seconds"],
+        }
+    per_cycle = c["seconds"] / c["cycles"] if c["cycles"] else 1.0 / c["clock_hz"]
+    pe_cycles = c["n_pe"] * c["cycles"]  # every PE clocks every cycle
+    out = {"compute_op": 0.0, "compute_ungated": 0.0, "compute_leakage": 0.0}
+    for part, ops in (("mac", c["accumulates"]), ("spad", c["accumulates"]), ("lif", None)):
+        ops = c["lif_updates"] if ops is None else ops
+        out["compute_op"] += k[f"{part}_op_mw"] * 1e-3 * ops / c["clock_hz"]
+        out["compute_ungated"] += k[f"{part}_ungated_mw"] * 1e-3 * pe_cycles * per_cycle
+        out["compute_leakage"] += k[f"{part}_leak_mw"] * 1e-3 * pe_cycles * per_cycle
+    width = {"w": k["weight_bits"] / 8, "i": k["act_bits"] / 8, "o": k["out_bits"] / 8}
+    out["buffer_dynamic"] = 1e-9 * (
+        k["wbuf_read_nj"] * width["w"] * c["weight_buffer_reads"]
+        + k["ibuf_read_nj"] * width["i"] * c["input_buffer_reads"]
+        + k["obuf_write_nj"] * width["o"] * c["output_buffer_writes"]
+    )
+    leak = k["wbuf_leak_mw"] + k["ibuf_leak_mw"] + k["obuf_leak_mw"]
+    out["buffer_leakage"] = leak * 1e-3 * c["cycles"] * per_cycle
+    out["dram"] = (
+        k["dram_nj"]
+        * 1e-9
+        * (
+            width["w"] * c["dram_weight_reads"]
+            + width["i"] * c["dram_input_reads"]
+            + width["o"] * c["dram_output_writes"]
+        )
+    )
+    return out
+
+
+def simulator_oracle(masks, specs, cfg: dict, rates=None, model="horowitz45", constants=None):
     """The PE-array simulator for one config, by loops over layers, groups and PEs.
 
-    Returns `{"layers": [dict], "network": dict}`, energies in J (float64).
+    `constants`: the model's constants as a dict (horowitz45: default the config's fields).
+    Returns `{"layers": [dict], "network": dict}`, energies in J (float64), each dict with the
+    workload figures, `cycles`, `seconds`, `wasted_pe_cycles`, `counts`, `energy_terms`,
+    `energy_total`.
     """
     n, T, clock = int(cfg["n_pe"]), int(cfg["timesteps"]), float(cfg["clock_hz"])
+    if constants is None:
+        constants = {t: cfg[t] for t in ("e_acc_pj", "e_fetch_pj", "e_idle_pj", "leak_w")}
     layers = []
     for j, spec in enumerate(specs):
-        f = metrics_of(loads_of(np.asarray(masks[spec.name], bool), n, cfg["mapping"]), math.nan)
-        pix = spec.out_hw[0] * spec.out_hw[1]
+        mask = np.asarray(masks[spec.name], bool)
+        f = metrics_of(loads_of(mask, n, cfg["mapping"]), math.nan)
         rate = float(rates[j]) if (rates is not None and cfg["activity_aware"]) else 1.0
-        f["cycles"] = float(f["latency"] * pix * T)
-        f["seconds"] = f["cycles"] / clock
-        f["wasted_pe_cycles"] = float(f["wasted"] * pix * T)
-        f["energy_accumulate"] = cfg["e_acc_pj"] * 1e-12 * f["dynamic"] * pix * T * rate
-        f["energy_weight_fetch"] = cfg["e_fetch_pj"] * 1e-12 * f["dynamic"]
-        f["energy_idle"] = cfg["e_idle_pj"] * 1e-12 * f["wasted_pe_cycles"]
-        f["energy_leakage"] = cfg["leak_w"] * n * f["seconds"]
-        f["energy_total"] = sum(f[f"energy_{t}"] for t in TERMS)
+        c = oracle_counts(mask, spec, n, cfg["mapping"], T, clock, rate)
+        f["cycles"], f["seconds"] = c["cycles"], c["seconds"]
+        f["wasted_pe_cycles"] = c["pe_cycles_idle"]
+        f["counts"] = c
+        f["energy_terms"] = oracle_energy(model, c, constants)
+        f["energy_total"] = sum(f["energy_terms"].values())
         layers.append(f)
     sel = [f for f, s in zip(layers, specs, strict=True) if s.analysed]
     net = {}
     for k in ("utilization", "utilization_normalized"):
         vals = [f[k] for f in sel if not math.isnan(f[k])]
         net[k] = float(np.mean(vals)) if vals else float("nan")
-    for k in layers[0]:
-        if k not in net:
-            net[k] = sum(f[k] for f in sel)
+    for k in ("latency", "wasted", "dynamic", "cycles", "seconds", "wasted_pe_cycles"):
+        net[k] = sum(f[k] for f in sel)
+    net["counts"] = {
+        k: (v if k in ("n_pe", "clock_hz") else sum(f["counts"][k] for f in sel))
+        for k, v in layers[0]["counts"].items()
+    }
+    net["energy_terms"] = {
+        t: sum(f["energy_terms"][t] for f in sel) for t in layers[0]["energy_terms"]
+    }
+    net["energy_total"] = sum(f["energy_total"] for f in sel)
     return {"layers": layers, "network": net}

@@ -21,16 +21,7 @@ from uticket_jax.hardware import simulator
 from uticket_jax.workload.mappings import pe_loads
 from uticket_jax.workload.synthetic import vgg16_shapes
 
-FLOAT_FIELDS = (
-    "cycles",
-    "seconds",
-    "wasted_pe_cycles",
-    "energy_accumulate",
-    "energy_weight_fetch",
-    "energy_idle",
-    "energy_leakage",
-    "energy_total",
-)
+FLOAT_FIELDS = ("cycles", "seconds", "wasted_pe_cycles", "energy_total")
 INT_FIELDS = ("latency", "wasted", "dynamic")
 UTIL_FIELDS = ("utilization", "utilization_normalized")
 
@@ -43,17 +34,34 @@ def _assert_close(got, want, where):
         assert (math.isnan(g) and math.isnan(w)) or math.isclose(g, w, rel_tol=1e-5), (where, k)
     for k in FLOAT_FIELDS:
         assert math.isclose(float(got[k]), want[k], rel_tol=1e-5, abs_tol=1e-30), (where, k)
+    for sub in ("counts", "energy_terms"):
+        assert list(got[sub]) == list(want[sub]), (where, sub)
+        for k, w in want[sub].items():
+            g = float(got[sub][k])
+            assert math.isclose(g, w, rel_tol=1e-5, abs_tol=1e-30), (where, sub, k, g, w)
 
 
-def _check_against_oracle(masks, specs, configs, rates=None, **kwargs):
-    res = hardware.simulate_masks(masks, specs, configs, spike_rates=rates, **kwargs)
+def _pick(fig, *index):
+    """Config (and layer) `index` of `fig` as a dict of numbers, NaN kept."""
+    at = lambda v: np.asarray(v)[index]  # noqa: E731
+    d = {k: at(getattr(fig, k)) for k in fig._fields if k not in ("counts", "energy_terms")}
+    d["counts"] = {k: at(v) for k, v in fig.counts._asdict().items()}
+    d["energy_terms"] = {t: at(v) for t, v in fig.energy_terms.items()}
+    return d
+
+
+def _check_against_oracle(masks, specs, configs, rates=None, model="horowitz45", **kwargs):
+    res = hardware.simulate_masks(
+        masks, specs, configs, spike_rates=rates, energy_model=model, **kwargs
+    )
+    assert res.energy_model == model
+    consts = None if model == "horowitz45" else hardware.get_energy_model(model).defaults
     for i, cfg in enumerate(hardware.config_rows(configs)):
-        want = oracle(masks, specs, cfg, rates)
-        net = {k: v[i] for k, v in res.network._asdict().items()}
-        _assert_close(net, want["network"], (cfg, "network"))
+        k = None if consts is None else consts._asdict()
+        want = oracle(masks, specs, cfg, rates, model=model, constants=k)
+        _assert_close(_pick(res.network, i), want["network"], (cfg, "network"))
         for j, spec in enumerate(specs):
-            lay = {k: v[i, j] for k, v in res.layers._asdict().items()}
-            _assert_close(lay, want["layers"][j], (cfg, spec.name))
+            _assert_close(_pick(res.layers, i, j), want["layers"][j], (cfg, spec.name))
     return res
 
 
@@ -134,15 +142,30 @@ def test_vmapped_matches_loop_oracle(net):
     jax.tree.map(np.testing.assert_array_equal, res, again)  # same figures without dedupe
 
 
+@settings(max_examples=8, deadline=None)
+@given(networks())
+def test_sata_model_matches_loop_oracle(net):
+    masks, specs, configs, rates = net
+    res = _check_against_oracle(masks, specs, configs, rates, model="sata")
+    plain = hardware.simulate_masks(masks, specs, configs, spike_rates=rates)
+    for f in ("cycles", "seconds", "latency", "wasted", "utilization"):  # the model is energy only
+        np.testing.assert_array_equal(getattr(res.network, f), getattr(plain.network, f))
+    jax.tree.map(np.testing.assert_array_equal, res.network.counts, plain.network.counts)
+
+
 @settings(max_examples=12, deadline=None)
 @given(networks())
 def test_energy_terms_nonnegative_and_add_up(net):
     masks, specs, configs, rates = net
-    res = hardware.simulate_masks(masks, specs, configs, spike_rates=rates)
-    for fig in (res.layers, res.network):
-        terms = [getattr(fig, f"energy_{t}") for t in hardware.ENERGY_TERMS]
-        assert all((t >= 0).all() for t in terms)
-        np.testing.assert_allclose(sum(terms), fig.energy_total, rtol=1e-6, atol=0)
+    for model in ("horowitz45", "sata"):
+        res = hardware.simulate_masks(masks, specs, configs, spike_rates=rates, energy_model=model)
+        for fig in (res.layers, res.network):
+            terms = list(fig.energy_terms.values())
+            assert list(fig.energy_terms) == list(hardware.get_energy_model(model).terms)
+            assert all((t >= 0).all() for t in terms)
+            np.testing.assert_allclose(sum(terms), fig.energy_total, rtol=1e-6, atol=0)
+        c = res.layers.counts  # busy + idle PE-cycles = n_pe x cycles, exactly in float32 here
+        np.testing.assert_allclose(c.pe_cycles_busy + c.pe_cycles_idle, c.n_pe * c.cycles)
 
 
 @settings(max_examples=12, deadline=None)
@@ -189,7 +212,7 @@ def test_balanced_mask_has_full_utilization(n, load, mapping, seed):
         assert res.network.utilization[0] == pytest.approx(1.0)
         assert res.network.utilization_normalized[0] == pytest.approx(1.0)
         assert res.network.wasted[0] == 0 and res.network.wasted_pe_cycles[0] == 0
-        assert res.network.energy_idle[0] == 0
+        assert res.network.energy_terms["idle"][0] == 0
     else:
         assert math.isnan(res.network.utilization[0]) and res.network.cycles[0] == 0
 
@@ -220,11 +243,11 @@ def test_activity_aware_scales_accumulates_only():
     rates = {"a/kernel": 1.0, "b/kernel": 0.25}
     r_on = hardware.simulate_masks(masks, specs, on, spike_rates=rates)
     r_off = hardware.simulate_masks(masks, specs, off, spike_rates=rates)
-    np.testing.assert_allclose(
-        r_on.layers.energy_accumulate[0], r_off.layers.energy_accumulate[0] * [1.0, 0.25]
-    )
-    for f in ("cycles", "energy_weight_fetch", "energy_idle", "energy_leakage"):
-        np.testing.assert_array_equal(getattr(r_on.layers, f), getattr(r_off.layers, f))
+    on_terms, off_terms = r_on.layers.energy_terms, r_off.layers.energy_terms
+    np.testing.assert_allclose(on_terms["accumulate"][0], off_terms["accumulate"][0] * [1.0, 0.25])
+    np.testing.assert_array_equal(r_on.layers.cycles, r_off.layers.cycles)
+    for t in ("weight_fetch", "idle", "leakage"):
+        np.testing.assert_array_equal(on_terms[t], off_terms[t])
 
 
 def test_vgg16_output_sizes():

@@ -260,7 +260,9 @@ def test_early_time_ticket_takes_the_smallest_timestep_within_the_threshold(thre
 def test_records_and_progress_survive_json():
     """The checkpoint's JSON part restores the records exactly (integer KL keys included)."""
     et = lth.ETChoice(timesteps=2, normalized_kl={1: 0.5, 2: 0.01}, threshold=0.05)
-    hw = lth.HardwareFigures(plain={"cycles": 3.0}, activity_aware={"cycles": 3.0}, layers=[])
+    hw = lth.HardwareFigures(
+        energy_model="sata", plain={"cycles": 3.0}, activity_aware={"cycles": 3.0}, layers=[]
+    )
     rec = lth.StageRecord(
         round=0,
         arm="dense",
@@ -294,7 +296,8 @@ def test_records_and_progress_survive_json():
         "et",
         "seconds",
     ]
-    assert list(rec.to_json()["hardware"]) == ["network", "activity_aware", "layers"]
+    hardware_keys = ["energy_model", "network", "activity_aware", "layers"]
+    assert list(rec.to_json()["hardware"]) == hardware_keys
 
 
 def test_hardware_figures_are_picked_by_their_config():

@@ -72,10 +72,12 @@ def test_sweep_end_to_end(mask_files, tmp_path):
     rows = json.loads((out / "sweep.json").read_text())
     assert len(rows) == 2 * 2 * 3 * 2  # masks x mappings x n_pe x T
     r = rows[0]
-    assert set(r) == {"masks", "config", "network", "layers", "vs_baseline"}
+    assert set(r) == {"masks", "energy_model", "config", "network", "layers", "vs_baseline"}
+    assert r["energy_model"] == "horowitz45" and r["config"]["clock_hz"] == 500e6
     assert r["config"]["activity_aware"] is True
-    assert set(r["network"]["energy"]) == {"accumulate", "weight_fetch", "idle", "leakage"}
-    total = sum(r["network"]["energy"].values())
+    assert list(r["network"]["energy_terms"]) == ["accumulate", "weight_fetch", "idle", "leakage"]
+    assert r["network"]["energy"] == r["network"]["energy_terms"]  # the earlier key, kept
+    total = sum(r["network"]["energy_terms"].values())
     assert total == pytest.approx(r["network"]["energy_total"], rel=1e-6)
     assert [x["name"] for x in r["layers"]] == list(SHAPES)
     assert [x["analysed"] for x in r["layers"]] == [False, True, True, False]
@@ -83,6 +85,8 @@ def test_sweep_end_to_end(mask_files, tmp_path):
     with open(out / "sweep.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and "vs_baseline_seconds" in table[0]
+    assert table[0]["energy_model"] == "horowitz45" and "energy_idle" in table[0]
+    assert "counts_accumulates" in table[0]
     for png in ("latency.png", "energy.png", "utilization.png"):
         assert (out / png).stat().st_size > 1000
     # A second run without --overwrite refuses and leaves the files alone.
@@ -91,6 +95,34 @@ def test_sweep_end_to_end(mask_files, tmp_path):
     _, stderr = p.communicate(timeout=120)
     assert p.returncode != 0 and "--overwrite" in stderr
     assert (out / "sweep.json").stat().st_mtime_ns == before
+
+
+def test_sweep_sata_model(mask_files, tmp_path):
+    out = tmp_path / "sata"
+    args = ["--masks", str(mask_files / "a.npz"), "--compare", str(mask_files / "b.npz")]
+    args += ["--n_pe", "2,4", "--mapping", "output_channel", "--input_size", "8"]
+    args += ["--energy_model", "sata", "--dram_nj", "0.5", "--grid", "--layer_rows=false"]
+    p = _popen([*args, "--out", str(out)])
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 0, stderr[-2000:]
+    rows = json.loads((out / "sweep.json").read_text())
+    assert len(rows) == 2 * 2 * 5  # masks x n_pe x the five --grid values of --dram_nj
+    assert [r["config"]["dram_nj"] for r in rows[:5]] == [0.125, 0.25, 0.5, 1.0, 2.0]
+    r = rows[0]
+    assert r["energy_model"] == "sata" and r["config"]["clock_hz"] == 400e6
+    assert "e_acc_pj" not in r["config"] and r["config"]["wbuf_leak_mw"] == 24.9086
+    terms = r["network"]["energy_terms"]
+    assert list(terms) == [
+        "compute_op",
+        "compute_ungated",
+        "compute_leakage",
+        "buffer_dynamic",
+        "buffer_leakage",
+        "dram",
+    ]
+    assert sum(terms.values()) == pytest.approx(r["network"]["energy_total"], rel=1e-6)
+    assert rows[1]["network"]["energy_terms"]["dram"] == pytest.approx(2 * terms["dram"])
+    assert "layers" not in r and "energy model sata" in stdout
 
 
 # Runs every bad-input case through the launcher's main() in ONE process (one jax import).
@@ -131,6 +163,11 @@ def test_sweep_bad_inputs(mask_files, tmp_path):
         "unknown layer": ["--masks", a, "--spike_rates", str(mask_files / "unknown_rates.json")],
         "--compare": ["--masks", a, "--compare", str(mask_files / "bad_shapes.npz")],
         "--model": ["--masks", a, "--model", "vgg16"],
+        "energy_model": ["--masks", a, "--energy_model", "eyeriss"],
+        "dram_nj": ["--masks", a, "--energy_model", "sata", "--dram_nj", "-0.1"],
+        "wbuf_leak_mw": ["--masks", a, "--energy_model", "sata", "--wbuf_leak_mw", "inf"],
+        "horowitz45": ["--masks", a, "--energy_model", "sata", "--e_idle_pj", "0.1"],
+        "--grid": ["--masks", a, "--energy_model", "sata", "--grid"],
     }
     for i, args in enumerate(cases.values()):
         args += ["--input_size", "8", "--out", str(tmp_path / f"o{i}")]

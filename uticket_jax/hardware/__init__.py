@@ -1,7 +1,9 @@
-"""Analytical PE-array accelerator model: configs, layer descriptions, count tables, sweeps.
+"""Analytical PE-array accelerator model: configs, layer descriptions, count tables, vectorized
+sweeps, energy models (`hardware.energy`) and result rows (`hardware.rows`).
 
 Mappings are not registered here: `MAPPINGS` is a live view of the names in the one registry,
-`uticket_jax.workload.MAPPINGS` (add one with `workload.register_mapping`).
+`uticket_jax.workload.MAPPINGS` (add one with `workload.register_mapping`). Energy models have
+their own registry, `hardware.energy.ENERGY_MODELS` (`register_energy_model`).
 """
 
 from uticket_jax.hardware.config import (
@@ -17,6 +19,15 @@ from uticket_jax.hardware.config import (
     take_configs,
     validate_config,
 )
+from uticket_jax.hardware.energy import (
+    ENERGY_MODELS,
+    Counts,
+    EnergyModel,
+    energy_terms,
+    get_energy_model,
+    make_constants,
+    register_energy_model,
+)
 from uticket_jax.hardware.layers import (
     LayerSpec,
     check_same_layers,
@@ -25,24 +36,35 @@ from uticket_jax.hardware.layers import (
     specs_from_shapes,
     spike_rate_vector,
 )
+from uticket_jax.hardware.rows import (
+    config_dicts,
+    figures_dict,
+    flat_row,
+    ratios,
+    sweep_networks,
+    sweep_rows,
+)
 from uticket_jax.hardware.simulator import (
     ENERGY_TERMS,
     Figures,
     SweepResult,
-    figures_dict,
-    flat_row,
     group_loads,
-    ratios,
     simulate,
     simulate_masks,
-    sweep_networks,
-    sweep_rows,
 )
 from uticket_jax.hardware.tables import LayerTables, count_tables, network_tables
 
 __all__ = [
     "DEFAULTS",
+    "ENERGY_MODELS",
     "ENERGY_TERMS",
+    "Counts",
+    "EnergyModel",
+    "config_dicts",
+    "energy_terms",
+    "get_energy_model",
+    "make_constants",
+    "register_energy_model",
     "MAPPINGS",
     "Figures",
     "HardwareConfig",

@@ -16,7 +16,9 @@ Default energy constants (units in the field names; 45 nm CMOS at 0.9 V):
                small register file in 45 nm); it enters as leak_w * n_pe * latency seconds.
   clock_hz   = 500 MHz: MODELLING ASSUMPTION, a typical clock of 45 nm accelerator studies.
   timesteps  = 5, the SNN time window used by the paper's experiments.
-Every constant is a field of the config and can be swept (`config_grid`).
+Every constant is a field of the config and can be swept (`config_grid`). The four energy fields
+are the constants of the default energy model, `horowitz45` (`hardware/energy.py`); other models
+(e.g. `sata`) take their constants as `simulate(..., energy_constants=...)`.
 """
 
 from __future__ import annotations

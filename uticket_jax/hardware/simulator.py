@@ -7,8 +7,11 @@ Model (lock-step, weight-stationary array; Yin et al., IEEE TETCI 2024, Sec. on 
     cycles            = sum_g max_j load[g, j] * P * T
     wasted PE-cycles  = sum_g sum_j (max_j load[g, j] - load[g, j]) * P * T
     accumulates       = nnz * P * T * (input spike rate if activity-aware else 1)
-  Energy (J) = e_acc * accumulates + e_fetch * nnz + e_idle * wasted PE-cycles
-               + leak_w * n_pe * cycles / clock.
+  These and the other counts of `hardware.energy.Counts` (LIF updates, busy/idle PE-cycles,
+  buffer and DRAM accesses) go to an energy model (`hardware.energy`, chosen by name), which
+  returns the energy by term; the default `horowitz45` is
+    Energy (J) = e_acc * accumulates + e_fetch * nnz + e_idle * wasted PE-cycles
+                 + leak_w * n_pe * cycles / clock.
   Weights are fetched ONCE per layer: in a weight-stationary array a PE loads its non-zeros into
   its register file and keeps them while all positions and time steps stream past (that is what
   makes the latency formula above hold), so fetches do not scale with T or P.
@@ -44,10 +47,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from uticket_jax.hardware import energy as energy_lib
 from uticket_jax.hardware.config import (
     MAPPINGS,
     HardwareConfig,
-    config_rows,
     num_configs,
     take_configs,
     validate_config,
@@ -55,10 +58,9 @@ from uticket_jax.hardware.config import (
 from uticket_jax.hardware.layers import LayerSpec, spike_rate_vector
 from uticket_jax.hardware.tables import LayerTables, network_tables
 from uticket_jax.workload import mappings as wm
-from uticket_jax.workload.metrics import Metrics, float_or_none, layer_metrics, network_metrics
+from uticket_jax.workload.metrics import Metrics, layer_metrics, network_metrics
 
-ENERGY_TERMS = ("accumulate", "weight_fetch", "idle", "leakage")
-_PJ = 1e-12
+ENERGY_TERMS = energy_lib.HOROWITZ45.terms  # the default model's terms
 _INT32_MAX = 2**31 - 1
 
 
@@ -73,10 +75,8 @@ class Figures(NamedTuple):
     cycles: Any
     seconds: Any
     wasted_pe_cycles: Any
-    energy_accumulate: Any  # J
-    energy_weight_fetch: Any  # J
-    energy_idle: Any  # J
-    energy_leakage: Any  # J
+    counts: energy_lib.Counts  # the energy model's inputs
+    energy_terms: dict[str, Any]  # J, {term: energy} of the energy model
     energy_total: Any  # J
 
 
@@ -85,6 +85,7 @@ class SweepResult(NamedTuple):
 
     layers: Figures
     network: Figures
+    energy_model: str = "horowitz45"
 
 
 def _group_loads(table, n, mapping: wm.PEMapping, n_cap: int):
@@ -162,40 +163,92 @@ def _workload(tables, n, mapping: wm.PEMapping, n_cap: int, analysed):
     return stacked, net
 
 
-def _figures(wl: Metrics, net: Metrics, cfg: HardwareConfig, pixels, rates, analysed):
-    """Cycles, seconds and energy of one config from its workload (`[L]` and network)."""
-    scale = pixels * cfg.timesteps.astype(jnp.float32)  # [L] positions x steps
-    latency = wl.latency.astype(jnp.float32)
-    wasted = wl.wasted.astype(jnp.float32)
-    dynamic = wl.dynamic.astype(jnp.float32)
-    cycles = latency * scale
-    seconds = cycles / cfg.clock_hz
-    wasted_pe_cycles = wasted * scale
-    rate = jnp.where(cfg.activity_aware, rates, 1.0)
-    e_acc = cfg.e_acc_pj * _PJ * (dynamic * scale * rate)
-    e_fetch = cfg.e_fetch_pj * _PJ * dynamic
-    e_idle = cfg.e_idle_pj * _PJ * wasted_pe_cycles
-    e_leak = cfg.leak_w * cfg.n_pe.astype(jnp.float32) * seconds
-    total = e_acc + e_fetch + e_idle + e_leak
-    layer = Figures(*wl, cycles, seconds, wasted_pe_cycles, e_acc, e_fetch, e_idle, e_leak, total)
-    sums = [jnp.sum(jnp.where(analysed, x, 0.0)) for x in layer[5:]]
-    return layer, Figures(*net, *sums)
+def _counts(wl, cfg: HardwareConfig, facts, rates, xp=jnp) -> energy_lib.Counts:
+    """The energy models' counts of every layer `[..., L]` (weight-stationary, see `energy`).
+
+    Products only (no sums), so the counts computed inside the kernel (`xp=jnp`) and again
+    outside it from the kernel's outputs (`_layer_counts`, `xp=np`) are the same float32 numbers.
+    """
+    pixels, c_in, c_out = facts
+    scale = pixels * cfg.timesteps.astype(xp.float32)  # [L] positions x steps
+    dynamic = wl.dynamic.astype(xp.float32)
+    cycles = wl.latency.astype(xp.float32) * scale
+    rate = xp.where(cfg.activity_aware, rates, xp.float32(1.0))
+    busy = dynamic * scale  # one non-zero weight applied per PE-cycle
+    lif = c_out * scale
+    per_layer = lambda x: xp.broadcast_to(x, cycles.shape)  # noqa: E731
+    return energy_lib.Counts(
+        n_pe=per_layer(cfg.n_pe.astype(xp.float32)),
+        clock_hz=per_layer(cfg.clock_hz),
+        cycles=cycles,
+        seconds=cycles / cfg.clock_hz,
+        accumulates=dynamic * scale * rate,
+        weights=dynamic,
+        lif_updates=lif,
+        pe_cycles_busy=busy,
+        pe_cycles_idle=wl.wasted.astype(jnp.float32) * scale,
+        weight_buffer_reads=dynamic,
+        input_buffer_reads=busy,
+        output_buffer_writes=lif,
+        dram_weight_reads=dynamic,
+        dram_input_reads=c_in * scale,
+        dram_output_writes=lif,
+    )
 
 
-# Static: mapping (the `PEMapping`, selects the kernel) and n_cap (0, or a power of two >= every
-# n of the call for mappings with `needs_n_cap`). `analysed` is a traced [L] bool mask.
-@functools.partial(jax.jit, static_argnames=("mapping", "n_cap"))
-def _simulate_mapping(tables, pixels, rates, analysed, uniq_n, inv, configs, *, mapping, n_cap):
+def _figures(wl: Metrics, net: Metrics, cfg: HardwareConfig, consts, facts, rates, analysed, model):
+    """Cycles, seconds, counts and energy by term of one config (`[L]` and network)."""
+    counts = _counts(wl, cfg, facts, rates)
+    terms = energy_lib.apply_model(model, counts, consts)
+    total = energy_lib.total(terms)
+    # The counts are not kernel outputs: as outputs they change XLA's fusion of the energy sums
+    # (float32 roundings of `energy_total` moved by 1 ulp); `_layer_counts` recomputes them.
+    layer = Figures(*wl, counts.cycles, counts.seconds, counts.pe_cycles_idle, None, terms, total)
+    add = lambda x: jnp.sum(jnp.where(analysed, x, 0.0))  # noqa: E731
+    sums = [add(x) for x in (layer.cycles, layer.seconds, layer.wasted_pe_cycles)]
+    net_terms = {t: add(v) for t, v in terms.items()}
+    return layer, Figures(*net, *sums, None, net_terms, add(total))
+
+
+def _layer_counts(layers: Figures, configs: HardwareConfig, facts, rates, analysed):
+    """The counts `[N, L]` and network counts `[N]` from the kernel's layer outputs."""
+    cfg = HardwareConfig(*(np.asarray(f)[:, None] for f in configs))
+    lay = _counts(layers, cfg, facts, rates, xp=np)
+    net = energy_lib.Counts(
+        **{
+            k: np.asarray(getattr(configs, k), np.float32)
+            if k in energy_lib.INTENSIVE_COUNTS
+            else v[:, analysed].sum(axis=1, dtype=np.float32)
+            for k, v in lay._asdict().items()
+        }
+    )
+    return lay, net
+
+
+# Static: mapping (the `PEMapping`, selects the kernel), n_cap (0, or a power of two >= every n
+# of the call for mappings with `needs_n_cap`) and the energy model. `analysed` is a traced [L]
+# bool mask.
+@functools.partial(jax.jit, static_argnames=("mapping", "n_cap", "model"))
+def _simulate_mapping(
+    tables, facts, rates, analysed, uniq_n, inv, configs, consts, *, mapping, n_cap, model
+):
     """Invariant: every config's figures equal the loop oracle of that config alone."""
     wl, net = jax.vmap(lambda n: _workload(tables, n, mapping, n_cap, analysed))(uniq_n)  # [U, ...]
 
-    def one(k, cfg):
+    def one(k, cfg, const):
         pick = lambda x: x[k]
         return _figures(
-            jax.tree.map(pick, wl), jax.tree.map(pick, net), cfg, pixels, rates, analysed
+            jax.tree.map(pick, wl),
+            jax.tree.map(pick, net),
+            cfg,
+            const,
+            facts,
+            rates,
+            analysed,
+            model,
         )
 
-    return jax.vmap(one)(inv, configs)
+    return jax.vmap(one)(inv, configs, consts)
 
 
 def _pow2(x: int) -> int:
@@ -223,6 +276,8 @@ def simulate(
     spike_rates: np.ndarray | Mapping[str, float] | None = None,
     dedupe: bool = True,
     devices: Sequence[jax.Device] | None = None,
+    energy_model: str | energy_lib.EnergyModel = "horowitz45",
+    energy_constants: Any = None,
 ) -> SweepResult:
     """Evaluates a batch of hardware configs on one network.
 
@@ -237,6 +292,10 @@ def simulate(
         the results are identical, dedupe is faster for sweeps over energy constants.
       devices: devices to shard the config axis over (default: all of `jax.devices()`; one
         device runs unsharded).
+      energy_model: a name in `energy.ENERGY_MODELS` or an `EnergyModel`.
+      energy_constants: the model's constants (its NamedTuple; scalar leaves for every config
+        or `[N]` leaves, one per config). None: the model's `from_config` (horowitz45 reads the
+        config fields `e_acc_pj`, `e_fetch_pj`, `e_idle_pj`, `leak_w`) or its defaults.
     Returns:
       `SweepResult` of numpy arrays, layers `[N, L]`, network `[N]`, in the order of `configs`.
     """
@@ -253,7 +312,9 @@ def simulate(
         if rates.shape != (len(specs),) or not ((rates >= 0) & (rates <= 1)).all():
             raise ValueError(f"spike_rates: need {len(specs)} rates in [0, 1], got {rates}")
     devices = list(jax.devices() if devices is None else devices)
-    pixels = np.asarray([s.pixels for s in specs], np.float32)
+    model = energy_lib.get_energy_model(energy_model)
+    consts = _batch_constants(model, energy_constants, configs)
+    facts = _layer_facts(specs)
     analysed = np.asarray([bool(s.analysed) for s in specs])
     n_total = num_configs(configs)
     parts: list[tuple[np.ndarray, SweepResult]] = []
@@ -262,6 +323,7 @@ def simulate(
         mtables = [_table_of(t, m) for t in tables]
         idx = np.flatnonzero(configs.mapping == mid)
         sub = take_configs(configs, idx)
+        sub_consts = type(consts)(*(f[idx] for f in consts))
         n_max = int(sub.n_pe.max())
         _check_int32(specs, mtables, n_max, m)
         if dedupe:
@@ -270,36 +332,69 @@ def simulate(
             uniq, inv = sub.n_pe, np.arange(len(idx))
         # Pad to a power of two (>= 8) so sweeps of similar size share one compilation.
         uniq = np.pad(uniq, (0, max(8, _pow2(len(uniq))) - len(uniq)), mode="edge")
-        out = _run(mtables, pixels, rates, uniq, inv, sub, m, _n_cap(m, n_max), analysed, devices)
+        batch = (sub, sub_consts)
+        n_cap = _n_cap(m, n_max)
+        out = _run(mtables, facts, rates, uniq, inv, batch, m, n_cap, analysed, devices, model)
         parts.append((idx, out))
     order = np.empty(n_total, np.int64)
     order[np.concatenate([i for i, _ in parts])] = np.arange(n_total)
-    return jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[r for _, r in parts])
+    layers, network = jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[r for _, r in parts])
+    return _with_counts(layers, network, configs, facts, rates, analysed, model)
 
 
-def _run(tables, pixels, rates, uniq, inv, configs, mapping, n_cap, analysed, devices):
+def _layer_facts(specs: Sequence[LayerSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels, c_in and c_out of every layer, float32 `[L]` each."""
+    pick = (lambda s: s.pixels, lambda s: s.kernel_shape[2], lambda s: s.kernel_shape[3])
+    return tuple(np.asarray([f(s) for s in specs], np.float32) for f in pick)
+
+
+def _with_counts(layers, network, configs, facts, rates, analysed, model) -> SweepResult:
+    """The result with its counts filled in and its terms in the model's order."""
+    lay_counts, net_counts = _layer_counts(layers, configs, facts, rates, analysed)
+    in_order = lambda terms: {t: terms[t] for t in model.terms}  # noqa: E731 (jax sorts keys)
+    return SweepResult(
+        layers._replace(counts=lay_counts, energy_terms=in_order(layers.energy_terms)),
+        network._replace(counts=net_counts, energy_terms=in_order(network.energy_terms)),
+        model.name,
+    )
+
+
+def _batch_constants(model: energy_lib.EnergyModel, constants: Any, configs: HardwareConfig):
+    """The model's constants as `[N]` float32 leaves, one set per config; validated."""
+    n = num_configs(configs)
+    if constants is None:
+        constants = model.defaults if model.from_config is None else model.from_config(configs)
+    energy_lib.validate_constants(model, constants)
+    leaves = [np.asarray(v, np.float32) for v in constants]
+    if any(v.shape not in ((), (1,), (n,)) for v in leaves):
+        shapes = sorted({v.shape for v in leaves})
+        raise ValueError(f"energy_constants: need scalars or [{n}] per constant, got {shapes}")
+    return type(constants)(*(np.broadcast_to(v.reshape(-1), (n,)).copy() for v in leaves))
+
+
+def _run(tables, facts, rates, uniq, inv, batch, mapping, n_cap, analysed, devices, model):
     """One compiled call; shards the config axis when several devices are given.
 
     The config axis is padded (repeating the last config) to a power of two >= 8, and to a
     multiple of the device count, so sweeps of similar size reuse one compilation.
     """
-    n = num_configs(configs)
+    n = num_configs(batch[0])
     d = len(devices)
     size = max(8, _pow2(n))
     size += (-size) % d
     inv = np.asarray(inv, np.int32)
     uniq = np.asarray(uniq, np.int32)
-    configs = HardwareConfig(*(np.concatenate([f, np.repeat(f[-1:], size - n)]) for f in configs))
+    batch = jax.tree.map(lambda f: np.concatenate([f, np.repeat(f[-1:], size - n)]), batch)
     inv = np.concatenate([inv, np.repeat(inv[-1:], size - n)])
-    args = (tables, pixels, rates, analysed, uniq)
+    args = (tables, facts, rates, analysed, uniq)
     if d > 1:
         mesh = Mesh(np.asarray(devices), ("config",))
         split = NamedSharding(mesh, PartitionSpec("config"))
         repl = NamedSharding(mesh, PartitionSpec())
         args = jax.device_put(args, repl)
-        inv, configs = jax.device_put((inv, configs), split)
-    out = _simulate_mapping(*args, inv, configs, mapping=mapping, n_cap=n_cap)
-    return SweepResult(*jax.tree.map(lambda x: _fetch(x)[:n], out))
+        inv, batch = jax.device_put((inv, batch), split)
+    out = _simulate_mapping(*args, inv, *batch, mapping=mapping, n_cap=n_cap, model=model)
+    return jax.tree.map(lambda x: _fetch(x)[:n], out)
 
 
 def _fetch(x: jax.Array) -> np.ndarray:
@@ -326,130 +421,3 @@ def simulate_masks(
     ids = np.unique(np.atleast_1d(np.asarray(configs.mapping)))
     names = [MAPPINGS[int(i)] for i in ids]
     return simulate(network_tables(masks, specs, names), specs, configs, **kwargs)
-
-
-_COUNTS = ("latency", "wasted", "dynamic")
-
-
-def _fig_dict(cols: Mapping[str, Any], *index: int, counts: bool = True) -> dict[str, Any]:
-    """One entry of pre-listed `Figures` columns as `F` (energy grouped by term).
-
-    `counts`: the load-unit counts are exact integers (False for ratios).
-    """
-
-    def at(k):
-        v = cols[k]
-        for i in index:
-            v = v[i]
-        return int(v) if counts and k in _COUNTS else float_or_none(v)  # NaN: no work
-
-    d = {k: at(k) for k in cols if not k.startswith("energy_")}
-    d["energy"] = {t: at(f"energy_{t}") for t in ENERGY_TERMS}
-    d["energy_total"] = at("energy_total")
-    return d
-
-
-def _columns(fig: Figures) -> dict[str, Any]:
-    return {k: np.asarray(v, np.float64).tolist() for k, v in fig._asdict().items()}
-
-
-def figures_dict(fig: Figures, i: int, j: int | None = None) -> dict[str, Any]:
-    """Config `i` (and layer `j`) of `fig` as JSON-ready `F` (energy grouped by term)."""
-    cols = {
-        k: np.asarray(v)[i] if j is None else np.asarray(v)[i, j] for k, v in fig._asdict().items()
-    }
-    return _fig_dict(cols)
-
-
-def ratios(result: SweepResult, baseline: SweepResult) -> Figures:
-    """Network figures of `result` divided by those of `baseline`, config by config (NaN on 0/0)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return Figures(
-            *(
-                np.asarray(a, np.float64) / np.asarray(b, np.float64)
-                for a, b in zip(result.network, baseline.network, strict=True)
-            )
-        )
-
-
-def sweep_rows(
-    result: SweepResult,
-    configs: HardwareConfig,
-    specs: Sequence[LayerSpec],
-    label: str,
-    baseline: SweepResult | None = None,
-    baseline_label: str | None = None,
-    layers: bool = True,
-) -> list[dict[str, Any]]:
-    """JSON rows `{"masks", "config", "network": F, "layers": [{"name", "analysed", ...F}]}`.
-
-    With `baseline`, each row also holds `"vs_baseline": {"masks": baseline_label, ...ratios}`
-    (this network's figure over the baseline's for the same config). `layers=False` leaves the
-    per-layer list out (large sweeps).
-    """
-    cfg_rows = config_rows(configs)
-    net = _columns(result.network)
-    lay = _columns(result.layers) if layers else None
-    rat = _columns(ratios(result, baseline)) if baseline is not None else None
-    rows = []
-    for i, cfg in enumerate(cfg_rows):
-        row: dict[str, Any] = {"masks": label, "config": cfg, "network": _fig_dict(net, i)}
-        if lay is not None:
-            row["layers"] = [
-                {"name": s.name, "analysed": s.analysed, **_fig_dict(lay, i, j)}
-                for j, s in enumerate(specs)
-            ]
-        if rat is not None:
-            row["vs_baseline"] = {"masks": baseline_label, **_fig_dict(rat, i, counts=False)}
-        rows.append(row)
-    return rows
-
-
-def sweep_networks(
-    networks: Mapping[str, Mapping[str, np.ndarray]],
-    specs: Sequence[LayerSpec],
-    configs: HardwareConfig,
-    *,
-    spike_rates: np.ndarray | Mapping[str, float] | None = None,
-    baseline: str | None = None,
-    layers: bool = True,
-) -> list[dict[str, Any]]:
-    """Evaluates every config on every network (masks of the same layers) and returns JSON rows.
-
-    Args:
-      networks: `{label: {path: hwio mask}}`, e.g. a u-Ticket and an LTH ticket of one network.
-      specs: the shared layer descriptions.
-      configs: batch of configs `[N]`.
-      spike_rates: per-layer input spike rates for activity-aware configs.
-      baseline: label of the network the others are compared with (`vs_baseline` ratios).
-      layers: include per-layer figures in the rows.
-    Returns:
-      `len(networks) * N` rows (network-major), see `sweep_rows`.
-    """
-    if baseline is not None and baseline not in networks:
-        raise ValueError(f"baseline: {baseline!r} is not one of {list(networks)}")
-    results = {
-        k: simulate_masks(m, specs, configs, spike_rates=spike_rates) for k, m in networks.items()
-    }
-    rows = []
-    for label, res in results.items():
-        base = results[baseline] if baseline is not None and label != baseline else None
-        rows += sweep_rows(res, configs, specs, label, base, baseline, layers=layers)
-    return rows
-
-
-def flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A sweep row without its layers as one flat dict (CSV): config, network and ratio columns."""
-    out: dict[str, Any] = {"masks": row["masks"], **row["config"]}
-    for section in ("network", "vs_baseline"):
-        if section not in row:
-            continue
-        prefix = "" if section == "network" else "vs_baseline_"
-        for k, v in row[section].items():
-            if k == "masks":
-                out["baseline"] = v
-            elif k == "energy":
-                out.update({f"{prefix}energy_{t}": e for t, e in v.items()})
-            else:
-                out[f"{prefix}{k}"] = v
-    return out

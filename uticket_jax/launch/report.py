@@ -27,11 +27,14 @@ def summary_rows(records: Sequence[StageRecord]) -> list[dict[str, Any]]:
       records: the pipeline's `StageRecord`s.
 
     Returns:
-      The rows of `summary.json` / `summary.csv`, in record order.
+      The rows of `summary.json` / `summary.csv`, in record order (the energy terms also as
+      `energy_terms`, {term: J}, for summary.json; CSV writers leave that one out, see
+      `csv_columns`).
     """
     rows = []
     for r in records:
         hw, act = r.hardware.plain, r.hardware.activity_aware
+        terms = hw["energy_terms"]
         rows.append(
             {
                 "round": r.round,
@@ -46,15 +49,49 @@ def summary_rows(records: Sequence[StageRecord]) -> list[dict[str, Any]]:
                 "wasted": hw["wasted"],
                 "cycles": hw["cycles"],
                 "seconds_hw": hw["seconds"],
+                "energy_model": r.hardware.energy_model,
                 "energy_total": hw["energy_total"],
                 "energy_activity_aware": act["energy_total"],
-                **{f"energy_{k}": v for k, v in hw["energy"].items()},
+                **{f"energy_{k}": v for k, v in terms.items()},
+                "energy_terms": dict(terms),
                 "regrown": None if r.rebalance is None else r.rebalance.regrown,
                 "dropped": None if r.rebalance is None else r.rebalance.dropped,
                 "wall_seconds": r.seconds,
             }
         )
     return rows
+
+
+def csv_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The summary rows' columns for CSV: every key but the `energy_terms` dict.
+
+    Args:
+      rows: `summary_rows` output.
+    Returns:
+      Column names in first-seen order.
+    """
+    return [k for k in dict.fromkeys(k for r in rows for k in r) if k != "energy_terms"]
+
+
+def saving_by_term(lth: dict[str, Any] | None, ut: dict[str, Any] | None) -> dict[str, float]:
+    """Each energy term's share (%) of u-Ticket's energy saving over LTH (they add up to 100).
+
+    Args:
+      lth: LTH's summary row.
+      ut: u-Ticket's summary row of the same round.
+    Returns:
+      `{term: percent of (LTH total - u-Ticket total)}`, largest first; empty when either row
+      is missing or the totals are equal.
+    """
+    if not lth or not ut or not lth.get("energy_terms") or not ut.get("energy_terms"):
+        return {}
+    saving = lth["energy_total"] - ut["energy_total"]
+    if not saving:
+        return {}
+    shares = {
+        t: 100.0 * (v - ut["energy_terms"][t]) / saving for t, v in lth["energy_terms"].items()
+    }
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
 
 
 def _reduction(new: float | None, base: float | None) -> float | None:
@@ -84,6 +121,7 @@ def paired_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "energy_activity_aware_reduction_pct": _reduction(
                     ut and ut["energy_activity_aware"], lth and lth["energy_activity_aware"]
                 ),
+                "energy_saving_by_term_pct": saving_by_term(lth, ut),
             }
         )
     return out
@@ -96,12 +134,21 @@ def _f(x: float | None, fmt: str) -> str:
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The side-by-side table: per round, both arms' sparsity, accuracy, utilization, latency
     and energy, then u-Ticket's reductions over LTH (the paper's headline figures) of latency,
-    energy, and energy with accumulates scaled by the measured input spike rates."""
+    energy, and energy with accumulates scaled by the measured input spike rates, and the two
+    energy terms that carry most of the saving (their shares of it).
+
+    Args:
+      rows: `summary_rows` output.
+    Returns:
+      The table, one line per row, headed by the energy model's name.
+    """
     head = (
         f"{'rnd':>3} | {'arm':8} {'sparsity':>8} {'acc':>6} {'util':>6} {'util_n':>6}"
         f" {'cycles':>10} {'energy_J':>10}"
     )
-    lines = [head + f" | {'lat_red':>7} {'en_red':>7} {'en_act_red':>10}", "-" * (len(head) + 29)]
+    tail = f" | {'lat_red':>7} {'en_red':>7} {'en_act_red':>10}  saving carried by"
+    models = sorted({str(r.get("energy_model", "horowitz45")) for r in rows})
+    lines = [f"energy model: {', '.join(models)}", head + tail, "-" * (len(head) + 48)]
     dense = [r for r in rows if r["arm"] == "dense"]
     for r in dense:
         lines.append(_arm_line(0, r) + " |")
@@ -112,10 +159,13 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                 continue
             tail = ""
             if i == 1 or pair["uticket"] is None:
+                shares = list(pair["energy_saving_by_term_pct"].items())[:2]
                 tail = (
                     f" {_f(pair['latency_reduction_pct'], '6.1f')}%"
                     f" {_f(pair['energy_reduction_pct'], '6.1f')}%"
                     f" {_f(pair['energy_activity_aware_reduction_pct'], '9.1f')}%"
+                    + "  "
+                    + " ".join(f"{t} {v:.0f}%" for t, v in shares)
                 )
             lines.append(_arm_line(pair["round"], r) + " |" + tail)
     return "\n".join(lines)
@@ -131,7 +181,15 @@ def _arm_line(rnd: int, r: dict[str, Any]) -> str:
 
 
 def plot_run(rows: Sequence[dict[str, Any]], outdir: str) -> list[str]:
-    """Accuracy, utilization, latency and energy against sparsity, one line per arm; PNG paths."""
+    """Accuracy, utilization, latency and energy against sparsity, one line per arm, and the
+    energy by term of LTH and u-Ticket per round (`energy_terms_by_round.png`).
+
+    Args:
+      rows: `summary_rows` output.
+      outdir: directory of the PNGs.
+    Returns:
+      The PNG paths.
+    """
     os.makedirs(outdir, exist_ok=True)
     panels = [
         ("accuracy_vs_sparsity.png", "test_accuracy", "test accuracy", False),
@@ -162,4 +220,53 @@ def plot_run(rows: Sequence[dict[str, Any]], outdir: str) -> list[str]:
         fig.savefig(path)
         plt.close(fig)
         paths.append(path)
-    return paths
+    terms_path = plot_energy_terms(rows, os.path.join(outdir, "energy_terms_by_round.png"))
+    return paths + ([terms_path] if terms_path else [])
+
+
+def plot_energy_terms(rows: Sequence[dict[str, Any]], path: str) -> str | None:
+    """Stacked bars of the energy by term, LTH and u-Ticket side by side for every round, as
+    fractions of that round's LTH total (energies fall by orders of magnitude over the rounds).
+
+    Args:
+      rows: `summary_rows` output.
+      path: the PNG to write.
+    Returns:
+      `path`, or None when no row has energy terms.
+    """
+    pairs = [p for p in paired_rows(rows) if p["lth"] and p["lth"]["energy_total"]]
+    scale = {p["round"]: p["lth"]["energy_total"] for p in pairs}
+    bars = [(p["round"], arm, p[arm]) for p in pairs for arm in ("lth", "uticket") if p[arm]]
+    bars = [b for b in bars if b[2].get("energy_terms")]
+    if not bars:
+        return None
+    terms = list(dict.fromkeys(t for _, _, r in bars for t in r["energy_terms"]))
+    rounds = sorted({rnd for rnd, _, _ in bars})
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.6 * len(rounds) + 2), 3.8), dpi=120)
+    colors = plt.get_cmap("tab10").colors
+    for rnd, arm, r in bars:
+        x = rounds.index(rnd) + (-0.2 if arm == "lth" else 0.2)
+        bottom = 0.0
+        for k, t in enumerate(terms):
+            v = (r["energy_terms"].get(t) or 0.0) / scale[rnd]
+            label = t if (rnd, arm) == bars[0][:2] else None
+            ax.bar(
+                x,
+                v,
+                0.38,
+                bottom=bottom,
+                color=colors[k % 10],
+                label=label,
+                hatch="" if arm == "lth" else "//",
+                edgecolor="white",
+            )
+            bottom += v
+    ax.set_xticks(range(len(rounds)), [str(r) for r in rounds])
+    ax.set_xlabel("round (left bar LTH, hatched bar u-Ticket)")
+    ax.set_ylabel(f"energy / LTH's ({bars[0][2].get('energy_model', 'horowitz45')} model)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

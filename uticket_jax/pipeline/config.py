@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from uticket_jax import data as data_lib
 from uticket_jax import models, workload
+from uticket_jax.hardware import energy as hw_energy
 from uticket_jax.sparsity import pruning
 from uticket_jax.training import step as train_lib
 
@@ -48,6 +49,9 @@ class LTHConfig:
     arms: tuple[str, ...] = _setting("Arms to run, a comma list: lth,uticket or one of them.")
     n_pe: int = _setting("PEs per group of the simulated array.")
     mapping: str = _setting(f"PE mapping: one of {', '.join(workload.MAPPINGS)}.")
+    energy_model: str = _setting(
+        f"Energy model of the hardware figures: one of {', '.join(hw_energy.ENERGY_MODELS)}."
+    )
     policy: str = _setting(f"Rebalance policy: one of {', '.join(workload.POLICIES)}.")
     target: str = _setting(f"Rebalance target: one of {', '.join(workload.TARGETS)}.")
     et: bool = _setting("Early-time ticket: search rounds with a smaller T.")
@@ -83,6 +87,7 @@ class LTHConfig:
             "schedule": train_lib.SCHEDULES,
             "scope": pruning.SCOPES,
             "mapping": tuple(workload.MAPPINGS),
+            "energy_model": tuple(hw_energy.ENERGY_MODELS),
             "policy": workload.POLICIES,
             "target": workload.TARGETS,
         }

@@ -68,21 +68,34 @@ class RebalanceCounts:
 
 @dataclasses.dataclass(frozen=True)
 class HardwareFigures:
-    """The simulator's figures of a stage at the run's hardware, each the simulator's JSON `F` dict:
-    plain, activity-aware (accumulates scaled by the input spike rates), and plain per layer."""
+    """The simulator's figures of a stage at the run's hardware under its energy model, each the
+    simulator's JSON `F` dict: plain, activity-aware (accumulates scaled by the input spike
+    rates), and plain per layer."""
 
+    energy_model: str
     plain: dict[str, Any]
     activity_aware: dict[str, Any]
     layers: list[dict[str, Any]]
 
     def to_json(self) -> dict[str, Any]:
-        """`{"network": plain, "activity_aware", "layers"}` (the keys of `rounds.jsonl`)."""
-        return {"network": self.plain, "activity_aware": self.activity_aware, "layers": self.layers}
+        """`{"energy_model", "network": plain, "activity_aware", "layers"}` (the keys of
+        `rounds.jsonl`)."""
+        return {
+            "energy_model": self.energy_model,
+            "network": self.plain,
+            "activity_aware": self.activity_aware,
+            "layers": self.layers,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> HardwareFigures:
         """The inverse of `to_json`."""
-        return cls(plain=d["network"], activity_aware=d["activity_aware"], layers=d["layers"])
+        return cls(
+            energy_model=d["energy_model"],
+            plain=d["network"],
+            activity_aware=d["activity_aware"],
+            layers=d["layers"],
+        )
 
 
 @dataclasses.dataclass(frozen=True)

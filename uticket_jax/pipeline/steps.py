@@ -24,6 +24,8 @@ import optax
 from uticket_jax import data as data_lib
 from uticket_jax import models, workload
 from uticket_jax.hardware import config as hw_config
+from uticket_jax.hardware import energy as hw_energy
+from uticket_jax.hardware import rows as hw_rows
 from uticket_jax.hardware import simulator
 from uticket_jax.hardware.layers import LayerSpec, specs_from_layers
 from uticket_jax.models.spike_rates import input_spike_rates
@@ -433,7 +435,8 @@ def hardware_figures(
     Every round is costed at the full `T`, for the deployed network.
 
     Args:
-      cfg: the run's configuration (`n_pe`, `mapping`, `timesteps`).
+      cfg: the run's configuration (`n_pe`, `mapping`, `timesteps`, `energy_model`, whose
+        published clock the configs use).
       specs: the simulator's layers (network order).
       masks_flat: the stage's masks.
       rates: the measured input spike rates per layer (for the activity-aware figures).
@@ -441,23 +444,29 @@ def hardware_figures(
     Returns:
       `HardwareFigures`: network figures plain and activity-aware, plain figures per layer.
     """
+    model = hw_energy.get_energy_model(cfg.energy_model)
     configs = hw_config.config_grid(
         n_pe=[cfg.n_pe],
         mapping=[cfg.mapping],
         timesteps=[cfg.timesteps],
+        clock_hz=[model.clock_hz],
         activity_aware=[False, True],
     )
-    res = simulator.simulate_masks(masks_flat, specs, configs, spike_rates=rates)
+    res = simulator.simulate_masks(
+        masks_flat, specs, configs, spike_rates=rates, energy_model=model
+    )
     base = {"n_pe": cfg.n_pe, "mapping": cfg.mapping, "timesteps": cfg.timesteps}
     plain = _config_index(configs, **base, activity_aware=False)
     aware = _config_index(configs, **base, activity_aware=True)
+    fig = functools.partial(hw_rows.figures_dict, energy_model=model.name)
     layers = [
-        {"name": s.name, "analysed": s.analysed, **simulator.figures_dict(res.layers, plain, j)}
+        {"name": s.name, "analysed": s.analysed, **fig(res.layers, plain, j)}
         for j, s in enumerate(specs)
     ]
     return HardwareFigures(
-        plain=simulator.figures_dict(res.network, plain),
-        activity_aware=simulator.figures_dict(res.network, aware),
+        energy_model=model.name,
+        plain=fig(res.network, plain),
+        activity_aware=fig(res.network, aware),
         layers=layers,
     )
 
