@@ -177,7 +177,7 @@ class _Layers(NamedTuple):
 
     labels: tuple[str, ...]  # how errors name each layer's weights
     masks: tuple[jax.Array, ...]
-    weights: tuple[Any, ...]  # float kernels, or None (not ranked by magnitude)
+    weights: tuple[Any, ...]  # float kernels under the magnitude policy, else None
     keep: tuple[bool, ...]  # analysed (rebalanced) or passed through
 
 
@@ -190,10 +190,7 @@ def _rebalance(layers: _Layers, *, n_pe, m, policy, target, key, fold: bool):
     shapes = [tuple(x.shape) for x in layers.masks]
     caps = [jnp.asarray(mp.pe_capacity(s, n_pe, m.name)) for s in shapes]
     c_maxs = [m.geometry(s, n_pe)[1] for s in shapes]
-    ranked = [
-        w if a and policy == "magnitude" else None
-        for w, a in zip(layers.weights, layers.keep, strict=True)
-    ]
+    ranked = [w if a else None for w, a in zip(layers.weights, layers.keep, strict=True)]
     plans = [
         _plan(x, c, w, n_pe=n_pe, mapping=m.name, target=target, c_max=cm)
         for x, c, w, cm in zip(layers.masks, caps, ranked, c_maxs, strict=True)
@@ -256,7 +253,7 @@ def rebalance_layer(
     _check_policy_inputs(policy, weights, key)
     if weights is not None:
         _check_weights("weights", mask, weights)
-    w = None if weights is None else jnp.asarray(weights)
+    w = jnp.asarray(weights) if policy == "magnitude" else None  # random never reads them
     layers = _Layers(("weights",), (jnp.asarray(mask),), (w,), (True,))
     new, reports = _rebalance(
         layers, n_pe=n_pe, m=m, policy=policy, target=target, key=key, fold=False
@@ -309,7 +306,8 @@ def rebalance_network(
         masks_lib.check_same_keys(flat, wflat)
         for label, k in zip(labels, names, strict=True):
             _check_weights(label, flat[k], wflat[k])
-        wlist = tuple(jnp.asarray(wflat[k]) for k in names)
+        if policy == "magnitude":  # the random policy never reads the weights
+            wlist = tuple(jnp.asarray(wflat[k]) for k in names)
     shapes = {k: tuple(np.shape(v)) for k, v in flat.items()}
     keep = tuple(analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first))
     layers = _Layers(labels, tuple(jnp.asarray(flat[k]) for k in names), wlist, keep)

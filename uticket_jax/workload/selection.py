@@ -67,17 +67,24 @@ def counter_priorities(key, shape: tuple[int, ...]):
     return (h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
+_random_priorities = jax.jit(counter_priorities, static_argnames=("shape",))
+
+
 def random_priorities(key, shape) -> jax.Array:
     """Uniform priorities in `[0, 1)` (24-bit grid) for every weight of a kernel of `shape`.
 
     A counter-based hash of the weight's hwio flat index, keyed by two words drawn from `key`: one
     fused elementwise pass (threefry over 14.7M weights would cost ~0.4 s on 2 CPU cores). Same key,
     same priorities, independent of mapping and `n_pe`.
+
+    Args:
+      key: a `jax.random` key.
+      shape: the kernel's shape.
+
+    Returns:
+      float32 array of `shape`.
     """
     return _random_priorities(key, tuple(int(d) for d in shape))
-
-
-_random_priorities = jax.jit(counter_priorities, static_argnames=("shape",))
 
 
 def layer_priorities(policy: str, weights, key, shape: tuple[int, ...]):
@@ -311,6 +318,14 @@ def apply_layer(mask, prio, delta, heavy=(), *, m, n_pe: int, widths: Widths):
     calls with those wider bounds.
     Keeps: only the PE's own valid slots change; regrown were pruned, dropped were active;
     `|flips| = |delta|`; ties to the lower slot row (= lower hwio flat index).
+
+    Args:
+      mask: bool hwio kernel; prio: float32 priorities of its shape (`layer_priorities`);
+      delta: `[G, n]` int32 target - load; heavy: the heavy classes' PE columns (`plan_widths`).
+      m: the `mappings.PEMapping`; n_pe: PEs per group; widths: the static `Widths`.
+
+    Returns:
+      The new bool mask of `mask`'s shape.
     """
     delta_p = m.pe_cols(delta)  # [P]
     need = jnp.abs(delta_p)  # [P]
