@@ -29,9 +29,8 @@ from absl import flags
 
 from tests import oracle
 from uticket_jax.launch import cli
-from uticket_jax.workload import MAPPINGS, network_loads, rebalance_network, synthetic
+from uticket_jax.workload import MAPPINGS, POLICIES, network_loads, rebalance_network, synthetic
 from uticket_jax.workload.metrics import analysed_layers, loads_metrics, network_metrics
-from uticket_jax.workload.rebalance import POLICIES
 
 _N_PE = flags.DEFINE_string("n_pe", "8,16,32", "Comma list of PEs per group.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions (the minimum is reported).")

@@ -10,7 +10,8 @@ Prints one JSON report: {"layers": [{"name", "analysed", "before", "after", "reg
 "capped"}], "network": {"before", "after"}, "seconds": {...}}; before/after hold utilization,
 utilization_normalized, latency, wasted, dynamic (load units = non-zero weights).
 `--policy magnitude` needs `--weights` (the trained weights from before pruning); `--policy random`
-uses `--seed`. Bad input: one line on stderr, exit status 2, nothing written.
+uses `--seed`. Bad input (also NaN or infinite weights in a layer the magnitude policy ranks): one
+line on stderr, exit status 2, nothing written.
 """
 
 from __future__ import annotations

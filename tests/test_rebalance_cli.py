@@ -110,3 +110,20 @@ def test_cli_bad_flags(tmp_path, args, flag):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0], r.stderr
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_rejects_non_finite_weights(tmp_path):
+    # NaN weights under the magnitude policy: exit 2, one line naming the layer, no --out file.
+    _, mpath, wpath = _files(tmp_path, "hwio")
+    with np.load(wpath) as z:
+        weights = dict(z)
+    weights["features/conv1/kernel"].reshape(-1)[[1, 7, 40]] = [np.nan, np.inf, np.nan]
+    np.savez(wpath, **weights)
+    out = tmp_path / "out.npz"
+    r = _run(f"--masks={mpath}", f"--weights={wpath}", "--n_pe=4", f"--out={out}")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "weights['features/conv1/kernel']: 3 non-finite values" in lines[0]
+    assert not out.exists()

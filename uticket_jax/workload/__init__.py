@@ -1,4 +1,9 @@
-"""Workload model of a PE array: mappings, PE loads, metrics and the u-Ticket rebalance kernels."""
+"""Workload model of a PE array: mappings, PE loads, metrics and the u-Ticket rebalance.
+
+Modules: `mappings` (PE mappings, loads), `metrics`, `targets` (per-PE target loads),
+`selection` (priorities and the selection kernels), `rebalance` (the pipeline: `rebalance_layer`,
+`rebalance_network`), `synthetic` (test nets).
+"""
 
 from uticket_jax.workload.mappings import (
     INPUT_SPLIT,
@@ -26,25 +31,17 @@ from uticket_jax.workload.metrics import (
     loads_metrics,
     network_metrics,
 )
-from uticket_jax.workload.network import (
+from uticket_jax.workload.rebalance import (
     NetworkReport,
+    RebalanceReport,
     network_loads,
     network_workload,
+    rebalance_layer,
     rebalance_network,
     report_to_json,
 )
-from uticket_jax.workload.rebalance import (
-    POLICIES,
-    TARGETS,
-    RebalanceReport,
-    pe_targets,
-    random_priorities,
-)
-from uticket_jax.workload.rebalance import rebalance as rebalance_layer
-
-# `rebalance` stays the submodule (`uticket_jax.workload.rebalance.rebalance` is the one-layer
-# function, re-exported as `rebalance_layer`), so `from uticket_jax.workload import rebalance`
-# always means the same thing.
+from uticket_jax.workload.selection import POLICIES, random_priorities
+from uticket_jax.workload.targets import TARGETS, pe_targets
 
 __all__ = [
     "INPUT_SPLIT",
