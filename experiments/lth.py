@@ -3,6 +3,7 @@ r"""The main job: lottery-ticket pruning of an SNN with and without u-Ticket, si
   python experiments/lth.py                       # digits preset, both arms, ~minutes on 2 cores
   python experiments/lth.py --preset=vgg16_cifar10 --data_dir=~/data/cifar --workdir=runs/vgg
   python experiments/lth.py --workdir=runs/lth_digits --resume   # continue a killed run
+  python experiments/lth.py --preset=fmnist --workdir=runs/fmnist  # Fashion-MNIST (Debian pkg)
 
 Writes into --workdir: config.json, rounds.jsonl (one line per round and arm), masks/ (the
 project's .npz mask files, one per round and arm, readable by experiments/sweep.py and
@@ -28,7 +29,12 @@ from uticket_jax.masks import save_mask_file, save_npz_atomic
 
 _F = lth.LTHConfig()
 _PRESET = flags.DEFINE_string("preset", "digits", f"One of {', '.join(presets.PRESETS)}.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset files (needed for all but digits).")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Dataset files (needed for CIFAR and SVHN; Fashion-MNIST defaults to the Debian package's"
+    " /usr/share/datasets/fashion-mnist).",
+)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/lth_digits", "Output directory.")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its checkpoint.")
 _OVERWRITE = flags.DEFINE_bool(
@@ -44,7 +50,10 @@ _DISTRIBUTED = flags.DEFINE_bool(
 
 # Run settings: None means "the preset's value".
 flags.DEFINE_string("dataset", None, f"One of {', '.join(data.DATASET_NAMES)}.")
-flags.DEFINE_string("arch", None, "digits_snn, vgg16 or resnet19.")
+flags.DEFINE_integer(
+    "train_subset", None, "Train on a fixed, class-stratified subset of N images (0: all)."
+)
+flags.DEFINE_string("arch", None, "digits_snn, vgg16, resnet19 or fmnist_snn.")
 flags.DEFINE_integer("timesteps", None, "Simulation steps T.")
 flags.DEFINE_integer("epochs", None, "Training epochs per round.")
 flags.DEFINE_integer("batch_size", None, "Global batch size.")
@@ -102,6 +111,9 @@ def _check_resume(workdir: str, cfg: lth.LTHConfig) -> None:
     stored.pop("preset", None)
     now = _config_json(cfg)
     now.pop("preset")
+    # A run written before a field existed ran with its default.
+    defaults = json.loads(json.dumps(dataclasses.asdict(lth.LTHConfig())))
+    stored = {**{k: defaults[k] for k in now if k not in stored}, **stored}
     diff = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
     if diff:
         raise ValueError(
@@ -117,6 +129,9 @@ def main() -> None:
     if _RESUME.value and _OVERWRITE.value:
         raise ValueError("--resume and --overwrite: choose one")
     dataset = data.load_dataset(cfg.dataset, data_dir=_DATA_DIR.value)
+    if dataset.source is not None:
+        print(f"{dataset.name}: read from {dataset.source}")
+    data.check_train_subset(cfg.train_subset, dataset)  # before anything is written
     workdir = results.prepare_workdir(
         _WORKDIR.value, overwrite=_OVERWRITE.value, resume=_RESUME.value
     )

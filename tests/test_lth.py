@@ -10,10 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from uticket_jax import data, lth, masks, report
+from tests.real_data import fashion_mnist_dir
+from uticket_jax import data, lth, masks, presets, report
 from uticket_jax.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Test accuracy every stage of the real-data round must reach (measured: see the test).
+FMNIST_FLOOR = 0.70
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +181,59 @@ def test_early_time_ticket_chooses_and_records_a_timestep(tiny):
     assert [r["timesteps"] for r in records] == [3, 1, 3]  # search round 1 at T=1, final at 3
 
 
+def test_train_subset_is_taken_and_recorded(tiny, full_run):
+    records, _, _ = full_run
+    assert all(r["train_images"] == 256 for r in records)  # 0: the whole training set
+    cfg = _cfg(train_subset=130, rounds=1, arms=("lth",), epochs=2)
+    sub, _ = _run(cfg, tiny)
+    assert [r["train_images"] for r in sub] == [130, 130]
+    assert sub[0]["train_loss"] != records[0]["train_loss"]  # other data (2 steps, not 4)
+    again, _ = _run(cfg, tiny)
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    assert [strip(r) for r in again] == [strip(r) for r in sub]  # same subset, same run
+    with pytest.raises(ValueError, match=r"--train_subset: .*\[10, 256\]"):
+        _run(_cfg(train_subset=300), tiny)
+
+
+def test_fmnist_presets():
+    cpu = presets.get_preset("fmnist")
+    assert (cpu["dataset"], cpu["arch"], cpu["timesteps"]) == ("fashion_mnist", "fmnist_snn", 4)
+    assert cpu["prune_percent"] == 25.0 and cpu["rounds"] == 11 and 0 < cpu["rewind_epoch"]
+    assert 1 - 0.75 ** cpu["rounds"] >= 0.95 and cpu["train_subset"] > 0
+    gpu = presets.get_preset("vgg16_fmnist")
+    assert (gpu["dataset"], gpu["arch"]) == ("fashion_mnist32", "vgg16")
+    assert gpu.get("train_subset", 0) == 0 and gpu["rounds"] == 15
+    for name in ("fmnist", "vgg16_fmnist"):
+        lth.LTHConfig(**presets.get_preset(name)).validate()
+
+
+@pytest.mark.slow
+def test_fmnist_one_round_on_real_data():
+    """The fmnist net, one short round of both arms on real Fashion-MNIST, a real accuracy floor.
+
+    A fixed 2,000-image stratified training subset, 2 epochs per stage, the first 2,000 test
+    images (a fixed slice, every class present); about 40 s on 2 cores.
+    """
+    fashion_mnist_dir()
+    ds = data.load_dataset("fashion_mnist")
+    ds = ds._replace(test_images=ds.test_images[:2000], test_labels=ds.test_labels[:2000])
+    cfg = lth.LTHConfig(
+        **(
+            presets.get_preset("fmnist")
+            | dict(train_subset=2000, epochs=2, rewind_epoch=1, rounds=1, eval_batch_size=500)
+        )
+    )
+    records, stage_masks = _run(cfg, ds)
+    assert [(r["round"], r["arm"]) for r in records] == [(0, "dense"), (1, "lth"), (1, "uticket")]
+    assert all(r["train_images"] == 2000 for r in records)
+    for r in records:
+        assert r["test_accuracy"] >= FMNIST_FLOOR, (r["arm"], r["test_accuracy"])
+    lth_rec, ut_rec = records[1], records[2]
+    assert lth_rec["sparsity"] == pytest.approx(0.25, abs=1e-3)
+    assert ut_rec["hardware"]["network"]["utilization"] == pytest.approx(1.0)
+    assert lth_rec["hardware"]["network"]["utilization"] < 1.0
+
+
 @pytest.mark.parametrize(
     "kw, flag",
     [
@@ -190,6 +246,7 @@ def test_early_time_ticket_chooses_and_records_a_timestep(tiny):
         ({"dataset": "mnist"}, "--dataset"),
         ({"rewind_epoch": 2}, "--rewind_epoch"),
         ({"arms": ("lth", "x")}, "--arms"),
+        ({"train_subset": -1}, "--train_subset"),
     ],
 )
 def test_bad_configuration_names_the_flag(kw, flag):
@@ -353,6 +410,9 @@ def test_launcher_one_round_end_to_end(tmp_path):
         (["--preset", "nope"], "--preset"),
         (["--preset", "vgg16_cifar10"], "--data_dir"),
         (["--n_pe", "-1"], "--n_pe"),
+        (["--train_subset", "5000"], "--train_subset"),  # digits has 1,438 training images
+        (["--train_subset", "-2"], "--train_subset"),
+        (["--preset", "fmnist", "--data_dir", "/nonexistent/fmnist"], "is not a directory"),
     ],
 )
 def test_launcher_bad_flags_fail_in_one_line(tmp_path, args, needle):

@@ -281,7 +281,7 @@ def test_describe_layers_vgg_resolutions_and_batch_shape():
 
 
 def test_fmnist_net_resolutions_widths_and_cfg_errors():
-    """Pool after the first conv: the 64-channel convs run at 14x14 and 7x7, flatten 3x3x64."""
+    """Pool after the first conv: the 64-channel convs run at 14x14 and 7x7, flatten 7x7x64."""
     model = get_model("fmnist_snn", num_classes=10, timesteps=4)
     layers = describe_layers(model, (28, 28, 1))
     convs = [layer for layer in layers if layer.kind == "conv"]
@@ -293,16 +293,18 @@ def test_fmnist_net_resolutions_widths_and_cfg_errors():
         (3, 3, 64, 64),
     ]
     assert sum(c.kernel_shape[-1] >= 64 for c in convs) >= 3  # groups of 16 PEs exist
-    assert layers[-1].kernel_shape == (3 * 3 * 64, 10)
-    narrow = get_model("fmnist_snn", num_classes=10, timesteps=1, cfg=(8, "M", 32, "M"))
-    assert describe_layers(narrow, (28, 28, 1))[-1].kernel_shape == (7 * 7 * 32, 10)
+    assert layers[-1].kernel_shape == (7 * 7 * 64, 10)
+    params = flatten(_abstract_init(model, (1, 28, 28, 1))["params"])
+    assert sum(v.size for k, v in params.items() if k.endswith("/kernel")) == 114_448
+    narrow = get_model("fmnist_snn", num_classes=10, timesteps=1, cfg=(8, "M", 32, "M", 32, "M"))
+    assert describe_layers(narrow, (28, 28, 1))[-1].kernel_shape == (3 * 3 * 32, 10)
     for bad in [("M", 16), (16, 0), (16, "pool"), ()]:
         with pytest.raises(ValueError, match="cfg"):
             _abstract_init(
                 get_model("fmnist_snn", num_classes=10, timesteps=1, cfg=bad), (1, 28, 28, 1)
             )
-    with pytest.raises(ValueError, match="at least 8x8"):
-        _abstract_init(model, (1, 4, 4, 1))
+    with pytest.raises(ValueError, match="at least 4x4"):  # two pools
+        _abstract_init(model, (1, 3, 3, 1))
 
 
 # --- registry and bad input ----------------------------------------------------------------

@@ -51,9 +51,15 @@ PRUNABLE = ("conv_dense", "conv")
 
 @dataclasses.dataclass(frozen=True)
 class LTHConfig:
-    """Everything that defines a run (the launcher's flags after presets)."""
+    """Everything that defines a run (the launcher's flags after presets).
+
+    `train_subset`: train on a fixed, class-stratified subset of that many training images
+    (`data.take_train_subset`, seed `data.SUBSET_SEED`); 0 trains on all of them. The test set
+    is always the whole one.
+    """
 
     dataset: str = "digits"
+    train_subset: int = 0
     arch: str = "digits_snn"
     timesteps: int = 4
     epochs: int = 10
@@ -85,6 +91,10 @@ class LTHConfig:
         for name in ("timesteps", "epochs", "batch_size", "rounds", "n_pe", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name}: must be a positive integer, got {getattr(self, name)}")
+        if self.train_subset < 0:
+            raise ValueError(
+                f"--train_subset: must be >= 0 (0: the whole training set), got {self.train_subset}"
+            )
         if not 0.0 < self.prune_percent < 100.0:
             raise ValueError(f"--prune_percent: must be in (0, 100), got {self.prune_percent}")
         if not 0 <= self.rewind_epoch < self.epochs:
@@ -252,7 +262,7 @@ def run(
 
     Args:
       cfg: the run's configuration (validated here).
-      dataset: the data.
+      dataset: the data (the whole training set: `cfg.train_subset` is taken here).
       checkpointer: where to save after every epoch and stage; a run resumes from its newest
         checkpoint. None: no checkpoints.
       on_stage_end: `f(record, masks_flat, weights_flat, records_so_far)` after each stage, before
@@ -266,6 +276,7 @@ def run(
       One record per stage, in run order.
     """
     cfg.validate()
+    dataset = data_lib.take_train_subset(dataset, cfg.train_subset)
     dp = loop.data_parallel() if dp is None else dp
     loop.check_batch_size(cfg.batch_size, dataset.train_images.shape[0], dp)
     num_classes = dataset.num_classes
@@ -387,6 +398,7 @@ def run(
             "round": stage.round,
             "arm": stage.arm,
             "timesteps": stage.timesteps,
+            "train_images": int(dataset.train_images.shape[0]),
             "sparsity": sparsity["global"],
             "layer_sparsity": sparsity["layers"],
             "test_accuracy": history[-1]["test_accuracy"],
