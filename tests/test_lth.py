@@ -15,8 +15,9 @@ from uticket_jax import data, lth, masks, presets, report
 from uticket_jax.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Test accuracy every stage of the real-data round must reach (measured: see the test).
-FMNIST_FLOOR = 0.70
+# Test accuracy every stage of the real-data round must reach: measured 81.8 % (dense), 83.2 %
+# (lth) and 83.1 % (uticket); chance is 10 %.
+FMNIST_FLOOR = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +213,8 @@ def test_fmnist_one_round_on_real_data():
     """The fmnist net, one short round of both arms on real Fashion-MNIST, a real accuracy floor.
 
     A fixed 2,000-image stratified training subset, 2 epochs per stage, the first 2,000 test
-    images (a fixed slice, every class present); about 40 s on 2 cores.
+    images (a fixed slice, 188-219 per class); 87 s on the 2 cores shared with ~12 other busy
+    processes (load average 13), about a third of that alone.
     """
     fashion_mnist_dir()
     ds = data.load_dataset("fashion_mnist")
