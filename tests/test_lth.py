@@ -206,6 +206,9 @@ def test_fmnist_presets():
     assert gpu.get("train_subset", 0) == 0 and gpu["rounds"] == 15
     for name in ("fmnist", "vgg16_fmnist"):
         lth.LTHConfig(**presets.get_preset(name)).validate()
+    vgg = lth.models.get_model("vgg16", num_classes=10, timesteps=gpu["timesteps"])
+    layers = lth.models.describe_layers(vgg, (32, 32, 1))  # one input channel, 32x32
+    assert layers[0].kernel_shape == (3, 3, 1, 64) and layers[-1].kernel_shape == (512, 10)
 
 
 @pytest.mark.slow

@@ -13,6 +13,15 @@ vgg16_cifar10 / resnet19_cifar10 / vgg16_cifar100 (the paper's settings, Yin et 
   25 % (98.7 % sparsity), late rewinding to epoch 20, n_pe = 16, output_channel mapping. The
   epochs per round are ours (the paper does not fix them in the text); these runs need a GPU: a
   round of VGG16 is hours on a CPU.
+
+vgg16_fmnist (the paper's Fashion-MNIST setting, for GPUs like the CIFAR presets):
+  python experiments/lth.py --preset=vgg16_fmnist --workdir=runs/vgg_fmnist
+  The same settings as vgg16_cifar10, on `fashion_mnist32`: the authors' input pipeline (each
+  28x28 image resized to 32x32 by Pillow's bilinear resize as their transforms.Resize(32) does,
+  random 32x32 crops of the image padded by 4 black pixels and random horizontal flips in
+  training, mean 0.5 / std 0.5) and VGG16-BN with one input channel, all 60,000 training images.
+  Files from --data_dir, or without it from the Debian package (apt-get install
+  dataset-fashion-mnist). Not run here (no GPU was lent).
 """
 
 from __future__ import annotations
