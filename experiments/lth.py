@@ -3,6 +3,7 @@ r"""The main job: lottery-ticket pruning of an SNN with and without u-Ticket, si
   python experiments/lth.py                       # digits preset, both arms, ~minutes on 2 cores
   python experiments/lth.py --preset=vgg16_cifar10 --data_dir=~/data/cifar --workdir=runs/vgg
   python experiments/lth.py --workdir=runs/lth_digits --resume   # continue a killed run
+  python experiments/lth.py --preset=fmnist --workdir=runs/fmnist  # Fashion-MNIST (Debian pkg)
 
 Writes into --workdir: config.json, rounds.jsonl (one line per round and arm), masks/ (the
 project's .npz mask files, one per round and arm, readable by experiments/sweep.py and
@@ -31,7 +32,12 @@ from uticket_jax.training import loop
 from uticket_jax.training.checkpoint import Checkpointer
 
 _PRESET = flags.DEFINE_string("preset", "digits", f"One of {', '.join(configs.NAMES)}.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset files (needed for all but digits).")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Dataset files (needed for CIFAR and SVHN; Fashion-MNIST defaults to the Debian package's"
+    " /usr/share/datasets/fashion-mnist).",
+)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/lth_digits", "Output directory.")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its checkpoint.")
 _OVERWRITE = flags.DEFINE_bool(
@@ -65,6 +71,9 @@ def _check_resume(workdir: str, cfg: lth.LTHConfig) -> None:
     stored.pop("preset", None)
     now = _config_json(cfg)
     now.pop("preset")
+    # A run written before a field existed ran with its default.
+    defaults = json.loads(json.dumps(dataclasses.asdict(lth.LTHConfig())))
+    stored = {**{k: defaults[k] for k in now if k not in stored}, **stored}
     diff = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
     if diff:
         raise ValueError(
@@ -83,8 +92,12 @@ def main() -> None:
         {**_config_json(cfg), "resume": _RESUME.value, "workdir": _WORKDIR.value}
     )
     dataset = data.load_dataset(cfg.dataset, data_dir=_DATA_DIR.value)
-    # Checked before the work directory is touched, so a bad batch size writes nothing.
-    loop.check_batch_size(cfg.batch_size, dataset.train_images.shape[0], loop.data_parallel())
+    if dataset.source is not None and distributed.is_writer():
+        print(f"{dataset.name}: read from {dataset.source}")
+    # Checked before the work directory is touched, so a bad batch size or subset writes nothing.
+    data.check_train_subset(cfg.train_subset, dataset)
+    n_train = cfg.train_subset or dataset.train_images.shape[0]
+    loop.check_batch_size(cfg.batch_size, n_train, loop.data_parallel())
     workdir = distributed.together(lambda: _prepare(cfg))
     records = _run(cfg, dataset, workdir)
     if distributed.is_writer():

@@ -5,6 +5,7 @@ import gzip
 import io
 import os
 import pickle
+import shutil
 import struct
 import tarfile
 
@@ -15,6 +16,7 @@ import scipy.io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.real_data import fashion_mnist_dir
 from uticket_jax import data
 from uticket_jax.data import cifar, fashion_mnist, svhn
 
@@ -329,11 +331,289 @@ def test_fashion_mnist_errors(tmp_path):
         data.load_dataset("fashion_mnist", data_dir=tmp_path)
 
 
+def test_fashion_mnist_default_location_is_the_debian_package(tmp_path, monkeypatch):
+    xs, ys = _write_fmnist(tmp_path / "pkg")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "pkg"))
+    ds = data.load_dataset("fashion_mnist")  # no data_dir
+    assert ds.source == str(tmp_path / "pkg")
+    np.testing.assert_array_equal(ds.train_labels, ys["train"])
+    # An explicit --data_dir wins, and it is the only place searched.
+    other_xs, _ = _write_fmnist(tmp_path / "mine", n_train=7)
+    ds = data.load_dataset("fashion_mnist", data_dir=tmp_path / "mine")
+    assert ds.source == str(tmp_path / "mine") and ds.train_images.shape[0] == 7
+    os.remove(tmp_path / "mine" / "train-images-idx3-ubyte.gz")
+    with pytest.raises(data.DataError) as e:
+        data.load_dataset("fashion_mnist", data_dir=tmp_path / "mine")
+    msg = str(e.value)
+    assert "lacks train-images-idx3-ubyte.gz" in msg and str(tmp_path / "mine") in msg
+    assert str(tmp_path / "pkg") in msg and "apt-get install dataset-fashion-mnist" in msg
+    assert "\n" not in msg
+
+
+def test_fashion_mnist_neither_place_has_the_files(tmp_path, monkeypatch):
+    _write_fmnist(tmp_path / "pkg")
+    os.remove(tmp_path / "pkg" / "t10k-images-idx3-ubyte.gz")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "pkg"))
+    for name in ("fashion_mnist", "fashion_mnist32"):
+        with pytest.raises(data.DataError) as e:
+            data.load_dataset(name)
+        msg = str(e.value)
+        assert "no --data_dir given" in msg and str(tmp_path / "pkg") in msg
+        assert "lacks t10k-images-idx3-ubyte.gz;" in msg
+        assert "apt-get install dataset-fashion-mnist" in msg and "\n" not in msg
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataError) as e:
+        data.load_dataset("fashion_mnist", data_dir=tmp_path / "empty")
+    msg = str(e.value)
+    assert str(tmp_path / "empty") in msg and str(tmp_path / "pkg") in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "\n" not in msg
+
+
+def test_fashion_mnist_bad_files_name_the_file(tmp_path):
+    _write_fmnist(tmp_path)
+    with gzip.open(tmp_path / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(_idx(np.zeros((5, 28, 28), np.uint8)))  # an images file where labels belong
+    with pytest.raises(
+        data.DataError, match=r"train-labels-idx1-ubyte.gz in .*IDX magic 0x00000803"
+    ):
+        data.load_dataset("fashion_mnist", data_dir=tmp_path)
+    with gzip.open(tmp_path / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(_idx(np.arange(6) % 10))  # 6 labels for 5 images
+    with pytest.raises(data.DataError, match="5 images but labels have shape") as e:
+        data.load_dataset("fashion_mnist", data_dir=tmp_path)
+    assert "train-images-idx3-ubyte.gz/train-labels-idx1-ubyte.gz" in str(e.value)
+    # An uncompressed copy is read when the .gz is absent, and named in errors.
+    os.remove(tmp_path / "train-labels-idx1-ubyte.gz")
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx(np.arange(5) % 10)[:-1])
+    with pytest.raises(data.DataError, match="train-labels-idx1-ubyte in .*bytes follow"):
+        data.load_dataset("fashion_mnist", data_dir=tmp_path)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx(np.arange(5) % 10))
+    assert data.load_dataset("fashion_mnist", data_dir=tmp_path).train_images.shape[0] == 5
+
+
+def _oracle_bilinear_taps(n_in, n_out):
+    """Pillow's precompute_coeffs + normalize_coeffs_8bpc (libImaging/Resample.c), plain loops."""
+    scale = n_in / n_out
+    filterscale = scale if scale > 1.0 else 1.0
+    support = filterscale
+    taps = []
+    for xx in range(n_out):
+        center = (xx + 0.5) * scale
+        xmin = int(center - support + 0.5)
+        if xmin < 0:
+            xmin = 0
+        xmax = int(center + support + 0.5)
+        if xmax > n_in:
+            xmax = n_in
+        weights = []
+        for x in range(xmin, xmax):
+            t = abs((x - center + 0.5) / filterscale)
+            weights.append(1.0 - t if t < 1.0 else 0.0)
+        total = sum(weights)
+        fixed = []
+        for w in weights:
+            w = w / total
+            fixed.append(int(w * 4194304 + 0.5) if w >= 0 else int(w * 4194304 - 0.5))
+        taps.append((xmin, fixed))
+    return taps
+
+
+def _oracle_resize(img, size):
+    """uint8 [H, W] -> [size, size]: horizontal pass, round to uint8, vertical pass, round."""
+    h, w = img.shape
+    cols = _oracle_bilinear_taps(w, size)
+    rows = _oracle_bilinear_taps(h, size)
+    tmp = np.zeros((h, size), np.uint8)
+    for y in range(h):
+        for xx, (x0, ks) in enumerate(cols):
+            acc = 1 << 21
+            for k, c in enumerate(ks):
+                acc += int(img[y, x0 + k]) * c
+            tmp[y, xx] = min(max(acc >> 22, 0), 255)
+    out = np.zeros((size, size), np.uint8)
+    for yy, (y0, ks) in enumerate(rows):
+        for x in range(size):
+            acc = 1 << 21
+            for k, c in enumerate(ks):
+                acc += int(tmp[y0 + k, x]) * c
+            out[yy, x] = min(max(acc >> 22, 0), 255)
+    return out
+
+
+@pytest.mark.parametrize("side, size", [(28, 32), (5, 8), (28, 14), (9, 4)])
+def test_resize_bilinear_matches_loop_oracle_and_pillow(side, size):
+    """Pillow's BILINEAR (torchvision's Resize on PIL images), bit for bit, up and down."""
+    imgs = _raw_images(6, side, side, 1, 9 + side + size)
+    imgs[0] = 255  # saturated: coefficient sums above 1 must clip, not wrap
+    imgs[1] = 0
+    imgs[2, ::2] = 255  # stripes: every tap weight shows
+    imgs[2, 1::2] = 0
+    out = data.resize_bilinear(imgs, size)
+    assert out.shape == (6, size, size, 1) and out.dtype == np.uint8
+    for o, img in zip(out, imgs, strict=True):
+        np.testing.assert_array_equal(o[..., 0], _oracle_resize(img[..., 0], size))
+    assert (out[0] == 255).all() and (out[1] == 0).all()
+    image = pytest.importorskip("PIL.Image")
+    for o, img in zip(out, imgs, strict=True):
+        pil = image.fromarray(img[..., 0]).resize((size, size), image.BILINEAR)
+        np.testing.assert_array_equal(o[..., 0], np.asarray(pil))
+
+
+def test_resize_bilinear_is_not_nearest_and_keeps_channels():
+    img = np.zeros((1, 28, 28, 2), np.uint8)
+    img[0, :, 14:, 0] = 200  # a vertical edge in channel 0 only
+    out = data.resize_bilinear(img, 32)
+    assert set(np.unique(out[0, 0, :, 0])) - {0, 200}  # the edge is interpolated
+    assert not out[..., 1].any()
+    with pytest.raises(ValueError, match="uint8"):
+        data.resize_bilinear(img.astype(np.float32), 32)
+
+
+def test_fashion_mnist32_pipeline(tmp_path):
+    """The authors' pipeline: Resize(32) bilinear, mean/std 0.5, crop with black padding, flip."""
+    xs, ys = _write_fmnist(tmp_path, n_train=24, n_test=3)
+    ds = data.load_dataset("fashion_mnist32", data_dir=tmp_path)
+    assert ds.name == "fashion_mnist32" and ds.image_shape == (32, 32, 1)
+    assert ds.train_images.shape == (24, 32, 32, 1) and ds.test_images.shape == (3, 32, 32, 1)
+    assert ds.augment and ds.hflip and ds.mean == (0.5,) and ds.std == (0.5,)
+    np.testing.assert_array_equal(ds.train_labels, ys["train"])
+    for split, images in (("train", ds.train_images), ("t10k", ds.test_images)):
+        want = np.stack([_oracle_resize(x, 32) for x in xs[split]])
+        np.testing.assert_allclose((images[..., 0] * 0.5 + 0.5) * 255.0, want, atol=1e-3)
+    np.testing.assert_array_equal(ds.pad_value, [-1.0])  # a black pixel after Normalize(0.5, 0.5)
+    out = np.asarray(
+        data.augment(jax.random.key(3), ds.train_images, flip=ds.hflip, fill=ds.pad_value)
+    )
+    found = [_match(o, img, ds.pad_value) for o, img in zip(out, ds.train_images, strict=True)]
+    assert all(f is not None for f in found)
+    assert 0 < sum(f[2] for f in found) < len(found)  # some mirrored, some not
+    assert len({f[:2] for f in found}) > 6
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST, real
+
+
+@pytest.fixture(scope="module")
+def real_fmnist():
+    folder = fashion_mnist_dir()
+    return folder, data.load_dataset("fashion_mnist")
+
+
+def test_real_fashion_mnist_reader(real_fmnist):
+    folder, ds = real_fmnist
+    assert ds.source == folder
+    assert ds.train_images.shape == (60000, 28, 28, 1) and ds.test_images.shape == (
+        10000,
+        28,
+        28,
+        1,
+    )
+    assert ds.train_images.dtype == np.float32 and ds.train_labels.dtype == np.int32
+    np.testing.assert_array_equal(np.bincount(ds.train_labels), [6000] * 10)
+    np.testing.assert_array_equal(np.bincount(ds.test_labels), [1000] * 10)
+    pixels = _denorm(
+        ds.train_images, fashion_mnist.FASHION_MNIST_MEAN, fashion_mnist.FASHION_MNIST_STD
+    )
+    assert abs(float(pixels.mean()) - 0.2860) < 5e-5  # the published mean/std, 4 digits
+    assert abs(float(pixels.std()) - 0.3530) < 5e-5
+    assert (
+        abs(float(ds.train_images.mean())) < 2e-4 and abs(float(ds.train_images.std()) - 1) < 2e-4
+    )
+    raw = np.round(pixels * 255.0)
+    np.testing.assert_allclose(pixels * 255.0, raw, atol=2e-3)  # whole grey levels 0..255
+    assert raw.min() == 0 and raw.max() == 255
+
+
+def test_real_fashion_mnist32_matches_pillow_on_real_images(real_fmnist):
+    image = pytest.importorskip("PIL.Image")
+    raw, _ = fashion_mnist.read_raw()
+    some = raw["test_images"][:200]
+    ours = data.resize_bilinear(some, 32)
+    for o, img in zip(ours, some, strict=True):
+        pil = image.fromarray(img[..., 0]).resize((32, 32), image.BILINEAR)
+        np.testing.assert_array_equal(o[..., 0], np.asarray(pil))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte"])
+def test_real_fashion_mnist_damaged_gz(real_fmnist, tmp_path, damage):
+    folder, _ = real_fmnist
+    for f in fashion_mnist.FASHION_MNIST_FILES:
+        shutil.copy(os.path.join(folder, f), tmp_path / f)
+    victim = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    blob = bytearray(victim.read_bytes())
+    if damage == "truncate":
+        blob = blob[: len(blob) // 2]
+    else:
+        blob[len(blob) // 2] ^= 0xFF  # the deflate stream or the CRC check catches it
+    victim.write_bytes(bytes(blob))
+    with pytest.raises(
+        data.DataError, match="t10k-labels-idx1-ubyte.gz in .* not a readable gzip"
+    ) as e:
+        data.load_dataset("fashion_mnist", data_dir=tmp_path)
+    assert "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- training subsets
+
+
+def test_stratified_subset_is_proportional_fixed_and_sorted():
+    labels = np.repeat(np.arange(4), [50, 30, 15, 5])
+    labels = labels[np.random.default_rng(0).permutation(labels.size)]
+    idx = data.stratified_subset(labels, 37, seed=0)
+    assert idx.size == 37 and np.all(np.diff(idx) > 0)
+    counts = np.bincount(labels[idx], minlength=4)
+    # Quotas 18.5, 11.1, 5.55, 1.85: floors 18, 11, 5, 1 and the 2 left over by largest remainder.
+    np.testing.assert_array_equal(counts, [18, 11, 6, 2])
+    np.testing.assert_array_equal(idx, data.stratified_subset(labels, 37, seed=0))
+    assert not np.array_equal(idx, data.stratified_subset(labels, 37, seed=1))
+    np.testing.assert_array_equal(data.stratified_subset(labels, 100), np.arange(100))
+    for bad in (0, 101, -3):
+        with pytest.raises(ValueError, match=r"in \[1, 100\]"):
+            data.stratified_subset(labels, bad)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    counts=st.lists(st.integers(1, 30), min_size=1, max_size=6),
+    frac=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_stratified_subset_counts_are_floor_or_ceil_of_the_quota(counts, frac, seed):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    labels = labels[np.random.default_rng(seed).permutation(labels.size)]
+    n = max(1, int(round(frac * labels.size)))
+    idx = data.stratified_subset(labels, n, seed=seed)
+    assert idx.size == n and np.unique(idx).size == n
+    got = np.bincount(labels[idx], minlength=len(counts))
+    for c, k in zip(counts, got, strict=True):
+        quota = n * c / labels.size
+        assert np.floor(quota) - 1e-9 <= k <= np.ceil(quota) + 1e-9
+
+
+def test_take_train_subset_keeps_pairs_and_the_test_set(tmp_path):
+    xs, ys = _write_fmnist(tmp_path, n_train=40, n_test=3)
+    ds = data.load_dataset("fashion_mnist", data_dir=tmp_path)
+    sub = data.take_train_subset(ds, 20)
+    assert sub.train_images.shape == (20, 28, 28, 1) and sub.test_images is ds.test_images
+    np.testing.assert_array_equal(np.bincount(sub.train_labels), [2] * 10)
+    idx = data.stratified_subset(ds.train_labels, 20, data.SUBSET_SEED)
+    np.testing.assert_array_equal(sub.train_images, ds.train_images[idx])
+    np.testing.assert_array_equal(sub.train_labels, ys["train"][idx])
+    assert data.take_train_subset(ds, 0) is ds
+    for bad in (5, 41, -1):
+        with pytest.raises(ValueError, match=r"--train_subset: must be 0 .* in \[10, 40\]") as e:
+            data.take_train_subset(ds, bad)
+        assert "\n" not in str(e.value)
+
+
 # ----------------------------------------------------------------------------- registry
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100", "svhn", "fashion_mnist"])
-def test_file_datasets_need_data_dir(tmp_path, name):
+@pytest.mark.parametrize(
+    "name", ["cifar10", "cifar100", "svhn", "fashion_mnist", "fashion_mnist32"]
+)
+def test_file_datasets_need_data_dir(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "no-package"))
     with pytest.raises(ValueError, match="--data_dir"):
         data.load_dataset(name)
     with pytest.raises(data.DataError, match="is not a directory"):
@@ -343,7 +623,8 @@ def test_file_datasets_need_data_dir(tmp_path, name):
 
 
 def test_unknown_name_lists_allowed():
-    with pytest.raises(ValueError, match="allowed: digits, cifar10, cifar100, svhn, fashion_mnist"):
+    allowed = "allowed: digits, cifar10, cifar100, svhn, fashion_mnist, fashion_mnist32$"
+    with pytest.raises(ValueError, match=allowed):
         data.load_dataset("mnist")
     assert data.DATASET_NAMES[0] == "digits"
 

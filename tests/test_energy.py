@@ -349,6 +349,7 @@ def _record(rnd, arm, terms):
         round=rnd,
         arm=arm,
         timesteps=5,
+        train_images=100,
         sparsity=0.5,
         layer_sparsity={},
         test_accuracy=0.9,

@@ -22,7 +22,12 @@ from uticket_jax.models import (
 from uticket_jax.ops.conv import Conv
 from uticket_jax.sparsity.masks import flatten
 
-SHAPES = {"digits_snn": (3, 8, 8, 1), "vgg16": (2, 32, 32, 3), "resnet19": (2, 32, 32, 3)}
+SHAPES = {
+    "digits_snn": (3, 8, 8, 1),
+    "vgg16": (2, 32, 32, 3),
+    "resnet19": (2, 32, 32, 3),
+    "fmnist_snn": (2, 28, 28, 1),
+}
 
 
 def _abstract_init(model, shape):
@@ -53,6 +58,7 @@ EXPECTED_KERNELS = {
     ],
     "vgg16": _vgg_paths(),
     "resnet19": _resnet_paths(),
+    "fmnist_snn": [f"features/conv{i}/kernel" for i in range(4)] + ["classifier/kernel"],
 }
 
 
@@ -274,14 +280,41 @@ def test_describe_layers_vgg_resolutions_and_batch_shape():
         describe_layers(VGG16(), (32, 32))
 
 
+def test_fmnist_net_resolutions_widths_and_cfg_errors():
+    """Pool after the first conv: the 64-channel convs run at 14x14 and 7x7, flatten 7x7x64."""
+    model = get_model("fmnist_snn", num_classes=10, timesteps=4)
+    layers = describe_layers(model, (28, 28, 1))
+    convs = [layer for layer in layers if layer.kind == "conv"]
+    assert [c.out_hw[0] for c in convs] == [28, 14, 7, 7]
+    assert [c.kernel_shape for c in convs] == [
+        (3, 3, 1, 16),
+        (3, 3, 16, 64),
+        (3, 3, 64, 64),
+        (3, 3, 64, 64),
+    ]
+    assert sum(c.kernel_shape[-1] >= 64 for c in convs) >= 3  # groups of 16 PEs exist
+    assert layers[-1].kernel_shape == (7 * 7 * 64, 10)
+    params = flatten(_abstract_init(model, (1, 28, 28, 1))["params"])
+    assert sum(v.size for k, v in params.items() if k.endswith("/kernel")) == 114_448
+    narrow = get_model("fmnist_snn", num_classes=10, timesteps=1, cfg=(8, "M", 32, "M", 32, "M"))
+    assert describe_layers(narrow, (28, 28, 1))[-1].kernel_shape == (3 * 3 * 32, 10)
+    for bad in [("M", 16), (16, 0), (16, "pool"), ()]:
+        with pytest.raises(ValueError, match="cfg"):
+            _abstract_init(
+                get_model("fmnist_snn", num_classes=10, timesteps=1, cfg=bad), (1, 28, 28, 1)
+            )
+    with pytest.raises(ValueError, match="at least 4x4"):  # two pools
+        _abstract_init(model, (1, 3, 3, 1))
+
+
 # --- registry and bad input ----------------------------------------------------------------
 
 
 def test_registry():
-    assert MODEL_NAMES == ("digits_snn", "vgg16", "resnet19")
+    assert MODEL_NAMES == ("digits_snn", "vgg16", "resnet19", "fmnist_snn")
     m = get_model("digits_snn", num_classes=10, timesteps=4, channels=(8, 8))
     assert isinstance(m, DigitsSNN) and m.channels == (8, 8) and m.timesteps == 4
-    with pytest.raises(ValueError, match="digits_snn, vgg16, resnet19"):
+    with pytest.raises(ValueError, match="digits_snn, vgg16, resnet19, fmnist_snn"):
         get_model("vgg19", num_classes=10, timesteps=4)
     with pytest.raises(ValueError, match="timesteps"):
         get_model("vgg16", num_classes=10, timesteps=0)

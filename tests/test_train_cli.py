@@ -47,6 +47,8 @@ def test_train_writes_accuracy_and_refuses_to_overwrite(tmp_path):
         (["--batch_size", "100000"], "batch_size"),
         (["--dataset", "cifar10"], "--data_dir"),
         (["--epochs", "x"], "--epochs"),
+        (["--train_subset", "5000"], "--train_subset"),  # digits has 1,438 training images
+        (["--train_subset", "-1"], "--train_subset"),
     ],
 )
 def test_train_bad_input_is_one_line(tmp_path, args, needle):

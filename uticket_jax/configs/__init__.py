@@ -4,7 +4,9 @@ One module per preset family, each returning a complete `LTHConfig` (every field
 documenting its command, runtime and result:
 
 - `digits` (the default; embedded data): `configs/digits.py`;
-- `vgg16_cifar10`, `resnet19_cifar10`, `vgg16_cifar100` (the paper's): `configs/paper.py`.
+- `fmnist` (Fashion-MNIST on 2 CPU cores, from the Debian package's files): `configs/fmnist.py`;
+- `vgg16_cifar10`, `resnet19_cifar10`, `vgg16_cifar100`, `vgg16_fmnist` (the paper's):
+  `configs/paper.py`.
 
 `get(name)` is the one place that turns a name into a config; flags then override fields. A new
 preset is a function returning an `LTHConfig` plus one line in `_REGISTRY`.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from uticket_jax.configs import digits, paper
+from uticket_jax.configs import digits, fmnist, paper
 from uticket_jax.pipeline.config import LTHConfig
 
 _REGISTRY: dict[str, Callable[[], LTHConfig]] = {
@@ -22,6 +24,8 @@ _REGISTRY: dict[str, Callable[[], LTHConfig]] = {
     "vgg16_cifar10": paper.vgg16_cifar10,
     "resnet19_cifar10": paper.resnet19_cifar10,
     "vgg16_cifar100": paper.vgg16_cifar100,
+    "fmnist": fmnist.get_config,
+    "vgg16_fmnist": paper.vgg16_fmnist,
 }
 
 NAMES: tuple[str, ...] = tuple(_REGISTRY)

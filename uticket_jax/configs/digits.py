@@ -25,6 +25,7 @@ def get_config() -> LTHConfig:
     """
     return LTHConfig(
         dataset="digits",
+        train_subset=0,
         arch="digits_snn",
         timesteps=4,
         epochs=8,

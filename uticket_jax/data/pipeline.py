@@ -40,6 +40,8 @@ class Dataset(NamedTuple):
       augment: whether training applies `augment` (random crop, maybe flip).
       hflip: whether that augmentation includes the random horizontal flip.
       mean, std: per-channel constants used to normalize (in [0, 1] pixel units), or None.
+      source: where the files were read from (a folder), or None (embedded data, or a loader
+        that does not say).
 
     Build it with keywords; the metadata after `image_shape` has defaults.
     """
@@ -55,6 +57,7 @@ class Dataset(NamedTuple):
     hflip: bool = False
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    source: str | None = None
 
     @property
     def pad_value(self) -> np.ndarray:
@@ -96,6 +99,71 @@ def check_arrays(
             f"{what} in {where}: labels span [{labels.min()}, {labels.max()}], "
             f"expected [0, {num_classes - 1}]"
         )
+
+
+# Seed of `take_train_subset`: fixed, so every run (any --seed) trains on the same subset.
+SUBSET_SEED = 0
+
+
+def stratified_subset(labels: np.ndarray, n: int, seed: int = SUBSET_SEED) -> np.ndarray:
+    """Sorted indices of `n` examples, each class represented in proportion to its size.
+
+    Class `c` (of `n_c` among `N`) gets `floor(n * n_c / N)` examples, and the `n - sum` left over
+    go one each to the classes with the largest fractional parts (ties to the lower label);
+    each class's indices are shuffled by `np.random.default_rng(seed)`, classes in label order,
+    and the first ones taken. A pure function of (labels, n, seed); `n = N` gives every index.
+
+    Raises:
+      ValueError: `n` outside [1, N].
+    """
+    labels = np.asarray(labels)
+    total = labels.shape[0]
+    if not 1 <= n <= total:
+        raise ValueError(f"subset size must be in [1, {total}], got {n}")
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = n * counts  # quota times N, exact integers
+    take = exact // total
+    leftover = n - int(take.sum())
+    order = sorted(range(classes.size), key=lambda i: (-(int(exact[i]) % total), i))
+    for i in order[:leftover]:
+        take[i] += 1
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def check_train_subset(n: int, dataset: "Dataset") -> None:
+    """Raises ValueError (naming --train_subset) unless `n` is 0 or in [classes, training size]."""
+    total = dataset.train_images.shape[0]
+    if n == 0:
+        return
+    if not dataset.num_classes <= n <= total:
+        raise ValueError(
+            f"--train_subset: must be 0 (the whole training set) or in [{dataset.num_classes}, "
+            f"{total}] ({dataset.name} has {total} training images in {dataset.num_classes} "
+            f"classes), got {n}"
+        )
+
+
+def take_train_subset(dataset: "Dataset", n: int, seed: int = SUBSET_SEED) -> "Dataset":
+    """The dataset with a fixed, class-stratified subset of `n` training images (0: all).
+
+    The subset is `stratified_subset(train_labels, n, seed)` (kept in file order); the test set
+    is unchanged.
+
+    Raises:
+      ValueError: `n` is not 0 or in [num_classes, training size] (`check_train_subset`).
+    """
+    check_train_subset(n, dataset)
+    if n == 0:
+        return dataset
+    idx = stratified_subset(dataset.train_labels, n, seed)
+    return dataset._replace(
+        train_images=np.ascontiguousarray(dataset.train_images[idx]),
+        train_labels=dataset.train_labels[idx],
+    )
 
 
 def _check_pair(images, labels, name_images: str = "images") -> int:

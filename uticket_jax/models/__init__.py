@@ -11,6 +11,7 @@ from typing import Any
 from uticket_jax.models.common import SpikingNet
 from uticket_jax.models.describe import LayerInfo, describe_layers
 from uticket_jax.models.digits import DigitsSNN
+from uticket_jax.models.fmnist import FashionSNN
 from uticket_jax.models.resnet import ResNet19
 from uticket_jax.models.vgg import VGG16
 from uticket_jax.ops.conv import Conv
@@ -19,6 +20,7 @@ _MODELS: dict[str, type[SpikingNet]] = {
     "digits_snn": DigitsSNN,
     "vgg16": VGG16,
     "resnet19": ResNet19,
+    "fmnist_snn": FashionSNN,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 
@@ -27,11 +29,11 @@ def get_model(name: str, *, num_classes: int, timesteps: int, **kw: Any) -> Spik
     """Builds a model by name.
 
     Args:
-      name: one of `MODEL_NAMES` ("digits_snn", "vgg16", "resnet19").
+      name: one of `MODEL_NAMES` ("digits_snn", "vgg16", "resnet19", "fmnist_snn").
       num_classes: classifier outputs (>= 1).
       timesteps: simulation steps T (>= 1).
       **kw: further model attributes (`neuron=LIFConfig(...)`, `conv_impl=...`, and for
-        digits_snn `channels=(...)`).
+        digits_snn `channels=(...)`, for fmnist_snn `cfg=(...)`).
 
     Returns:
       The (unbound) Flax module.
@@ -57,6 +59,7 @@ __all__ = [
     "MODEL_NAMES",
     "Conv",
     "DigitsSNN",
+    "FashionSNN",
     "LayerInfo",
     "ResNet19",
     "SpikingNet",

@@ -32,6 +32,10 @@ class LTHConfig:
     """Everything that defines a run (a preset, then the launcher's flags); see `validate`."""
 
     dataset: str = _setting(f"Dataset: one of {', '.join(data_lib.DATASET_NAMES)}.")
+    train_subset: int = _setting(
+        "Train on a fixed, class-stratified subset of this many training images (0: all of"
+        " them); the test set is always the whole one."
+    )
     arch: str = _setting(f"Model: one of {', '.join(models.MODEL_NAMES)}.")
     timesteps: int = _setting("Simulation steps T.")
     epochs: int = _setting("Training epochs per round.")
@@ -66,6 +70,10 @@ class LTHConfig:
         for name in ("timesteps", "epochs", "batch_size", "rounds", "n_pe", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name}: must be a positive integer, got {getattr(self, name)}")
+        if self.train_subset < 0:
+            raise ValueError(
+                f"--train_subset: must be >= 0 (0: the whole training set), got {self.train_subset}"
+            )
         if not 0.0 < self.prune_percent < 100.0:
             raise ValueError(f"--prune_percent: must be in (0, 100), got {self.prune_percent}")
         if not 0 <= self.rewind_epoch < self.epochs:

@@ -127,7 +127,7 @@ def run(
 
     Args:
       cfg: the run's configuration (validated here).
-      dataset: the data.
+      dataset: the data (the whole training set: `cfg.train_subset` is taken here).
       checkpointer: where to save after every epoch and stage; a run resumes from its newest
         checkpoint. None: no checkpoints.
       on_stage_end: `f(record, masks_flat, weights_flat, records_so_far)` after each stage, before
@@ -141,6 +141,7 @@ def run(
       One `StageRecord` per stage, in run order.
     """
     cfg.validate()
+    dataset = data_lib.take_train_subset(dataset, cfg.train_subset)
     dp = loop.data_parallel() if dp is None else dp
     loop.check_batch_size(cfg.batch_size, dataset.train_images.shape[0], dp)
     setup = steps.setup_run(cfg, dataset, dp)

@@ -124,6 +124,7 @@ class StageRecord:
     round: int
     arm: str
     timesteps: int
+    train_images: int
     sparsity: float
     layer_sparsity: dict[str, float]
     test_accuracy: float

@@ -507,6 +507,7 @@ def stage_record(
         round=stage.round,
         arm=stage.arm,
         timesteps=stage.timesteps,
+        train_images=int(dataset.train_images.shape[0]),
         sparsity=sparsity["global"],
         layer_sparsity=sparsity["layers"],
         test_accuracy=history[-1]["test_accuracy"],
