@@ -109,11 +109,12 @@ def _check_weights(label: str, mask: Any, weights: Any) -> None:
 
 
 def _check_finite(labels: list[str], bad: list[Any]) -> None:
-    """Raises ValueError for the first layer with non-finite weights (`bad`: their counts)."""
+    """Raises ValueError for the first layer with non-finite weights (`bad`: counts, or None)."""
     for label, b in zip(labels, bad, strict=True):
-        if b is not None and int(b) > 0:
+        count = 0 if b is None else int(np.sum(b))
+        if count > 0:
             raise ValueError(
-                f"{label}: {int(b)} non-finite values (NaN or inf); the magnitude policy ranks "
+                f"{label}: {count} non-finite values (NaN or inf); the magnitude policy ranks "
                 "by |w|, which orders them arbitrarily (fix the weights or use policy='random')"
             )
 
@@ -131,11 +132,14 @@ def _loads(mask, *, n_pe: int, mapping: str):
 def _plan(mask, cap, weights, *, n_pe: int, mapping: str, target: str, c_max: int):
     # Static: the PE array, the target formula and the slots per PE (bisection length); `weights`
     # is None unless the magnitude policy ranks this layer. Returns loads, targets, delta, max
-    # |delta| (to size the selection) and the count of non-finite weights (or None).
+    # |delta| (to size the selection) and the non-finite weights per output channel (or None).
     loads = mp.traced_loads(mask, n_pe, mapping)  # [G, n]
     tgt = targets.traced_targets(loads, cap, target=target, c_max=c_max)  # [G, n]
     delta = tgt - loads
-    bad = None if weights is None else jnp.sum(~jnp.isfinite(weights), dtype=jnp.int32)
+    bad = None  # per output channel: a column reduction, ~2x faster on XLA:CPU than to a scalar
+    if weights is not None:
+        finite = jnp.isfinite(weights).reshape(-1, weights.shape[-1])
+        bad = jnp.sum(~finite, axis=0, dtype=jnp.int32)  # [c_out]
     return loads, tgt, delta, jnp.max(jnp.abs(delta)), bad
 
 
