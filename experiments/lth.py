@@ -71,9 +71,6 @@ def _check_resume(workdir: str, cfg: lth.LTHConfig) -> None:
     stored.pop("preset", None)
     now = _config_json(cfg)
     now.pop("preset")
-    # A run written before a field existed ran with its default.
-    defaults = json.loads(json.dumps(dataclasses.asdict(lth.LTHConfig())))
-    stored = {**{k: defaults[k] for k in now if k not in stored}, **stored}
     diff = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
     if diff:
         raise ValueError(
