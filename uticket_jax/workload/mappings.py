@@ -27,7 +27,10 @@ id is a mapping's position in it (output_channel = 0, input_split = 1). A `PEMap
     bound `n_cap` -> per-group sum and max over a static number of groups), `load_bound` (the
     host-side int32 overflow bound) and `needs_n_cap` (whether `group_loads` uses `n_cap`);
   - optional shortcuts: `ones_counts` (counts of an all-true kernel, for capacities) and
-    `direct_loads` (a faster `loads_from_counts(channel_counts(mask), n)`).
+    `direct_loads` (a faster `loads_from_counts(channel_counts(mask), n)`);
+  - optional numpy versions for the host paths of one-shot tools (nothing to compile):
+    `host_loads`, `host_to_slots`, `host_from_slots` (without them those paths call the JAX
+    functions on the host arrays: correct, slower to start).
 See `PEMapping` for the exact contracts. `register_mapping` checks a new mapping against them on
 small kernels before adding it; nothing else in the package needs an edit.
 
@@ -147,6 +150,11 @@ class PEMapping:
         (capacities); None: `channel_counts` of an all-true kernel.
       direct_loads: optional `(mask, n) -> [G, n]`, a faster equivalent of
         `loads_from_counts(channel_counts(mask), n)` used by `pe_loads` and the rebalance kernels.
+      host_loads, host_to_slots, host_from_slots: optional numpy versions (numpy arrays in and
+        out, nothing compiled) of `loads_from_counts(channel_counts(mask), n)`, `to_slots` and
+        `from_slots`, used by the host paths of the one-shot tools (`rebalance_network(...,
+        backend="numpy")`, the numpy simulator). None: the JAX function, run on the host array
+        (correct, but it compiles).
     """
 
     name: str
@@ -164,12 +172,15 @@ class PEMapping:
     needs_n_cap: bool = False
     ones_counts: Callable[[Shape], Any] | None = None
     direct_loads: Callable[[Any, int], Any] | None = None
+    host_loads: Callable[[np.ndarray, int], np.ndarray] | None = None
+    host_to_slots: Callable[[np.ndarray, int, Any], np.ndarray] | None = None
+    host_from_slots: Callable[[np.ndarray, Shape, int], np.ndarray] | None = None
 
 
 _FUNCTIONS = tuple(
     f.name for f in dataclasses.fields(PEMapping) if f.name not in ("name", "needs_n_cap")
 )
-_OPTIONAL = ("ones_counts", "direct_loads")
+_OPTIONAL = ("ones_counts", "direct_loads", "host_loads", "host_to_slots", "host_from_slots")
 
 
 # ---- output_channel: PE (g, j) <- output channel g*n + j -----------------------------------------
@@ -180,25 +191,28 @@ def _oc_geometry(shape: Shape, n: int) -> tuple[int, int]:
     return _cdiv(c_out, n), k * c_in
 
 
-def _oc_counts(mask):
+# The layout functions take `xp` (jax.numpy, or numpy for the `host_*` fields: the same code).
+
+
+def _oc_counts(mask, xp=jnp):
     k, c_in, c_out = kernel_dims(mask.shape)
-    return mask.reshape(k * c_in, c_out).sum(0, dtype=jnp.int32)  # [c_out]
+    return mask.reshape(k * c_in, c_out).sum(0, dtype=np.int32)  # [c_out]
 
 
-def _oc_loads(counts, n: int):
+def _oc_loads(counts, n: int, xp=jnp):
     c_out = counts.shape[0]
     g = _cdiv(c_out, n)
-    return jnp.pad(counts, (0, g * n - c_out)).reshape(g, n).astype(jnp.int32)  # [G, n]
+    return xp.pad(counts, (0, g * n - c_out)).reshape(g, n).astype(np.int32)  # [G, n]
 
 
-def _oc_to_slots(x, n: int, fill):
+def _oc_to_slots(x, n: int, fill, xp=jnp):
     k, c_in, c_out = kernel_dims(x.shape)
     g = _cdiv(c_out, n)
-    x2 = jnp.pad(x.reshape(k * c_in, c_out), ((0, 0), (0, g * n - c_out)), constant_values=fill)
+    x2 = xp.pad(x.reshape(k * c_in, c_out), ((0, 0), (0, g * n - c_out)), constant_values=fill)
     return x2.T.reshape(g, n, k * c_in)  # [G, n, K*c_in], slot = k*c_in + i (hwio order)
 
 
-def _oc_from_slots(slots, shape: Shape, n: int):
+def _oc_from_slots(slots, shape: Shape, n: int, xp=jnp):
     k, c_in, c_out = kernel_dims(shape)
     x2 = slots.reshape(-1, k * c_in)[:c_out].T  # [K*c_in, c_out]
     return x2.reshape(shape)
@@ -247,26 +261,26 @@ def _is_geometry(shape: Shape, n: int) -> tuple[int, int]:
     return c_out, k * _cdiv(c_in, n)
 
 
-def _is_counts(mask):
-    return _as3(mask).sum(0, dtype=jnp.int32).T  # [c_out, c_in]
+def _is_counts(mask, xp=jnp):
+    return _as3(mask).sum(0, dtype=np.int32).T  # [c_out, c_in]
 
 
-def _is_loads(counts, n: int):
+def _is_loads(counts, n: int, xp=jnp):
     c_out, c_in = counts.shape
     s = _cdiv(c_in, n)
-    padded = jnp.pad(counts, ((0, 0), (0, n * s - c_in)))  # [c_out, n*s]
-    return padded.reshape(c_out, n, s).sum(-1, dtype=jnp.int32)  # [G=c_out, n]
+    padded = xp.pad(counts, ((0, 0), (0, n * s - c_in)))  # [c_out, n*s]
+    return padded.reshape(c_out, n, s).sum(-1, dtype=np.int32)  # [G=c_out, n]
 
 
-def _is_to_slots(x, n: int, fill):
+def _is_to_slots(x, n: int, fill, xp=jnp):
     k, c_in, c_out = kernel_dims(x.shape)
     s = _cdiv(c_in, n)
-    x3 = jnp.pad(_as3(x), ((0, 0), (0, n * s - c_in), (0, 0)), constant_values=fill)
+    x3 = xp.pad(_as3(x), ((0, 0), (0, n * s - c_in), (0, 0)), constant_values=fill)
     x4 = x3.reshape(k, n, s, c_out)  # [K, n, s, c_out]
     return x4.transpose(3, 1, 0, 2).reshape(c_out, n, k * s)  # [c_out, n, K*s], slot = k*s + i
 
 
-def _is_from_slots(slots, shape: Shape, n: int):
+def _is_from_slots(slots, shape: Shape, n: int, xp=jnp):
     k, c_in, c_out = kernel_dims(shape)
     s = _cdiv(c_in, n)
     x4 = slots.reshape(c_out, n, k, s).transpose(2, 1, 3, 0)  # [K, n, s, c_out]
@@ -358,6 +372,9 @@ OUTPUT_CHANNEL = PEMapping(
     load_bound=_oc_load_bound,
     needs_n_cap=False,
     ones_counts=_oc_ones_counts,
+    host_loads=lambda mask, n: _oc_loads(_oc_counts(mask, np), n, np),
+    host_to_slots=functools.partial(_oc_to_slots, xp=np),
+    host_from_slots=functools.partial(_oc_from_slots, xp=np),
 )
 INPUT_SPLIT = PEMapping(
     name="input_split",
@@ -375,6 +392,9 @@ INPUT_SPLIT = PEMapping(
     needs_n_cap=True,
     ones_counts=_is_ones_counts,
     direct_loads=_is_direct_loads,
+    host_loads=lambda mask, n: _is_loads(_is_counts(mask, np), n, np),
+    host_to_slots=functools.partial(_is_to_slots, xp=np),
+    host_from_slots=functools.partial(_is_from_slots, xp=np),
 )
 
 _REGISTRY: dict[str, PEMapping] = {m.name: m for m in (OUTPUT_CHANNEL, INPUT_SPLIT)}
@@ -555,6 +575,15 @@ def _check_one(m: PEMapping, mask: np.ndarray, n: int) -> str:
         (out["direct"] is None or np.array_equal(out["direct"], loads), "direct_loads != loads"),
         (all(jnp.issubdtype(x.dtype, jnp.integer) for x in leaves), "count_table not integer"),
         (_groups_match(out["gsum"], out["gmax"], loads), "group_loads != static loads"),
+        (np.array_equal(host_loads(m, mask, n), loads), "host_loads != loads"),
+        (
+            np.array_equal(host_to_slots(m, mask, n, False), out["slots"]),
+            "host_to_slots != to_slots",
+        ),
+        (
+            np.array_equal(host_from_slots(m, np.asarray(out["slots"]), mask.shape, n), mask),
+            "host_from_slots(to_slots(mask)) != mask",
+        ),
         (
             m.load_bound(as_hwio4(mask.shape), out["table"], n) >= n * int(loads.max(1).sum()),
             "load_bound below sum_g n * max load",
@@ -570,6 +599,27 @@ def _groups_match(gsum, gmax, loads) -> bool:
         return False
     real = np.array_equal(gsum[:g], loads.sum(1)) and np.array_equal(gmax[:g], loads.max(1))
     return real and not gsum[g:].any() and not gmax[g:].any()
+
+
+def host_loads(m: PEMapping, mask: np.ndarray, n: int) -> np.ndarray:
+    """`[G, n]` int32 PE loads of a numpy mask on the host (`m.host_loads`, else the JAX count)."""
+    if m.host_loads is not None:
+        return m.host_loads(mask, n)
+    return np.asarray(m.loads_from_counts(m.channel_counts(jnp.asarray(mask)), n))
+
+
+def host_to_slots(m: PEMapping, x: np.ndarray, n: int, fill: Any) -> np.ndarray:
+    """`[G, n, C]` slot layout of a numpy kernel (`m.host_to_slots`, else `m.to_slots`)."""
+    if m.host_to_slots is not None:
+        return m.host_to_slots(x, n, fill)
+    return np.asarray(m.to_slots(jnp.asarray(x), n, fill))
+
+
+def host_from_slots(m: PEMapping, slots: np.ndarray, shape: Shape, n: int) -> np.ndarray:
+    """The numpy kernel of `shape` from its slot layout (`m.host_from_slots`, else JAX's)."""
+    if m.host_from_slots is not None:
+        return m.host_from_slots(slots, shape, n)
+    return np.asarray(m.from_slots(jnp.asarray(slots), shape, n))
 
 
 def check_n_pe(n_pe: Any) -> int:

@@ -16,6 +16,10 @@ wasted = sum over groups; dynamic = total non-zeros. A layer with no non-zero we
 utilizations (undefined: there is no work), latency 0 and wasted 0.
 Per network: utilizations are the mean over the analysed layers that have work; latency, wasted
 and dynamic are sums.
+
+Every function takes `xp`, the array module: `jax.numpy` (default; traceable) or `numpy` (the
+host paths of the one-shot tools, which compile nothing). Both run the same float32 formulas;
+means of several values may round differently in the last bit (reduction order).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
 
 class Metrics(NamedTuple):
@@ -47,75 +52,90 @@ def float_or_none(x) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def group_figures(group_sum, group_max, n):
+def group_figures(group_sum, group_max, n, xp=jnp):
     """Per-group `(utilization, utilization_normalized, wasted)`; NaN utilizations where max == 0.
 
     Args:
       group_sum: `[..., G]` total load of each group (integers).
       group_max: `[..., G]` load of the busiest PE of each group.
       n: PEs per group (int or traced scalar), broadcastable against the groups.
+      xp: the array module (`jax.numpy` or `numpy`).
     """
-    group_sum = jnp.asarray(group_sum)
-    group_max = jnp.asarray(group_max)
-    n = jnp.asarray(n)
-    maxf = group_max.astype(jnp.float32)
-    safe_max = jnp.where(group_max > 0, maxf, 1.0)
-    nf = n.astype(jnp.float32)
-    util = group_sum.astype(jnp.float32) / (nf * safe_max)
+    group_sum = xp.asarray(group_sum)
+    group_max = xp.asarray(group_max)
+    n = xp.asarray(n, group_sum.dtype) if xp is np else xp.asarray(n)
+    maxf = group_max.astype(xp.float32)
+    safe_max = xp.where(group_max > 0, maxf, xp.float32(1.0))
+    nf = n.astype(xp.float32)
+    util = group_sum.astype(xp.float32) / (nf * safe_max)
     ceil_mean = (group_sum + n - 1) // n  # exact integer ceil(sum / n)
     # 1 - (max - ceil_mean) / max * n / (n - 1) as one division of exact integers,
     # (max (n - 1) - (max - ceil_mean) n) / (max (n - 1)): correctly rounded, and exactly 0 where
     # the figure is 0 (the float formula gave -3e-8 for max 3, ceil_mean 1, n 3).
-    safe_max_i = jnp.where(group_max > 0, group_max, 1)
-    den = safe_max_i * jnp.maximum(n - 1, 1)
+    safe_max_i = xp.where(group_max > 0, group_max, 1)
+    den = safe_max_i * xp.maximum(n - 1, 1)
     num = den - (safe_max_i - ceil_mean) * n
-    util_norm = jnp.where(n > 1, num.astype(jnp.float32) / den.astype(jnp.float32), 1.0)
+    util_norm = xp.where(n > 1, num.astype(xp.float32) / den.astype(xp.float32), xp.float32(1.0))
     empty = group_max <= 0
-    util = jnp.where(empty, jnp.nan, util)
-    util_norm = jnp.where(empty, jnp.nan, util_norm)
+    util = xp.where(empty, xp.float32(xp.nan), util)
+    util_norm = xp.where(empty, xp.float32(xp.nan), util_norm)
     wasted = n * group_max - group_sum
     return util, util_norm, wasted
 
 
-def layer_metrics(group_sum, group_max, n) -> Metrics:
+def _nanmean(x, xp):
+    """Mean over the non-NaN entries of the last axis (NaN where there are none), float32."""
+    if xp is not np:
+        return xp.nanmean(x, axis=-1)
+    ok = ~np.isnan(x)
+    total = np.where(ok, x, np.float32(0.0)).sum(-1, dtype=np.float32)
+    count = ok.sum(-1)
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1).astype(np.float32), np.nan).astype(
+            np.float32
+        )
+
+
+def layer_metrics(group_sum, group_max, n, xp=jnp) -> Metrics:
     """A layer's `Metrics` from its per-group sums and maxima `[G]` (see the module docstring)."""
-    util, util_norm, wasted = group_figures(group_sum, group_max, n)
+    util, util_norm, wasted = group_figures(group_sum, group_max, n, xp)
+    nan = xp.float32(xp.nan)
     return Metrics(
-        utilization=jnp.nanmean(util) if util.size else jnp.float32(jnp.nan),
-        utilization_normalized=jnp.nanmean(util_norm) if util.size else jnp.float32(jnp.nan),
-        latency=jnp.sum(group_max),
-        wasted=jnp.sum(wasted),
-        dynamic=jnp.sum(group_sum),
+        utilization=_nanmean(util, xp) if util.size else nan,
+        utilization_normalized=_nanmean(util_norm, xp) if util.size else nan,
+        latency=xp.sum(group_max, axis=-1),
+        wasted=xp.sum(wasted, axis=-1),
+        dynamic=xp.sum(group_sum, axis=-1),
     )
 
 
-def loads_metrics(loads, n: int | None = None) -> Metrics:
+def loads_metrics(loads, n: int | None = None, xp=jnp) -> Metrics:
     """A layer's `Metrics` from a static `[G, n]` table of PE loads (idle PEs hold 0)."""
-    loads = jnp.asarray(loads)
-    return layer_metrics(loads.sum(-1), loads.max(-1), loads.shape[-1] if n is None else n)
+    loads = xp.asarray(loads)
+    return layer_metrics(loads.sum(-1), loads.max(-1), loads.shape[-1] if n is None else n, xp)
 
 
-def network_metrics(layers: Sequence[Metrics]) -> Metrics:
+def network_metrics(layers: Sequence[Metrics], xp=jnp) -> Metrics:
     """Combines analysed layers: mean utilizations over layers with work, summed latency/waste."""
     if not layers:
-        nan = jnp.float32(jnp.nan)
-        zero = jnp.int32(0)
+        nan = xp.float32(xp.nan)
+        zero = xp.int32(0)
         return Metrics(nan, nan, zero, zero, zero)
-    stack = Metrics(
-        *(jnp.stack([jnp.asarray(x) for x in col]) for col in zip(*layers, strict=True))
-    )
+    stack = Metrics(*(xp.stack([xp.asarray(x) for x in col]) for col in zip(*layers, strict=True)))
     return Metrics(
-        utilization=_nanmean_or_nan(stack.utilization),
-        utilization_normalized=_nanmean_or_nan(stack.utilization_normalized),
-        latency=stack.latency.sum(),
-        wasted=stack.wasted.sum(),
-        dynamic=stack.dynamic.sum(),
+        utilization=_nanmean_or_nan(stack.utilization, xp),
+        utilization_normalized=_nanmean_or_nan(stack.utilization_normalized, xp),
+        latency=stack.latency.sum(0),
+        wasted=stack.wasted.sum(0),
+        dynamic=stack.dynamic.sum(0),
     )
 
 
-def _nanmean_or_nan(x):
-    ok = ~jnp.isnan(x)
-    return jnp.where(ok.any(), jnp.sum(jnp.where(ok, x, 0.0)) / jnp.maximum(ok.sum(), 1), jnp.nan)
+def _nanmean_or_nan(x, xp=jnp):
+    ok = ~xp.isnan(x)
+    total = xp.sum(xp.where(ok, x, xp.float32(0.0)), axis=0)
+    count = xp.maximum(ok.sum(0), 1).astype(xp.float32) if xp is np else xp.maximum(ok.sum(0), 1)
+    return xp.where(ok.any(0), total / count, xp.float32(xp.nan))
 
 
 def analysed_layers(
