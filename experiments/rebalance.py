@@ -1,6 +1,7 @@
 r"""u-Ticket rebalance of a mask file: every PE of a group ends with the same number of non-zeros.
 
-Example (a VGG16 ticket, 16-PE groups, output-channel mapping; ~2 s on a 2-core CPU):
+Example (a VGG16 ticket, 16-PE groups, output-channel mapping; ~2 s on a 2-core CPU, JAX's
+import included):
   python experiments/rebalance.py --masks runs/lth/masks.npz --weights runs/lth/weights.npz \
       --n_pe 16 --mapping output_channel --policy magnitude --target ceil_mean --out balanced.npz
 Masks from PyTorch/SpikingJelly (`[c_out, c_in, kh, kw]`, linear `[out, in]`): add
@@ -10,7 +11,10 @@ Prints one JSON report: {"layers": [{"name", "analysed", "before", "after", "reg
 "capped"}], "network": {"before", "after"}, "seconds": {...}}; before/after hold utilization,
 utilization_normalized, latency, wasted, dynamic (load units = non-zero weights).
 `--policy magnitude` needs `--weights` (the trained weights from before pruning); `--policy random`
-uses `--seed`. Bad input (also NaN or infinite weights in a layer the magnitude policy ranks): one
+uses `--seed`. `--backend numpy` (the default) rebalances on the host and compiles nothing, which is
+what a single call in a fresh process wants; `--backend jax` runs the compiled kernels (the LTH
+pipeline's), which pay ~15-25 s of XLA compilation first on VGG16. Both give the same masks.
+Bad input (also NaN or infinite weights in a layer the magnitude policy ranks): one
 line on stderr, exit status 2, nothing written.
 """
 
@@ -26,6 +30,7 @@ from absl import flags
 from uticket_jax.launch import cli
 from uticket_jax.sparsity.masks import LAYOUTS, load_mask_file, load_weight_file, save_mask_file
 from uticket_jax.workload import MAPPINGS, POLICIES, TARGETS, rebalance_network, report_to_json
+from uticket_jax.workload.rebalance import BACKENDS
 
 _MASKS = flags.DEFINE_string("masks", None, "Mask .npz file (one array per prunable layer).")
 _WEIGHTS = flags.DEFINE_string("weights", None, "Weights .npz (same keys); needed for magnitude.")
@@ -37,6 +42,9 @@ _TARGET = flags.DEFINE_string("target", "ceil_mean", f"One of: {', '.join(TARGET
 _SEED = flags.DEFINE_string("seed", "0", "Seed of the random policy (integer).")
 _CONV_ONLY = flags.DEFINE_bool("conv_only", True, "Rebalance conv layers only (paper).")
 _SKIP_FIRST = flags.DEFINE_bool("skip_first_layer", True, "Leave the first conv out (paper).")
+_BACKEND = flags.DEFINE_string(
+    "backend", "numpy", f"One of: {', '.join(BACKENDS)} (numpy: nothing compiled; same masks)."
+)
 _OUT = flags.DEFINE_string("out", None, "Output mask .npz.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
 
@@ -79,6 +87,7 @@ def run() -> dict:
     mapping = _choice(_MAPPING, tuple(MAPPINGS))
     policy = _choice(_POLICY, POLICIES)
     target = _choice(_TARGET, TARGETS)
+    backend = _choice(_BACKEND, BACKENDS)
     n_pe = _int(_N_PE, minimum=1)
     seed = _int(_SEED)
     masks_path, out, weights_path = _check_paths()
@@ -97,6 +106,7 @@ def run() -> dict:
         key=jax.random.key(seed),
         conv_only=_CONV_ONLY.value,
         skip_first=_SKIP_FIRST.value,
+        backend=backend,
     )
     new = jax.block_until_ready(new)
     t_rebalance = time.perf_counter()

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uticket_jax.sparsity import masks as masks_lib
+from uticket_jax.workload import host as host_lib
 from uticket_jax.workload import mappings as mp
 from uticket_jax.workload import selection, targets
 from uticket_jax.workload.metrics import Metrics, analysed_layers, loads_metrics, network_metrics
@@ -81,12 +82,19 @@ def _flat(masks: Any, what: str = "masks") -> dict[str, Any]:
     return flat
 
 
-def _check_setup(n_pe: Any, mapping: str, policy: str, target: str) -> tuple[int, mp.PEMapping]:
-    """`(n_pe, mapping)` checked, with the policy and target (ValueError naming the argument)."""
+BACKENDS = ("jax", "numpy")
+
+
+def _check_setup(
+    n_pe: Any, mapping: str, policy: str, target: str, backend: str = "jax"
+) -> tuple[int, mp.PEMapping]:
+    """`(n_pe, mapping)` checked, with the policy, target and backend (ValueError naming it)."""
     n_pe = mp.check_n_pe(n_pe)
     m = mp.get_mapping(mapping)
     selection.check_policy(policy)
     targets.check_target(target)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     return n_pe, m
 
 
@@ -185,12 +193,34 @@ class _Layers(NamedTuple):
     keep: tuple[bool, ...]  # analysed (rebalanced) or passed through
 
 
-def _rebalance(layers: _Layers, *, n_pe, m, policy, target, key, fold: bool):
+def _rebalance(layers: _Layers, *, n_pe, m, policy, target, key, fold: bool, backend: str):
     """THE pipeline: plan every layer, check the weights, select, report.
 
     Returns `(new_masks, reports)`, tuples in layer order; `fold`: layer `i` ranks with
-    `fold_in(key, i)` (else `key` itself).
+    `fold_in(key, i)` (else `key` itself). `backend="numpy"`: the same steps on the host
+    (`host.rebalance`, numpy arrays in and out, nothing compiled, the same masks).
     """
+    if backend == "numpy":
+        masks = tuple(np.asarray(x) for x in layers.masks)
+        ranked = [
+            np.asarray(w) if a and w is not None else None
+            for w, a in zip(layers.weights, layers.keep, strict=True)
+        ]
+        _check_finite(
+            list(layers.labels),
+            [None if w is None else host_lib.bad_weight_count(w) for w in ranked],
+        )
+        return host_lib.rebalance(
+            masks,
+            ranked,
+            layers.keep,
+            n_pe=n_pe,
+            m=m,
+            policy=policy,
+            target=target,
+            key=key,
+            fold=fold,
+        )
     shapes = [tuple(x.shape) for x in layers.masks]
     caps = [jnp.asarray(mp.pe_capacity(s, n_pe, m.name)) for s in shapes]
     c_maxs = [m.geometry(s, n_pe)[1] for s in shapes]
@@ -234,6 +264,7 @@ def rebalance_layer(
     policy: str = "magnitude",
     target: str = "ceil_mean",
     key: Any = None,
+    backend: str = "jax",
 ) -> tuple[jax.Array, RebalanceReport]:
     """u-Ticket on one layer: moves non-zeros between the PEs of every group to the target loads.
 
@@ -248,19 +279,23 @@ def rebalance_layer(
       target: "ceil_mean" (every PE at min(cap, L*), L* = ceil(mean) without caps) or
         "keep_count" (group totals unchanged, loads within 1); see `targets.py`.
       key: `jax.random` key, required for policy="random" (used as given).
+      backend: "jax" (compiled kernels; fast when called again) or "numpy" (on the host, nothing
+        compiled; fast for a single call); the same mask either way.
 
     Returns:
-      `(new_mask, report)`: the bool mask (same shape) and a `RebalanceReport`.
+      `(new_mask, report)`: the bool mask (same shape) and a `RebalanceReport` (numpy arrays
+      under backend="numpy").
     """
-    n_pe, m = _check_setup(n_pe, mapping, policy, target)
+    n_pe, m = _check_setup(n_pe, mapping, policy, target, backend)
     mp.check_mask(mask)
     _check_policy_inputs(policy, weights, key)
     if weights is not None:
         _check_weights("weights", mask, weights)
-    w = jnp.asarray(weights) if policy == "magnitude" else None  # random never reads them
-    layers = _Layers(("weights",), (jnp.asarray(mask),), (w,), (True,))
+    xp = np if backend == "numpy" else jnp
+    w = xp.asarray(weights) if policy == "magnitude" else None  # random never reads them
+    layers = _Layers(("weights",), (xp.asarray(mask),), (w,), (True,))
     new, reports = _rebalance(
-        layers, n_pe=n_pe, m=m, policy=policy, target=target, key=key, fold=False
+        layers, n_pe=n_pe, m=m, policy=policy, target=target, key=key, fold=False, backend=backend
     )
     return new[0], reports[0]
 
@@ -282,6 +317,7 @@ def rebalance_network(
     key: Any = None,
     conv_only: bool = True,
     skip_first: bool = True,
+    backend: str = "jax",
 ) -> tuple[Any, NetworkReport]:
     """u-Ticket over a whole network: the `rebalance_layer` pipeline on every analysed layer.
 
@@ -294,12 +330,16 @@ def rebalance_network(
         `jax.random.fold_in(key, i)`.
       conv_only, skip_first: which layers are analysed and rebalanced (`metrics.analysed_layers`);
         the others come back unchanged.
+      backend: "jax" (compiled kernels, for repeated calls: the LTH pipeline, sweeps in one
+        process) or "numpy" (on the host, nothing compiled, for one call in a fresh process:
+        `experiments/rebalance.py`); the same masks either way.
 
     Returns:
-      `(new_masks, report)`: masks in the input's structure, and a `NetworkReport` whose network
-      `Metrics` cover the analysed layers.
+      `(new_masks, report)`: masks in the input's structure (numpy arrays under
+      backend="numpy"), and a `NetworkReport` whose network `Metrics` cover the analysed layers.
     """
-    n_pe, m = _check_setup(n_pe, mapping, policy, target)
+    n_pe, m = _check_setup(n_pe, mapping, policy, target, backend)
+    xp = np if backend == "numpy" else jnp
     flat = _flat(masks)
     _check_policy_inputs(policy, weights, key)
     names = tuple(flat)
@@ -311,15 +351,15 @@ def rebalance_network(
         for label, k in zip(labels, names, strict=True):
             _check_weights(label, flat[k], wflat[k])
         if policy == "magnitude":  # the random policy never reads the weights
-            wlist = tuple(jnp.asarray(wflat[k]) for k in names)
+            wlist = tuple(xp.asarray(wflat[k]) for k in names)
     shapes = {k: tuple(np.shape(v)) for k, v in flat.items()}
     keep = tuple(analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first))
-    layers = _Layers(labels, tuple(jnp.asarray(flat[k]) for k in names), wlist, keep)
+    layers = _Layers(labels, tuple(xp.asarray(flat[k]) for k in names), wlist, keep)
     new, reports = _rebalance(
-        layers, n_pe=n_pe, m=m, policy=policy, target=target, key=key, fold=True
+        layers, n_pe=n_pe, m=m, policy=policy, target=target, key=key, fold=True, backend=backend
     )
-    before = network_metrics([r.before for r, a in zip(reports, keep, strict=True) if a])
-    after = network_metrics([r.after for r, a in zip(reports, keep, strict=True) if a])
+    before = network_metrics([r.before for r, a in zip(reports, keep, strict=True) if a], xp)
+    after = network_metrics([r.after for r, a in zip(reports, keep, strict=True) if a], xp)
     report = NetworkReport(names, keep, reports, before, after)
     return _restore(dict(zip(names, new, strict=True)), masks), report
 

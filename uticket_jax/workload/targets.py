@@ -114,3 +114,41 @@ def pe_targets(loads, capacity, target: str = "ceil_mean") -> jax.Array:
         )
     c_max = int(np.max(capacity, initial=0))
     return _targets(loads, capacity, target=target, c_max=c_max)
+
+
+# ---- host (numpy) versions: the same bisection and tie rules, for the one-shot host path -------
+
+
+def _host_level_search(cap: np.ndarray, s: np.ndarray, c_max: int, strict: bool) -> np.ndarray:
+    """numpy `_level_search`: per group the smallest `L` in `[0, c_max + 1]` with `f(L) >= s`."""
+    lo = np.zeros_like(s)
+    hi = np.full_like(s, c_max + 1)
+    for _ in range((c_max + 1).bit_length() + 1):
+        mid = (lo + hi) // 2
+        f = np.minimum(cap, mid[:, None]).sum(-1, dtype=s.dtype)
+        ok = ((f > s) if strict else (f >= s)) | (mid > c_max)
+        lo, hi = np.where(ok, lo, mid + 1), np.where(ok, mid, hi)
+    return lo
+
+
+def host_targets(loads: np.ndarray, cap: np.ndarray, *, target: str, c_max: int) -> np.ndarray:
+    """numpy `traced_targets`: `[G, n]` int32 targets, equal to the JAX version element for element.
+
+    Args:
+      loads: `[G, n]` int32 current loads; cap: `[G, n]` int32 PE capacities.
+      target: one of `TARGETS`; c_max: slots per PE, at least `cap.max()`.
+    """
+    loads = np.asarray(loads, np.int32)
+    cap = np.asarray(cap, np.int32)
+    s = loads.sum(-1, dtype=np.int32)
+    if target == "ceil_mean":
+        level = _host_level_search(cap, s, c_max, strict=False)
+        return np.minimum(cap, level[:, None]).astype(np.int32)
+    l0 = _host_level_search(cap, s, c_max, strict=True) - 1
+    base = np.minimum(cap, l0[:, None])
+    r = s - base.sum(-1, dtype=np.int32)
+    cand = cap > l0[:, None]
+    order = np.argsort(np.where(cand, -loads, np.iinfo(np.int32).max), axis=-1, kind="stable")
+    place = np.empty_like(order)
+    np.put_along_axis(place, order, np.broadcast_to(np.arange(loads.shape[-1]), order.shape), -1)
+    return (base + (cand & (place < r[:, None]))).astype(np.int32)
