@@ -7,7 +7,7 @@ weights it holds; its *capacity* is the number of weights (zero or not) it holds
 Kernels are hwio: conv `[kh, kw, c_in, c_out]`, dense `[c_in, c_out]` (mapped as `kh = kw = 1`).
 Internally every kernel is viewed as `[K, c_in, c_out]` with `K = kh * kw`.
 
-Built-in mappings (DESIGN.md, issue 3):
+Built-in mappings:
   output_channel (SATA-style, the paper's default): PE `j` of group `g` holds output channel
     `o = g*n + j`, `G = ceil(c_out / n)`; load = non-zeros over `(kh, kw, c_in)`. In the last group
     the PEs past `c_out` are idle (capacity 0).

@@ -1,7 +1,7 @@
 """u-Ticket rebalancing, one pipeline for one layer (`rebalance_layer`) and a whole net
 (`rebalance_network`): every PE of a group ends with the same load.
 
-Per group (Yin et al., TETCI 2024, Sec. III; DESIGN.md): PEs under their target regrow
+Per group (Yin et al., TETCI 2024, Sec. III): PEs under their target regrow
 `target - load` pruned positions, PEs over it drop `load - target` active positions, only inside
 their own slice of the kernel (see `mappings.py`). The targets are `targets.py`'s, the choice of
 positions `selection.py`'s.
