@@ -11,8 +11,9 @@ Prints one JSON report: {"layers": [{"name", "analysed", "before", "after", "reg
 "capped"}], "network": {"before", "after"}, "seconds": {...}}; before/after hold utilization,
 utilization_normalized, latency, wasted, dynamic (load units = non-zero weights).
 `--policy magnitude` needs `--weights` (the trained weights from before pruning); `--policy random`
-uses `--seed`. `--backend numpy` (the default) rebalances on the host and compiles nothing, which is
-what a single call in a fresh process wants; `--backend jax` runs the compiled kernels (the LTH
+uses `--seed`. `--backend numpy` (the default) rebalances on the host in numpy (only the random
+policy's key derivation is compiled, one tiny program), which is what a single call in a fresh
+process wants; `--backend jax` runs the compiled kernels (the LTH
 pipeline's), which pay ~15-25 s of XLA compilation first on VGG16. Both give the same masks.
 Bad input (also NaN or infinite weights in a layer the magnitude policy ranks): one
 line on stderr, exit status 2, nothing written.
@@ -43,7 +44,7 @@ _SEED = flags.DEFINE_string("seed", "0", "Seed of the random policy (integer).")
 _CONV_ONLY = flags.DEFINE_bool("conv_only", True, "Rebalance conv layers only (paper).")
 _SKIP_FIRST = flags.DEFINE_bool("skip_first_layer", True, "Leave the first conv out (paper).")
 _BACKEND = flags.DEFINE_string(
-    "backend", "numpy", f"One of: {', '.join(BACKENDS)} (numpy: nothing compiled; same masks)."
+    "backend", "numpy", f"One of: {', '.join(BACKENDS)} (numpy: on the host; same masks)."
 )
 _OUT = flags.DEFINE_string("out", None, "Output mask .npz.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")

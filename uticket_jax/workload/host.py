@@ -1,10 +1,11 @@
-"""The u-Ticket rebalance on the host, in numpy: the JAX kernels' masks, nothing compiled.
+"""The u-Ticket rebalance on the host, in numpy: the JAX kernels' masks, no kernel compiled.
 
 A tool that rebalances one mask file in a fresh process (`experiments/rebalance.py`) would spend
 its life compiling: the JAX pipeline (`rebalance.py`) compiles a plan, a selection and a report
 program per layer shape, ~20 s for VGG16 on a 2-core CPU against a warm call of 30-60 ms. This
 module is the one-shot path, `rebalance_network(..., backend="numpy")`: the same steps on numpy
-arrays, exact integer arithmetic throughout, so the new masks are bit-identical to the JAX
+arrays (the random policy's key words are one tiny jitted call; nothing else compiles), exact
+integer arithmetic throughout, so the new masks are bit-identical to the JAX
 path's (tests compare both with the loop oracle and with each other).
 
 Per analysed layer: PE loads (`PEMapping.host_loads`), capacities and targets

@@ -198,7 +198,7 @@ def _rebalance(layers: _Layers, *, n_pe, m, policy, target, key, fold: bool, bac
 
     Returns `(new_masks, reports)`, tuples in layer order; `fold`: layer `i` ranks with
     `fold_in(key, i)` (else `key` itself). `backend="numpy"`: the same steps on the host
-    (`host.rebalance`, numpy arrays in and out, nothing compiled, the same masks).
+    (`host.rebalance`, numpy arrays in and out, no kernel compiled, the same masks).
     """
     if backend == "numpy":
         masks = tuple(np.asarray(x) for x in layers.masks)
@@ -331,7 +331,7 @@ def rebalance_network(
       conv_only, skip_first: which layers are analysed and rebalanced (`metrics.analysed_layers`);
         the others come back unchanged.
       backend: "jax" (compiled kernels, for repeated calls: the LTH pipeline, sweeps in one
-        process) or "numpy" (on the host, nothing compiled, for one call in a fresh process:
+        process) or "numpy" (on the host, no kernel compiled, for one call in a fresh process:
         `experiments/rebalance.py`); the same masks either way.
 
     Returns:
