@@ -79,6 +79,12 @@ _MODEL_FLAGS = {
     for name, model in energy.ENERGY_MODELS.items()
     if name != "horowitz45"
 }
+_BACKEND = flags.DEFINE_string(
+    "backend",
+    None,
+    "Simulator backend: numpy (on the host, nothing compiled; the default) or jax (compiled; the "
+    "default with --distributed, the only one there).",
+)
 _LAYER_ROWS = flags.DEFINE_bool("layer_rows", True, "Per-layer figures in sweep.json.")
 _MAX_PRINT = flags.DEFINE_integer("print_rows", 40, "Table rows printed (0: none).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
@@ -174,6 +180,23 @@ def _configs() -> tuple[hardware.HardwareConfig, energy.EnergyModel, object]:
     n, m = hardware.num_configs(configs), len(consts[0])
     configs = hardware.take_configs(configs, np.repeat(np.arange(n), m))  # config-major
     return configs, model, type(consts)(*(np.tile(c, n) for c in consts))
+
+
+def _backend() -> str:
+    """The simulator backend: `--backend`, else numpy (jax in a `--distributed` run)."""
+    dist = distributed.DISTRIBUTED.value
+    if _BACKEND.value is None:
+        return "jax" if dist else "numpy"
+    if _BACKEND.value not in hardware.BACKENDS:
+        raise ValueError(
+            f"--backend: unknown {_BACKEND.value!r}; allowed: {', '.join(hardware.BACKENDS)}"
+        )
+    if dist and _BACKEND.value != "jax":
+        raise ValueError(
+            f"--backend: {_BACKEND.value} runs on one host; a --distributed run shards its "
+            "configs over every process's devices with --backend jax"
+        )
+    return _BACKEND.value
 
 
 def _prepare_out(path: str) -> None:
@@ -285,12 +308,13 @@ def _inputs() -> tuple:
 
 
 def run() -> list[dict]:
+    backend = _backend()  # before connecting: a bad value fails at once, on every process
     distributed.initialize()
     # Every process checks the inputs; a failure on one is a one-line failure on all.
     configs, model, consts, networks, specs, rates = distributed.together(_inputs)
     baseline = _COMPARE.value if _COMPARE.value else None
-    # With several processes the configs are sharded over all of their devices; every process
-    # gets every row back, and process 0 writes them.
+    # With several processes (jax backend) the configs are sharded over all of their devices;
+    # every process gets every row back, and process 0 writes them.
     rows = hardware.sweep_networks(
         networks,
         specs,
@@ -300,13 +324,14 @@ def run() -> list[dict]:
         layers=_LAYER_ROWS.value,
         energy_model=model,
         energy_constants=consts,
+        backend=backend,
     )
     if distributed.is_writer():
-        _write(rows, len(networks), configs, model.name)
+        _write(rows, len(networks), configs, model.name, backend)
     return rows
 
 
-def _write(rows: list[dict], n_networks: int, configs, model_name: str) -> None:
+def _write(rows: list[dict], n_networks: int, configs, model_name: str, backend: str) -> None:
     """sweep.json, sweep.csv, the plots and the printed table."""
     _write_atomic(os.path.join(_OUT.value, "sweep.json"), json.dumps(rows))
     flat = [hardware.flat_row(r) for r in rows]
@@ -321,7 +346,7 @@ def _write(rows: list[dict], n_networks: int, configs, model_name: str) -> None:
         print(_table(rows, _MAX_PRINT.value))
     print(
         f"{len(rows)} rows ({n_networks} masks x {hardware.num_configs(configs)} configs, "
-        f"energy model {model_name}) -> {_OUT.value}"
+        f"energy model {model_name}, backend {backend}) -> {_OUT.value}"
     )
 
 
