@@ -15,7 +15,7 @@ Writes DIR/sweep.json, DIR/sweep.csv, DIR/{latency,energy,utilization}.png; prin
 `--compare dense` compares with the all-ones masks of the same layers.
 `--backend numpy` (the default) evaluates the simulator on the host and compiles nothing: a whole
 run of one VGG16 masks file x 100 configs takes ~1.8 s on a 2-core CPU, JAX's import included
-(`--backend jax`: ~6 s, most of it compiling; it pays off for many thousands of configs). A
+(`--backend jax`: ~6 s, most of it compiling; even 80,000 configs take 0.3 s with numpy). A
 `--distributed` run shards the configs over every process's devices and needs `--backend jax`
 (its default there).
 """
