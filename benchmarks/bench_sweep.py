@@ -1,6 +1,6 @@
 r"""Benchmark of the vectorized hardware sweep against the project's loop oracle (one JSON line).
 
-  python -m benchmarks.bench_sweep            # ~80 s on a 2-core CPU (~35 s of it cold runs)
+  python -m benchmarks.bench_sweep            # ~70 s on a 2-core CPU (~35 s of it cold runs)
 
 A VGG16-shaped network at 98% sparsity (`workload.synthetic.vgg16_sparse`, uneven per-channel
 density), 4,096 configs per mapping (n_pe 1..64 x 8 clocks x 8 accumulate energies), warm
