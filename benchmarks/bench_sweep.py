@@ -1,6 +1,6 @@
 r"""Benchmark of the vectorized hardware sweep against the project's loop oracle (one JSON line).
 
-  python -m benchmarks.bench_sweep            # ~30 s on a 2-core CPU
+  python -m benchmarks.bench_sweep            # ~70 s on a 2-core CPU (~35 s of it cold runs)
 
 A VGG16-shaped network at 98% sparsity (`workload.synthetic.vgg16_sparse`, uneven per-channel
 density), 4,096 configs per mapping (n_pe 1..64 x 8 clocks x 8 accumulate energies), warm
@@ -8,16 +8,28 @@ density), 4,096 configs per mapping (n_pe 1..64 x 8 clocks x 8 accumulate energi
   configs_per_s            the default path (workload once per distinct n_pe, then every config),
   configs_per_s_per_config the same sweep with the workload evaluated separately for every config
                            (dedupe=False: what one-config-at-a-time vmapping costs),
+  sweep_ms_first_call      the first call of that sweep in the process (compilation included),
+                           beside its warm `sweep_ms`,
+  numpy_sweep_ms, numpy_sweep_ms_first_call, numpy_configs_per_s
+                           the same sweep on the numpy backend (`simulate(..., backend="numpy")`,
+                           nothing compiled), warm and first call,
   oracle_ms_per_config     one config (n_pe=16) through the plain-loop oracle (tests/), and
   speedup_vs_oracle        oracle time per config / vectorized time per config.
-Targets on a 2-core CPU: >= 10,000 configs/s (output_channel), >= 2,000 (input_split).
+`cold_sweep_cli` is the time to a first result: the whole-process wall time of
+`experiments/sweep.py` on the same masks, 100 configs (n_pe 1..50 x both mappings), a fresh
+process each (no compilation cache), median of --cold_runs, per backend.
+Targets on a 2-core CPU: >= 10,000 configs/s (output_channel), >= 2,000 (input_split); the cold
+numpy run <= 3 s.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -30,33 +42,76 @@ from uticket_jax.workload.synthetic import vgg16_sparse
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (best is reported).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic masks.")
+_COLD_RUNS = flags.DEFINE_integer(
+    "cold_runs", 3, "Fresh sweep.py processes per backend for cold_sweep_cli (0: skip)."
+)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLD_N_PE = ",".join(str(n) for n in range(1, 51))  # x 2 mappings = 100 configs
 
 
-def _best(fn, repeats: int) -> float:
-    fn()  # compile / warm
+def _first_and_best(fn, repeats: int) -> tuple[float, float]:
+    """Seconds of the first call (compilation included) and the best of `repeats` after it."""
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return min(times)
+    return first, min(times)
+
+
+def _cold_cli(masks: dict, runs: int) -> dict:
+    """Median whole-process wall time of experiments/sweep.py (100 configs) per backend."""
+    out: dict = {
+        "command": "python experiments/sweep.py --masks MASKS.npz --n_pe 1,...,50 "
+        "--mapping output_channel,input_split --out DIR --backend B",
+        "configs": 100,
+        "runs": runs,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "masks.npz")
+        np.savez(path, **masks)
+        for backend in ("numpy", "jax"):
+            times = []
+            for i in range(runs):
+                cmd = [sys.executable, os.path.join(ROOT, "experiments", "sweep.py")]
+                cmd += ["--masks", path, "--n_pe", COLD_N_PE, "--print_rows=0"]
+                cmd += ["--mapping", "output_channel,input_split", "--backend", backend]
+                cmd += ["--out", os.path.join(tmp, f"{backend}{i}")]
+                t = time.perf_counter()
+                r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+                times.append(time.perf_counter() - t)
+                if r.returncode != 0:
+                    raise AssertionError(f"sweep.py --backend {backend}: {r.stderr[-500:]}")
+            out[f"{backend}_wall_s"] = round(float(np.median(times)), 2)
+    return out
 
 
 def run() -> dict:
     if _REPEATS.value < 1:
         raise ValueError(f"--repeats: must be >= 1, got {_REPEATS.value}")
+    if _COLD_RUNS.value < 0:
+        raise ValueError(f"--cold_runs: must be >= 0, got {_COLD_RUNS.value}")
     masks, _ = vgg16_sparse(_SEED.value, sparsity=0.98)
+    # First, in fresh processes: nothing of this one is warm for them anyway.
+    cold = _cold_cli(masks, _COLD_RUNS.value) if _COLD_RUNS.value else None
     specs = hardware.specs_from_shapes({k: v.shape for k, v in masks.items()}, input_size=32)
     t = time.perf_counter()
     tables = hardware.network_tables(masks, specs)
     jax.block_until_ready(tables)
     tables_ms = (time.perf_counter() - t) * 1e3
+    t = time.perf_counter()
+    host_tables = hardware.network_tables(masks, specs, backend="numpy")
+    host_tables_ms = (time.perf_counter() - t) * 1e3
     out: dict = {
         "network": f"vgg16_sparse(seed={_SEED.value}, sparsity=0.98)",
         "nonzeros": int(sum(int(m.sum()) for m in masks.values())),
         "devices": len(jax.devices()),
         "device_kind": jax.devices()[0].device_kind,
         "count_tables_ms_first_call": round(tables_ms, 1),
+        "count_tables_ms_numpy": round(host_tables_ms, 1),
     }
     for mapping in hardware.MAPPINGS:
         configs = hardware.config_grid(
@@ -66,9 +121,15 @@ def run() -> dict:
             e_acc_pj=[float(e) for e in np.linspace(0.05, 0.4, 8)],
         )
         n = hardware.num_configs(configs)
-        fast = _best(lambda c=configs: hardware.simulate(tables, specs, c), _REPEATS.value)
-        per_cfg = _best(
+        first, fast = _first_and_best(
+            lambda c=configs: hardware.simulate(tables, specs, c), _REPEATS.value
+        )
+        _, per_cfg = _first_and_best(
             lambda c=configs: hardware.simulate(tables, specs, c, dedupe=False), _REPEATS.value
+        )
+        host_first, host = _first_and_best(
+            lambda c=configs: hardware.simulate(host_tables, specs, c, backend="numpy"),
+            _REPEATS.value,
         )
         res = hardware.simulate(tables, specs, configs)
         i = int(np.flatnonzero(configs.n_pe == 16)[0])
@@ -82,12 +143,18 @@ def run() -> dict:
         out[mapping] = {
             "configs": n,
             "sweep_ms": round(fast * 1e3, 2),
+            "sweep_ms_first_call": round(first * 1e3, 1),
             "configs_per_s": round(n / fast),
+            "numpy_sweep_ms": round(host * 1e3, 1),
+            "numpy_sweep_ms_first_call": round(host_first * 1e3, 1),
+            "numpy_configs_per_s": round(n / host),
             "sweep_ms_per_config_workload": round(per_cfg * 1e3, 1),
             "configs_per_s_per_config": round(n / per_cfg),
             "oracle_ms_per_config": round(oracle_s * 1e3, 1),
             "speedup_vs_oracle": round(oracle_s / (fast / n)),
         }
+    if cold is not None:
+        out["cold_sweep_cli"] = cold
     return out
 
 

@@ -1,6 +1,6 @@
 r"""Hardware sweep: latency, utilization and energy of masks over a grid of PE-array configs.
 
-Example (a u-Ticket ticket against its LTH ticket, both mappings, 5 array sizes; ~5 s on CPU):
+Example (a u-Ticket ticket against its LTH ticket, both mappings, 5 array sizes; ~2 s on CPU):
   python experiments/sweep.py --masks runs/uticket/masks.npz --compare runs/lth/masks.npz \
       --n_pe 4,8,16,32,64 --mapping output_channel,input_split --timesteps 5 --input_size 32 \
       --out runs/sweep
@@ -13,6 +13,11 @@ sata, SATA_Sim's published model); each model's constants have their own flags (
 other than horowitz45, `--grid` expands the constants given on the command line.
 Writes DIR/sweep.json, DIR/sweep.csv, DIR/{latency,energy,utilization}.png; prints a table.
 `--compare dense` compares with the all-ones masks of the same layers.
+`--backend numpy` (the default) evaluates the simulator on the host and compiles nothing: a whole
+run of one VGG16 masks file x 100 configs takes ~1.8 s on a 2-core CPU, JAX's import included
+(`--backend jax`: ~6 s, most of it compiling; even 80,000 configs take 0.3 s with numpy). A
+`--distributed` run shards the configs over every process's devices and needs `--backend jax`
+(its default there).
 """
 
 from __future__ import annotations
@@ -79,6 +84,12 @@ _MODEL_FLAGS = {
     for name, model in energy.ENERGY_MODELS.items()
     if name != "horowitz45"
 }
+_BACKEND = flags.DEFINE_string(
+    "backend",
+    None,
+    "Simulator backend: numpy (on the host, nothing compiled; the default) or jax (compiled; the "
+    "default with --distributed, the only one there).",
+)
 _LAYER_ROWS = flags.DEFINE_bool("layer_rows", True, "Per-layer figures in sweep.json.")
 _MAX_PRINT = flags.DEFINE_integer("print_rows", 40, "Table rows printed (0: none).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
@@ -174,6 +185,23 @@ def _configs() -> tuple[hardware.HardwareConfig, energy.EnergyModel, object]:
     n, m = hardware.num_configs(configs), len(consts[0])
     configs = hardware.take_configs(configs, np.repeat(np.arange(n), m))  # config-major
     return configs, model, type(consts)(*(np.tile(c, n) for c in consts))
+
+
+def _backend() -> str:
+    """The simulator backend: `--backend`, else numpy (jax in a `--distributed` run)."""
+    dist = distributed.DISTRIBUTED.value
+    if _BACKEND.value is None:
+        return "jax" if dist else "numpy"
+    if _BACKEND.value not in hardware.BACKENDS:
+        raise ValueError(
+            f"--backend: unknown {_BACKEND.value!r}; allowed: {', '.join(hardware.BACKENDS)}"
+        )
+    if dist and _BACKEND.value != "jax":
+        raise ValueError(
+            f"--backend: {_BACKEND.value} runs on one host; a --distributed run shards its "
+            "configs over every process's devices with --backend jax"
+        )
+    return _BACKEND.value
 
 
 def _prepare_out(path: str) -> None:
@@ -285,12 +313,13 @@ def _inputs() -> tuple:
 
 
 def run() -> list[dict]:
+    backend = _backend()  # before connecting: a bad value fails at once, on every process
     distributed.initialize()
     # Every process checks the inputs; a failure on one is a one-line failure on all.
     configs, model, consts, networks, specs, rates = distributed.together(_inputs)
     baseline = _COMPARE.value if _COMPARE.value else None
-    # With several processes the configs are sharded over all of their devices; every process
-    # gets every row back, and process 0 writes them.
+    # With several processes (jax backend) the configs are sharded over all of their devices;
+    # every process gets every row back, and process 0 writes them.
     rows = hardware.sweep_networks(
         networks,
         specs,
@@ -300,13 +329,14 @@ def run() -> list[dict]:
         layers=_LAYER_ROWS.value,
         energy_model=model,
         energy_constants=consts,
+        backend=backend,
     )
     if distributed.is_writer():
-        _write(rows, len(networks), configs, model.name)
+        _write(rows, len(networks), configs, model.name, backend)
     return rows
 
 
-def _write(rows: list[dict], n_networks: int, configs, model_name: str) -> None:
+def _write(rows: list[dict], n_networks: int, configs, model_name: str, backend: str) -> None:
     """sweep.json, sweep.csv, the plots and the printed table."""
     _write_atomic(os.path.join(_OUT.value, "sweep.json"), json.dumps(rows))
     flat = [hardware.flat_row(r) for r in rows]
@@ -321,7 +351,7 @@ def _write(rows: list[dict], n_networks: int, configs, model_name: str) -> None:
         print(_table(rows, _MAX_PRINT.value))
     print(
         f"{len(rows)} rows ({n_networks} masks x {hardware.num_configs(configs)} configs, "
-        f"energy model {model_name}) -> {_OUT.value}"
+        f"energy model {model_name}, backend {backend}) -> {_OUT.value}"
     )
 
 

@@ -124,8 +124,12 @@ def test_bench_train_bad_trials():
 
 @pytest.mark.slow
 def test_bench_sweep():
-    out = _json_line(_run("bench_sweep.py", "--repeats=1"))
+    out = _json_line(_run("bench_sweep.py", "--repeats=1", "--cold_runs=1"))
     for mapping in ("output_channel", "input_split"):
         row = out[mapping]
         assert row["configs"] == 4096
         assert row["configs_per_s"] > 0 and row["speedup_vs_oracle"] > 0
+        assert row["sweep_ms_first_call"] >= row["sweep_ms"] and row["numpy_configs_per_s"] > 0
+    cold = out["cold_sweep_cli"]
+    assert cold["configs"] == 100 and cold["runs"] == 1
+    assert 0 < cold["numpy_wall_s"] and 0 < cold["jax_wall_s"]

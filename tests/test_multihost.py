@@ -192,7 +192,7 @@ def test_sweep_across_processes_equals_one_process(single_run, tmp_path):
     multi = str(tmp_path / "multi")
     single = str(tmp_path / "single")
     results = _run_multi(SWEEP, [*args, f"--out={multi}"])
-    _run_single(SWEEP, [*args, f"--out={single}"])
+    _run_single(SWEEP, [*args, "--backend=jax", f"--out={single}"])  # --distributed's backend
     with open(os.path.join(multi, "sweep.json")) as f:
         got = json.load(f)
     with open(os.path.join(single, "sweep.json")) as f:

@@ -168,6 +168,8 @@ def test_sweep_bad_inputs(mask_files, tmp_path):
         "wbuf_leak_mw": ["--masks", a, "--energy_model", "sata", "--wbuf_leak_mw", "inf"],
         "horowitz45": ["--masks", a, "--energy_model", "sata", "--e_idle_pj", "0.1"],
         "--grid": ["--masks", a, "--energy_model", "sata", "--grid"],
+        "unknown 'torch'; allowed: jax, numpy": ["--masks", a, "--backend", "torch"],
+        "--backend: numpy runs on one host": ["--masks", a, "--backend", "numpy", "--distributed"],
     }
     for i, args in enumerate(cases.values()):
         args += ["--input_size", "8", "--out", str(tmp_path / f"o{i}")]

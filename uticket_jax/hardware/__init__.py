@@ -52,9 +52,10 @@ from uticket_jax.hardware.simulator import (
     simulate,
     simulate_masks,
 )
-from uticket_jax.hardware.tables import LayerTables, count_tables, network_tables
+from uticket_jax.hardware.tables import BACKENDS, LayerTables, count_tables, network_tables
 
 __all__ = [
+    "BACKENDS",
     "DEFAULTS",
     "ENERGY_MODELS",
     "ENERGY_TERMS",

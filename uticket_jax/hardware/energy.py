@@ -34,8 +34,10 @@ Shipped models:
               leakage every cycle, DRAM energy per access; terms compute_op, compute_ungated,
               compute_leakage, buffer_dynamic, buffer_leakage, dram.
 
-A model's `energy` function uses only arithmetic operators, so it runs on jax arrays inside the
-simulator's jitted kernel and on numpy float64 arrays outside it (the SATA_Sim check).
+A model's `energy` function uses only arithmetic operators, so it runs unchanged on jax arrays
+inside the simulator's jitted kernel, on numpy float32 arrays in the simulator's numpy backend
+(`simulate(..., backend="numpy")`) and on numpy float64 arrays (the SATA_Sim check); `apply_model`
+and `total` are array-module-agnostic too.
 """
 
 from __future__ import annotations

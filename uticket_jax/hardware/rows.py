@@ -18,6 +18,7 @@ from uticket_jax.hardware import energy as energy_lib
 from uticket_jax.hardware.config import HardwareConfig, config_rows, num_configs
 from uticket_jax.hardware.layers import LayerSpec
 from uticket_jax.hardware.simulator import Figures, SweepResult, simulate_masks
+from uticket_jax.hardware.tables import check_backend
 from uticket_jax.workload.metrics import float_or_none
 
 _COUNTS = ("latency", "wasted", "dynamic")
@@ -197,6 +198,7 @@ def sweep_networks(
     layers: bool = True,
     energy_model: str | energy_lib.EnergyModel = "horowitz45",
     energy_constants: Any = None,
+    backend: str = "jax",
 ) -> list[dict[str, Any]]:
     """Evaluates every config on every network (masks of the same layers) and returns JSON rows.
 
@@ -209,12 +211,15 @@ def sweep_networks(
       layers: include per-layer figures in the rows.
       energy_model: name in `energy.ENERGY_MODELS` or an `EnergyModel`.
       energy_constants: its constants (scalar or `[N]` leaves); None: from config/defaults.
+      backend: the simulator's, "jax" (compiled; sharded over every device) or "numpy" (on the
+        host, nothing compiled), see `simulate`.
     Returns:
       `len(networks) * N` rows (network-major), see `sweep_rows`.
     """
+    check_backend(backend)
     if baseline is not None and baseline not in networks:
         raise ValueError(f"baseline: {baseline!r} is not one of {list(networks)}")
-    kw = {"energy_model": energy_model, "energy_constants": energy_constants}
+    kw = {"energy_model": energy_model, "energy_constants": energy_constants, "backend": backend}
     results = {
         k: simulate_masks(m, specs, configs, spike_rates=spike_rates, **kw)
         for k, m in networks.items()

@@ -31,6 +31,19 @@ mapping is dispatched outside jit (one compiled kernel per mapping). With severa
 config axis is sharded (`NamedSharding(Mesh(devices, ('config',)), P('config'))`, padded to a
 multiple of the device count); the small per-distinct-n_pe workload table is replicated.
 
+Backends (`simulate(..., backend=)`): "jax" (default) is the compiled path above; "numpy" runs
+the same formulas on the host with numpy and compiles nothing (one-shot sweeps, where compiling
+the ~20 programs of a sweep costs seconds more than evaluating it): per-n group loads from the
+mappings' `host_group_loads` (a mapping without one falls back to its JAX `group_loads`), then
+`workload.metrics` with `xp=np`, `_counts` and the energy model on numpy arrays, every config at
+once. The numpy backend runs on the host only: `devices` must be None (shard, or gather across
+processes, with the jax backend). Its results: load-unit figures equal exactly; cycles, seconds,
+wasted PE-cycles, the counts and the energy terms that are single products are bit-identical (the
+sums over layers run left to right, XLA's order for up to 32 layers); the utilizations (means
+over a layer's groups, whose float32 sums XLA splits differently beyond 32 groups), energy_total
+and terms that add products (XLA fuses them into multiply-adds) may differ in the last bits
+(relative < 3e-7 over the VGG16 sweep of n_pe 1..64, both mappings, both energy models).
+
 Precision: load-unit figures (latency, wasted, dynamic) are exact int32 (a host check refuses
 configs whose counts could overflow); cycles, seconds and energies are float32 products and sums of
 those exact counts, relative error ~1e-6 (float32 rounding of a handful of operations).
@@ -56,7 +69,7 @@ from uticket_jax.hardware.config import (
     validate_config,
 )
 from uticket_jax.hardware.layers import LayerSpec, spike_rate_vector
-from uticket_jax.hardware.tables import LayerTables, network_tables
+from uticket_jax.hardware.tables import LayerTables, check_backend, network_tables
 from uticket_jax.workload import mappings as wm
 from uticket_jax.workload.metrics import Metrics, layer_metrics, network_metrics
 
@@ -99,14 +112,14 @@ def _group_loads_jit(table, n, *, mapping, n_cap):
     return _group_loads(table, n, mapping, n_cap)
 
 
-def _table_of(tables: Mapping[str, Any], m: wm.PEMapping):
-    """The mapping's count table from one layer's `LayerTables`, as int32."""
+def _table_of(tables: Mapping[str, Any], m: wm.PEMapping, xp=jnp):
+    """The mapping's count table from one layer's `LayerTables`, as int32 (`xp` arrays)."""
     if m.name not in tables:
         raise ValueError(
             f"tables: no count table for mapping {m.name!r} (have {', '.join(tables)}); build "
             "them with network_tables(..., mappings=[...])"
         )
-    return jax.tree.map(lambda x: jnp.asarray(x, jnp.int32), tables[m.name])
+    return jax.tree.map(lambda x: xp.asarray(x, np.int32), tables[m.name])
 
 
 def _n_cap(m: wm.PEMapping, n_max: int) -> int:
@@ -167,7 +180,9 @@ def _counts(wl, cfg: HardwareConfig, facts, rates, xp=jnp) -> energy_lib.Counts:
     """The energy models' counts of every layer `[..., L]` (weight-stationary, see `energy`).
 
     Products only (no sums), so the counts computed inside the kernel (`xp=jnp`) and again
-    outside it from the kernel's outputs (`_layer_counts`, `xp=np`) are the same float32 numbers.
+    outside it from the kernel's outputs (`_layer_counts`, `xp=np`, and the numpy backend) are the
+    same float32 numbers. Seconds are cycles times the reciprocal clock, written out: XLA rewrites
+    a division by a broadcast scalar so, and a numpy `/` would differ in the last bit.
     """
     pixels, c_in, c_out = facts
     scale = pixels * cfg.timesteps.astype(xp.float32)  # [L] positions x steps
@@ -181,12 +196,12 @@ def _counts(wl, cfg: HardwareConfig, facts, rates, xp=jnp) -> energy_lib.Counts:
         n_pe=per_layer(cfg.n_pe.astype(xp.float32)),
         clock_hz=per_layer(cfg.clock_hz),
         cycles=cycles,
-        seconds=cycles / cfg.clock_hz,
+        seconds=cycles * (xp.float32(1.0) / cfg.clock_hz),
         accumulates=dynamic * scale * rate,
         weights=dynamic,
         lif_updates=lif,
         pe_cycles_busy=busy,
-        pe_cycles_idle=wl.wasted.astype(jnp.float32) * scale,
+        pe_cycles_idle=wl.wasted.astype(xp.float32) * scale,
         weight_buffer_reads=dynamic,
         input_buffer_reads=busy,
         output_buffer_writes=lif,
@@ -278,6 +293,7 @@ def simulate(
     devices: Sequence[jax.Device] | None = None,
     energy_model: str | energy_lib.EnergyModel = "horowitz45",
     energy_constants: Any = None,
+    backend: str = "jax",
 ) -> SweepResult:
     """Evaluates a batch of hardware configs on one network.
 
@@ -291,14 +307,22 @@ def simulate(
       dedupe: evaluate the workload once per distinct `n_pe` (True) or once per config (False);
         the results are identical, dedupe is faster for sweeps over energy constants.
       devices: devices to shard the config axis over (default: all of `jax.devices()`; one
-        device runs unsharded).
+        device runs unsharded). jax backend only: the numpy backend refuses anything but None.
       energy_model: a name in `energy.ENERGY_MODELS` or an `EnergyModel`.
       energy_constants: the model's constants (its NamedTuple; scalar leaves for every config
         or `[N]` leaves, one per config). None: the model's `from_config` (horowitz45 reads the
         config fields `e_acc_pj`, `e_fetch_pj`, `e_idle_pj`, `leak_w`) or its defaults.
+      backend: "jax" (compiled, vmapped, sharded over `devices`) or "numpy" (the same formulas
+        on the host, nothing compiled; see the module docstring for how the results compare).
     Returns:
       `SweepResult` of numpy arrays, layers `[N, L]`, network `[N]`, in the order of `configs`.
     """
+    check_backend(backend)
+    if backend == "numpy" and devices is not None:
+        raise ValueError(
+            "devices: the numpy backend runs on the host; leave devices None, or shard with "
+            "backend='jax'"
+        )
     if len(tables) != len(specs) or not specs:
         raise ValueError(f"tables: need one table per layer spec, got {len(tables)}/{len(specs)}")
     validate_config(configs)
@@ -311,7 +335,8 @@ def simulate(
         rates = np.asarray(spike_rates, np.float32)
         if rates.shape != (len(specs),) or not ((rates >= 0) & (rates <= 1)).all():
             raise ValueError(f"spike_rates: need {len(specs)} rates in [0, 1], got {rates}")
-    devices = list(jax.devices() if devices is None else devices)
+    if backend == "jax":
+        devices = list(jax.devices() if devices is None else devices)
     model = energy_lib.get_energy_model(energy_model)
     consts = _batch_constants(model, energy_constants, configs)
     facts = _layer_facts(specs)
@@ -320,7 +345,7 @@ def simulate(
     parts: list[tuple[np.ndarray, SweepResult]] = []
     for mid in np.unique(configs.mapping):
         m = wm.get_mapping(MAPPINGS[int(mid)])
-        mtables = [_table_of(t, m) for t in tables]
+        mtables = [_table_of(t, m, jnp if backend == "jax" else np) for t in tables]
         idx = np.flatnonzero(configs.mapping == mid)
         sub = take_configs(configs, idx)
         sub_consts = type(consts)(*(f[idx] for f in consts))
@@ -330,11 +355,14 @@ def simulate(
             uniq, inv = np.unique(sub.n_pe, return_inverse=True)
         else:
             uniq, inv = sub.n_pe, np.arange(len(idx))
-        # Pad to a power of two (>= 8) so sweeps of similar size share one compilation.
-        uniq = np.pad(uniq, (0, max(8, _pow2(len(uniq))) - len(uniq)), mode="edge")
         batch = (sub, sub_consts)
-        n_cap = _n_cap(m, n_max)
-        out = _run(mtables, facts, rates, uniq, inv, batch, m, n_cap, analysed, devices, model)
+        if backend == "numpy":
+            out = _run_host(mtables, facts, rates, uniq, inv, batch, m, analysed, model)
+        else:
+            # Pad to a power of two (>= 8) so sweeps of similar size share one compilation.
+            uniq = np.pad(uniq, (0, max(8, _pow2(len(uniq))) - len(uniq)), mode="edge")
+            n_cap = _n_cap(m, n_max)
+            out = _run(mtables, facts, rates, uniq, inv, batch, m, n_cap, analysed, devices, model)
         parts.append((idx, out))
     order = np.empty(n_total, np.int64)
     order[np.concatenate([i for i, _ in parts])] = np.arange(n_total)
@@ -397,6 +425,79 @@ def _run(tables, facts, rates, uniq, inv, batch, mapping, n_cap, analysed, devic
     return jax.tree.map(lambda x: _fetch(x)[:n], out)
 
 
+def _run_host(tables, facts, rates, uniq, inv, batch, mapping, analysed, model):
+    """`_run` on the host with numpy: the layer and network `Figures` of one mapping's configs.
+
+    The workload once per entry of `uniq` (`_host_workload`), gathered to the configs by `inv`,
+    then `_host_figures` for all configs at once.
+    """
+    wl, net = _host_workload(tables, np.asarray(uniq, np.int32), mapping, analysed)
+    inv = np.asarray(inv, np.intp)
+    wl, net = Metrics(*(x[inv] for x in wl)), Metrics(*(x[inv] for x in net))
+    configs, consts = batch
+    return _host_figures(wl, net, configs, consts, facts, rates, analysed, model)
+
+
+def _host_workload(tables, uniq: np.ndarray, mapping: wm.PEMapping, analysed: np.ndarray):
+    """`_workload` for every `n` of `uniq` `[U]`: per-layer `Metrics` `[U, L]`, network `[U]`.
+
+    Each layer's per-n group sums and maxima (`host_group_loads`, padded with zero groups to a
+    common width, which the metrics skip) go through `layer_metrics(..., xp=np)` for all `n` at
+    once; a layer left out of `analysed` enters `network_metrics` as a layer without work.
+    """
+    n = uniq[:, None]  # [U, 1] against the groups
+    per_layer = []
+    for t in tables:
+        gsum, gmax = zip(*(wm.host_group_loads(mapping, t, int(k)) for k in uniq), strict=True)
+        lm = layer_metrics(_stack_groups(gsum), _stack_groups(gmax), n, xp=np)
+        per_layer.append(Metrics(*(np.asarray(x, dt) for x, dt in zip(lm, _DTYPES, strict=True))))
+    empty = (np.float32(np.nan), np.float32(np.nan), 0, 0, 0)
+    masked = [
+        Metrics(*(x if analysed[j] else np.full_like(x, e) for x, e in zip(m, empty, strict=True)))
+        for j, m in enumerate(per_layer)
+    ]
+    net = network_metrics(masked, xp=np)
+    net = Metrics(*(np.asarray(x, dt) for x, dt in zip(net, _DTYPES, strict=True)))
+    stacked = Metrics(*(np.stack(col, axis=1) for col in zip(*per_layer, strict=True)))
+    return stacked, net
+
+
+def _stack_groups(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """`[U, B]` int32 from per-n group rows, padded with zero groups to the widest."""
+    width = max(len(r) for r in rows)
+    out = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+# Metrics dtypes of the jax kernel (numpy sums of int32 give int64; the int32 check bounds them).
+_DTYPES = (np.float32, np.float32, np.int32, np.int32, np.int32)
+
+
+def _host_figures(wl: Metrics, net: Metrics, configs, consts, facts, rates, analysed, model):
+    """`_figures` of every config at once on the host: layers `[N, L]`, network `[N]`."""
+    col = lambda x: np.asarray(x)[:, None]  # noqa: E731 (one value per config, against layers)
+    cfg = HardwareConfig(*(col(f) for f in configs))
+    counts = _counts(wl, cfg, facts, rates, xp=np)
+    terms = energy_lib.apply_model(model, counts, type(consts)(*(col(c) for c in consts)))
+    total = energy_lib.total(terms)
+    layer = Figures(*wl, counts.cycles, counts.seconds, counts.pe_cycles_idle, None, terms, total)
+    add = lambda x: _sum_layers(x, analysed)  # noqa: E731
+    sums = [add(x) for x in (layer.cycles, layer.seconds, layer.wasted_pe_cycles)]
+    net_terms = {t: add(v) for t, v in terms.items()}
+    return layer, Figures(*net, *sums, None, net_terms, add(total))
+
+
+def _sum_layers(x: np.ndarray, analysed: np.ndarray) -> np.ndarray:
+    """float32 sum over the analysed layers of `x` `[N, L]`, left to right (XLA's order for up to
+    32 layers, so the numpy backend's network sums equal the kernel's)."""
+    out = np.zeros(x.shape[0], np.float32)
+    for j in np.flatnonzero(analysed):
+        out = out + x[:, j]
+    return out
+
+
 def _fetch(x: jax.Array) -> np.ndarray:
     """A result on the host; a config axis sharded over other processes' devices is gathered
     (every process then holds every config's figures)."""
@@ -411,13 +512,18 @@ def simulate_masks(
     masks: Mapping[str, np.ndarray],
     specs: Sequence[LayerSpec],
     configs: HardwareConfig,
+    *,
+    backend: str = "jax",
     **kwargs: Any,
 ) -> SweepResult:
     """`simulate` from masks: builds the count tables of `specs`' layers, then evaluates.
 
-    Only the tables of the mappings in `configs` are built.
+    Only the tables of the mappings in `configs` are built, with `backend` ("jax" or "numpy",
+    see `simulate`), which also evaluates them.
     """
+    check_backend(backend)
     validate_config(configs)
     ids = np.unique(np.atleast_1d(np.asarray(configs.mapping)))
     names = [MAPPINGS[int(i)] for i in ids]
-    return simulate(network_tables(masks, specs, names), specs, configs, **kwargs)
+    tables = network_tables(masks, specs, names, backend=backend)
+    return simulate(tables, specs, configs, backend=backend, **kwargs)

@@ -7,6 +7,11 @@ uses, to that mapping's small integer table (`PEMapping.count_table`), from whic
   input_split:    prefix[o, i] = non-zeros of output channel o over (kh, kw, input ch < i)
                   `[c_out, c_in + 1]`
 A layer's tables are a dict `{mapping name: table}` (`LayerTables`).
+
+Backends (`backend=`): "jax" (default) builds every layer's tables in one compiled call per layer
+shape; "numpy" builds them on the host with the mappings' `host_count_table` (nothing compiled;
+a mapping without one falls back to its JAX `count_table`). Both give the same integers, so
+tables of either backend feed either simulator backend.
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ from uticket_jax.workload import mappings as wm
 
 # Count tables of one layer: `{mapping name: that mapping's count_table(mask)}`.
 LayerTables = dict[str, Any]
+BACKENDS = ("jax", "numpy")
+
+
+def check_backend(backend: Any) -> str:
+    """Returns `backend`, or raises ValueError unless it is one of `BACKENDS`."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
 
 
 @functools.partial(jax.jit, static_argnums=(1,))
@@ -40,25 +53,39 @@ def _resolve(mappings: Sequence[str | wm.PEMapping] | None) -> tuple[wm.PEMappin
     return tuple(dict.fromkeys(wm.get_mapping(x) for x in names))
 
 
-def count_tables(mask, mappings: Sequence[str | wm.PEMapping] | None = None) -> LayerTables:
+def count_tables(
+    mask, mappings: Sequence[str | wm.PEMapping] | None = None, *, backend: str = "jax"
+) -> LayerTables:
     """Count tables of one layer's boolean mask, one per mapping (`PEMapping.count_table`).
 
     Args:
       mask: `[kh, kw, c_in, c_out]` or dense `[c_in, c_out]` boolean (or 0/1) array.
       mappings: registered mapping names (default: every mapping in `workload.MAPPINGS`).
+      backend: "jax" (one compiled call, jax arrays) or "numpy" (host arrays, nothing compiled
+        for mappings with `host_count_table`).
     Returns:
       `{mapping name: table}`; output_channel's is `[c_out]`, input_split's `[c_out, c_in + 1]`.
     """
+    check_backend(backend)
+    ms = _resolve(mappings)
+    if backend == "numpy":
+        mask = np.asarray(mask)
+        if mask.ndim not in (2, 4):
+            raise ValueError(f"mask: must be 4-D hwio or 2-D dense, got shape {mask.shape}")
+        mask = mask.astype(bool, copy=False)
+        return {m.name: wm.host_count_table(m, mask) for m in ms}
     mask = jnp.asarray(mask)
     if mask.ndim not in (2, 4):
         raise ValueError(f"mask: must be 4-D hwio or 2-D dense, got shape {mask.shape}")
-    return _count_tables(mask.astype(bool), _resolve(mappings))
+    return _count_tables(mask.astype(bool), ms)
 
 
 def network_tables(
     masks: Mapping[str, np.ndarray],
     specs: Sequence[LayerSpec],
     mappings: Sequence[str | wm.PEMapping] | None = None,
+    *,
+    backend: str = "jax",
 ) -> list[LayerTables]:
     """Count tables of every layer of `specs`, read from `masks` (same names and shapes).
 
@@ -66,9 +93,11 @@ def network_tables(
       masks: `{path: hwio mask}`.
       specs: the layer descriptions.
       mappings: registered mapping names (default: every registered one).
+      backend: "jax" or "numpy" (see `count_tables`).
     Returns:
       One `LayerTables` per spec, in order.
     """
+    check_backend(backend)
     ms = _resolve(mappings)
     out = []
     for spec in specs:
@@ -79,5 +108,5 @@ def network_tables(
                 f"masks: {spec.name!r} has shape {np.shape(masks[spec.name])}, "
                 f"the layer description says {spec.kernel_shape}"
             )
-        out.append(count_tables(masks[spec.name], ms))
+        out.append(count_tables(masks[spec.name], ms, backend=backend))
     return out

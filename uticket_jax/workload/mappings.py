@@ -29,8 +29,9 @@ id is a mapping's position in it (output_channel = 0, input_split = 1). A `PEMap
   - optional shortcuts: `ones_counts` (counts of an all-true kernel, for capacities) and
     `direct_loads` (a faster `loads_from_counts(channel_counts(mask), n)`);
   - optional numpy versions for the host paths of one-shot tools (nothing to compile):
-    `host_loads`, `host_to_slots`, `host_from_slots` (without them those paths call the JAX
-    functions on the host arrays: correct, slower to start).
+    `host_loads`, `host_to_slots`, `host_from_slots`, and for the simulator's numpy backend
+    `host_count_table` + `host_group_loads` (without them those paths call the JAX functions
+    on the host arrays: correct, slower to start).
 See `PEMapping` for the exact contracts. `register_mapping` checks a new mapping against them on
 small kernels before adding it; nothing else in the package needs an edit.
 
@@ -155,6 +156,11 @@ class PEMapping:
         `from_slots`, used by the host paths of the one-shot tools (`rebalance_network(...,
         backend="numpy")`, the numpy simulator). None: the JAX function, run on the host array
         (correct, but it compiles).
+      host_count_table: optional numpy `mask -> table`, the same integers as `count_table`.
+      host_group_loads: optional numpy `(table, n) -> (group_sum, group_max)` for a STATIC `n`:
+        int32 `[B]` arrays, the real groups first (sum and max over their PEs), zeros after
+        (any `B >= G`; the built-ins return `B = G`). The numpy simulator's per-n loads. None
+        (either): `count_table` / `group_loads` in JAX on the host arrays (they compile).
     """
 
     name: str
@@ -175,12 +181,22 @@ class PEMapping:
     host_loads: Callable[[np.ndarray, int], np.ndarray] | None = None
     host_to_slots: Callable[[np.ndarray, int, Any], np.ndarray] | None = None
     host_from_slots: Callable[[np.ndarray, Shape, int], np.ndarray] | None = None
+    host_count_table: Callable[[np.ndarray], Any] | None = None
+    host_group_loads: Callable[[Any, int], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 _FUNCTIONS = tuple(
     f.name for f in dataclasses.fields(PEMapping) if f.name not in ("name", "needs_n_cap")
 )
-_OPTIONAL = ("ones_counts", "direct_loads", "host_loads", "host_to_slots", "host_from_slots")
+_OPTIONAL = (
+    "ones_counts",
+    "direct_loads",
+    "host_loads",
+    "host_to_slots",
+    "host_from_slots",
+    "host_count_table",
+    "host_group_loads",
+)
 
 
 # ---- output_channel: PE (g, j) <- output channel g*n + j -----------------------------------------
@@ -240,6 +256,12 @@ def _oc_group_loads(counts, n, n_cap: int):
     gsum = jax.ops.segment_sum(counts, seg, num_segments=c_out, indices_are_sorted=True)
     gmax = jax.ops.segment_max(counts, seg, num_segments=c_out, indices_are_sorted=True)
     return gsum, jnp.maximum(gmax, 0)  # empty segments hold the dtype minimum
+
+
+def _oc_host_group_loads(counts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Static `n` on the host: the `[G, n]` loads' sums and maxima over the PEs, `[G]` each."""
+    loads = _oc_loads(np.asarray(counts, np.int32), n, np)
+    return loads.sum(1, dtype=np.int32), loads.max(1)
 
 
 def _oc_load_bound(shape: tuple[int, int, int, int], counts, n_max: int) -> int:
@@ -306,11 +328,11 @@ def _is_pe_cols(tbl):
     return tbl.T.reshape(-1)  # tbl [G=c_out, n] -> column j*c_out + o
 
 
-def _is_prefix(mask):
+def _is_prefix(mask, xp=jnp):
     """`[c_out, c_in + 1]` prefix sums over input channels: prefix[o, i] = non-zeros below i."""
-    per_in = _is_counts(mask)  # [c_out, c_in]
-    zero = jnp.zeros((per_in.shape[0], 1), jnp.int32)
-    return jnp.concatenate([zero, jnp.cumsum(per_in, axis=1, dtype=jnp.int32)], axis=1)
+    per_in = _is_counts(mask, xp)  # [c_out, c_in]
+    zero = xp.zeros((per_in.shape[0], 1), np.int32)
+    return xp.concatenate([zero, xp.cumsum(per_in, axis=1, dtype=np.int32)], axis=1)
 
 
 def _is_group_loads(prefix, n, n_cap: int):
@@ -327,6 +349,17 @@ def _is_group_loads(prefix, n, n_cap: int):
     loads = prefix[:, stop] - prefix[:, start]  # [C, J]
     loads = jnp.where(j < n, loads, 0)
     return prefix[:, c_in], loads.max(axis=1)
+
+
+def _is_host_group_loads(prefix: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Static `n` on the host: `_is_group_loads` over the `min(n, c_in)` PEs that can hold work."""
+    prefix = np.asarray(prefix, np.int32)
+    c_in = prefix.shape[1] - 1
+    s = _cdiv(c_in, n)
+    start = np.minimum(np.arange(min(n, c_in), dtype=np.int32) * s, c_in)
+    stop = np.minimum(start + s, c_in)
+    loads = prefix[:, stop] - prefix[:, start]  # [c_out, J]; PEs past c_in hold 0
+    return prefix[:, c_in].copy(), loads.max(axis=1, initial=0)
 
 
 def _is_load_bound(shape: tuple[int, int, int, int], prefix, n_max: int) -> int:
@@ -375,6 +408,8 @@ OUTPUT_CHANNEL = PEMapping(
     host_loads=lambda mask, n: _oc_loads(_oc_counts(mask, np), n, np),
     host_to_slots=functools.partial(_oc_to_slots, xp=np),
     host_from_slots=functools.partial(_oc_from_slots, xp=np),
+    host_count_table=functools.partial(_oc_counts, xp=np),
+    host_group_loads=_oc_host_group_loads,
 )
 INPUT_SPLIT = PEMapping(
     name="input_split",
@@ -395,6 +430,8 @@ INPUT_SPLIT = PEMapping(
     host_loads=lambda mask, n: _is_loads(_is_counts(mask, np), n, np),
     host_to_slots=functools.partial(_is_to_slots, xp=np),
     host_from_slots=functools.partial(_is_from_slots, xp=np),
+    host_count_table=functools.partial(_is_prefix, xp=np),
+    host_group_loads=_is_host_group_loads,
 )
 
 _REGISTRY: dict[str, PEMapping] = {m.name: m for m in (OUTPUT_CHANNEL, INPUT_SPLIT)}
@@ -507,7 +544,7 @@ def check_mapping(m: PEMapping) -> None:
     column layouts round-trip and sum to the PE loads, loads sum to the non-zeros and capacities
     to the kernel size, `direct_loads` equals the count path, and `group_loads` with a traced
     `n` equals the static loads' group sum and max (zeros past the real groups), within
-    `load_bound`.
+    `load_bound`; the numpy `host_*` functions it has equal their JAX counterparts.
 
     Raises:
       ValueError: `mapping: 'name' fails its self-check: ...` naming the first mismatch.
@@ -585,6 +622,19 @@ def _check_one(m: PEMapping, mask: np.ndarray, n: int) -> str:
             "host_from_slots(to_slots(mask)) != mask",
         ),
         (
+            m.host_count_table is None
+            or all(
+                np.array_equal(a, b)
+                for a, b in zip(jax.tree.leaves(m.host_count_table(mask)), leaves, strict=True)
+            ),
+            "host_count_table != count_table",
+        ),
+        (
+            m.host_group_loads is None
+            or _groups_match(*m.host_group_loads(jax.tree.map(np.asarray, out["table"]), n), loads),
+            "host_group_loads != static loads",
+        ),
+        (
             m.load_bound(as_hwio4(mask.shape), out["table"], n) >= n * int(loads.max(1).sum()),
             "load_bound below sum_g n * max load",
         ),
@@ -620,6 +670,38 @@ def host_from_slots(m: PEMapping, slots: np.ndarray, shape: Shape, n: int) -> np
     if m.host_from_slots is not None:
         return m.host_from_slots(slots, shape, n)
     return np.asarray(m.from_slots(jnp.asarray(slots), shape, n))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _count_table_jit(m: PEMapping, mask):
+    return m.count_table(mask)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _group_loads_jit(m: PEMapping, table, n, n_cap: int):
+    return m.group_loads(table, n, n_cap)
+
+
+def host_count_table(m: PEMapping, mask: np.ndarray) -> Any:
+    """The count table of a numpy mask as numpy arrays (`m.host_count_table`, else JAX's)."""
+    if m.host_count_table is not None:
+        return m.host_count_table(mask)
+    return jax.tree.map(np.asarray, _count_table_jit(m, jnp.asarray(mask)))
+
+
+def host_group_loads(m: PEMapping, table: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(group_sum, group_max)` int32 `[B]` of a count table for a static `n`, on the host.
+
+    `m.host_group_loads`, else the mapping's `group_loads` in JAX with a traced `n` (one
+    compilation per mapping and power-of-two `n_cap`); either way the real groups first, zeros
+    after.
+    """
+    if m.host_group_loads is not None:
+        return m.host_group_loads(table, n)
+    n_cap = max(16, 1 << (n - 1).bit_length()) if m.needs_n_cap else 0
+    table = jax.tree.map(lambda x: jnp.asarray(x, jnp.int32), table)
+    gsum, gmax = _group_loads_jit(m, table, jnp.int32(n), n_cap)
+    return np.asarray(gsum), np.asarray(gmax)
 
 
 def check_n_pe(n_pe: Any) -> int:
