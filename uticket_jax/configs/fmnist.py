@@ -31,7 +31,7 @@ def get_config() -> LTHConfig:
         train_subset=15000,
         arch="fmnist_snn",
         timesteps=4,
-        epochs=4,
+        epochs=3,
         batch_size=64,
         optimizer="sgd",
         lr=0.1,
