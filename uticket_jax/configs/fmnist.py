@@ -6,13 +6,13 @@
 `fmnist_snn` (a VGG-style spiking net for 28x28x1: conv 16 -> pool -> conv 64 @14x14 -> pool ->
 conv 64, conv 64 @7x7, BN + LIF after every conv, direct encoding, T = 4) trained on a fixed,
 class-stratified subset of 15,000 of the 60,000 training images (evaluated on the whole 10,000
-test images), 4 epochs per round, SGD momentum 0.9, lr 0.1, weight decay 5e-4, cosine schedule;
+test images), 3 epochs per round, SGD momentum 0.9, lr 0.1, weight decay 5e-4, cosine schedule;
 the paper's IMP scaled to CPU: 11 rounds of 25 % global magnitude pruning (95.8 % sparsity),
 late rewinding to epoch 1; 16 PEs per group, output-channel mapping, magnitude policy,
-`ceil_mean` target. Result (BUILD_NOTES.md, "Fashion-MNIST", has the table): dense 88.7 %; at
-round 11 (95.8 %) LTH 88.1 % at 67.0 % PE utilization, u-Ticket 88.0 % at 100 %, latency
--28.7 %. Runtime: 1 h 34 min measured on 2 CPU cores shared with other jobs (load 6-15), 4,533 s
-of CPU time: over the 30-minute goal.
+`ceil_mean` target. Result (BUILD_NOTES.md, "Fashion-MNIST", has the table): dense 88.5 %; at
+round 11 (95.8 %) LTH 87.4 % at 62.8 % PE utilization, u-Ticket 87.5 % at 100 %, latency
+-34.2 %. Runtime: 35.9 min measured on 2 CPU cores while another job used about one of them
+(2,518 s of CPU time); not yet measured on an idle machine against the 30-minute goal.
 """
 
 from __future__ import annotations
