@@ -204,9 +204,10 @@ print(json.dumps(out))
 @pytest.mark.slow
 def test_many_configurations_keep_memory_bounded():
     # 50 (n_pe, mapping, policy) configurations in one process, no jax.clear_caches(): the
-    # programs of evicted configurations are released. Measured (2-core CPU): from config 10 to
-    # 50, +~400 maps and +~20 MB (JAX's own bounded caches of traced jaxprs); without the
-    # eviction every configuration adds ~400 maps and ~15 MB, i.e. +16,000 maps and +600 MB.
+    # programs of evicted configurations are released. Measured (2-core CPU): configs 0 -> 10 ->
+    # 50, 504 -> 2,947 -> 3,400 maps and 208 -> 457 -> 538 MB (flat from config 20 on, but for
+    # JAX's own bounded caches of traced jaxprs); with the eviction turned off, 3,385 -> 14,978
+    # maps and 477 -> 1,019 MB (~290 maps and ~14 MB per configuration).
     r = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_MEMORY_LOOP)],
         cwd=ROOT,

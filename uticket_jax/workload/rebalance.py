@@ -13,21 +13,27 @@ first conv left out); the others pass through unchanged and stay out of the netw
 single layer (`rebalance_layer`) is always rebalanced.
 
 The pipeline, the same for both entry points: validate the arguments; one compiled *plan* call per
-layer (loads, targets, `target - load`, its largest `|.|`, and under the magnitude policy the count
-of non-finite weights); one host fetch of those few numbers for all layers; one compiled *select*
-call per layer that moves anything (priorities, then `selection.apply_layer` with the static
-widths of `selection.plan_widths`); one compiled *report* call per layer. Every call is dispatched
-asynchronously, so the layers' kernels overlap; the loop over layers is a Python loop outside jit.
-(One program over all layers measured ~10x slower on CPU: its kernels run one after another.)
+layer (loads, capacities, targets, `target - load`, and under the magnitude policy the count of
+non-finite weights); under the magnitude policy one host fetch of those counts for all layers
+(the random policy never waits on the host); one compiled *select* call per analysed layer
+(priorities, then `selection.apply_layer`; a layer that moves nothing skips the selection at run
+time); one compiled *report* call per layer. Every call is dispatched asynchronously, so the
+layers' kernels overlap; the loop over layers is a Python loop outside jit. (One program over all
+layers measured ~10x slower on CPU: its kernels run one after another.)
 
 Random keys: `rebalance_network` ranks the layer at position `i` of the flat order with
 `jax.random.fold_in(key, i)`; `rebalance_layer` uses its `key` as given.
 
-Compiled programs: the plan and report programs depend on the layer shapes only, so a new round
-of masks of the same shapes compiles none of them; the select program also depends on the static
-`selection.Widths`, powers of two derived from the largest moves, so a new round compiles a select
-program only for a layer whose width classes it has not met before (at most one per layer and
-call; `selection.Widths` bounds the classes).
+Compiled programs: the static arguments are the configuration's only: plan `(n_pe, mapping,
+target)`, select `(n_pe, mapping, policy)`, report `(n_pe, mapping)`; everything else, the
+selection's row classes included, follows from the input shapes. So after the first call, masks
+of the same layer shapes (any density, any moves, new weights and key) compile nothing
+(tests/test_rebalance_compile.py), and layers of one shape share their programs. The jitted
+steps of the last `_CONFIGS_KEPT` configurations are held in small LRU caches of fresh jit
+objects; an evicted configuration's executables are freed with its jit objects (JAX's caches
+hold them through weak references to the jitted functions), so a process that loops over many
+configurations keeps a bounded number of memory mappings without `jax.clear_caches()` (which the
+library never calls: it would drop the caller's programs too).
 """
 
 from __future__ import annotations

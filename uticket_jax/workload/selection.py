@@ -9,19 +9,20 @@ How the choice is made (exactly the top-`|delta|` of each PE, without a top-k ov
 which costs ~5 ns per weight on CPU): the kernel works in the slot-major layout `[C, P]` of
 `mappings.PEMapping.to_cols` (a reshape for output_channel), gives every slot an int32 preference
 rank that orders like the priority (-1 for non-candidates), then per PE (1) bisects the maxima of
-8-slot chunks for a threshold `t` that at least `|delta|` slots reach, (2) bit-packs the slots
-`>= t` (usually little more than `|delta|`) and compacts them in slot order into `[k2, P]`,
-(3) bisects those few ranks for the exact `|delta|`-th rank and counts equal ranks in slot order
-for the last chosen slot; one elementwise pass then flips. A PE with more than `k2` candidates
-above `t` (e.g. masses of equal weights) sends the layer to the plain `lax.top_k` selection under
-`lax.cond`; both give the same mask. The few PEs that need many more moves than the rest get a
-wider call of their own (`plan_widths`) so the common PEs keep a narrow `k2`.
+8-slot chunks for a threshold `t` that at least `|delta|` slots reach and bit-packs the slots
+`>= t` (its candidates: usually little more than `|delta|`), (2) joins the narrowest row class
+(`row_classes`) that holds its candidates and, there, has them compacted in slot order into a
+`[rows, cols]` table (the widest, direct class takes the PE's whole column instead), (3) bisects
+those ranks for the exact `|delta|`-th rank and then the candidates for the last equal rank to
+take, in slot order; one elementwise pass then flips. Every PE fits some class, so there is no
+fallback: masses of equal weights only send more PEs to the wider classes.
 
-Compiled programs. The selection widths (`Widths`) are static: a layer compiles one program per
-width class. Every width is a power of two (or the layer's whole slot count): `k2` from
-`cand_bound`, the top-k width `k` derived from the widest `k2`, the heavy class's padded column
-count from `padded_size`. So a new mask of the same shape reuses a program whenever its largest
-moves fall in the same power-of-two classes (see `Widths`).
+Compiled programs. Nothing static depends on the masks or their moves: the row classes (at most
+four: 8, 64, 512 candidate rows and the direct class, each with its columns per loop step) follow
+from the layer shape, `n_pe` and the mapping; the PEs are grouped into the classes at run time
+and each class runs as a `fori_loop` over its column tiles with a traced step count (none for an
+empty class). So one program per layer shape serves every mask of that shape. Each class is a
+loop body of its own in the program, ~0.6 s of XLA:CPU compile time, hence the few, wide classes.
 """
 
 from __future__ import annotations
