@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,11 +23,10 @@ from uticket_jax.workload.rebalance import (
 MAPPINGS = list(mp.MAPPINGS)
 
 
-def _apply(mask, prio, delta, heavy=(), *, m, n_pe, widths):
-    """`selection.apply_layer` compiled for one mapping, `n_pe` and `widths` (a fresh jit, so a
-    patched module constant is traced anew)."""
-    fn = jax.jit(functools.partial(sel.apply_layer, m=m, n_pe=n_pe, widths=widths))
-    return fn(mask, prio, delta, heavy)
+def _apply(mask, prio, delta, *, m, n_pe):
+    """`selection.apply_layer` in a fresh jit (so a patched module constant is traced anew)."""
+    fn = jax.jit(lambda x, p, d: sel.apply_layer(x, p, d, m=m, n_pe=n_pe))
+    return fn(mask, prio, delta)
 
 
 def _case(seed, shape, p, ties=False):
@@ -263,9 +260,10 @@ def test_bad_input(kwargs, match):
 @pytest.mark.parametrize(
     "mapping, target", [("output_channel", "ceil_mean"), ("input_split", "keep_count")]
 )
-def test_fast_path_and_topk_fallback_match_oracle(mapping, target):
-    # The selection has a compaction fast path (at most k2 candidates per PE above a chunk-max
-    # threshold) and an exact top-k fallback under lax.cond: force each and compare to the oracle.
+def test_row_classes_match_oracle(mapping, target):
+    # The selection compacts each PE's candidates into the narrowest row class that holds them
+    # (run as a loop over column tiles), or, past the widest, ranks its whole column (the direct
+    # class): force each layout and compare to the oracle.
     shape, n = (3, 3, 16, 12), 4
     # Half the weights tie (rounded), so ties straddle the thresholds.
     mask, w = _case(8, shape, 0.15, ties=True)
@@ -273,75 +271,49 @@ def test_fast_path_and_topk_fallback_match_oracle(mapping, target):
     loads = mp.pe_loads(mask, n, mapping)
     tgt = workload.pe_targets(loads, mp.pe_capacity(shape, n, mapping), target)
     delta = tgt - loads
-    d_max, c = int(np.abs(np.asarray(delta)).max()), m.geometry(shape, n)[1]
-    assert d_max >= 2  # so k2 = 1 cannot hold the candidates of the busiest PE
+    assert int(np.abs(np.asarray(delta)).max()) >= 2
     want = oracle.rebalance(mask, np.abs(w), n, mapping, target)[0]
     prio = jax.jit(sel.magnitude_priorities)(jnp.asarray(w))
-    for k2 in (1, sel.cand_bound(d_max, c), -(-c // 32) * 32):
-        widths = sel.Widths(sel.topk_bound(d_max, c), k2)
-        got = _apply(jnp.asarray(mask), prio, delta, m=m, n_pe=n, widths=widths)
-        np.testing.assert_array_equal(got, want, err_msg=f"k2={k2}")
-    # The top-k fallback is exact for any width k >= max |delta|.
-    for k in (d_max, c):
-        widths = sel.Widths(k, 1)
-        got = _apply(jnp.asarray(mask), prio, delta, m=m, n_pe=n, widths=widths)
-        np.testing.assert_array_equal(got, want, err_msg=f"top-k, k={k}")
-    # The compaction locates candidates by reductions when a PE spans few words, by gathers
-    # otherwise: force the gather variant too (a fresh jit traces with the patched bound).
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sel, "_ONEHOT_W", 0)
-        for k2 in (sel.cand_bound(d_max, c), -(-c // 32) * 32):
-            widths = sel.Widths(sel.topk_bound(d_max, c), k2)
-            got = _apply(jnp.asarray(mask), prio, delta, m=m, n_pe=n, widths=widths)
-            np.testing.assert_array_equal(got, want, err_msg=f"gathers, k2={k2}")
-    # Three PE classes: PEs needing one or two moves keep a narrow candidate bound, those needing
-    # three go to a second call and the rest to a third, the widest (each class with padding
-    # columns, out of range).
-    need = np.abs(np.asarray(m.pe_cols(np.asarray(delta))))
-    mid, top = (need > 2) & (need <= 3), need > 3
-    assert mid.any() and top.any() and not (mid | top).all()
-    heavy = tuple(np.append(np.nonzero(cls)[0], need.size).astype(np.int32) for cls in (mid, top))
-    widths = sel.Widths(sel.topk_bound(d_max, c), sel.cand_bound(2, c), (8, -(-c // 32) * 32))
-    got = _apply(jnp.asarray(mask), prio, delta, heavy, m=m, n_pe=n, widths=widths)
-    np.testing.assert_array_equal(got, want, err_msg="heavy classes")
-    widths, heavy = sel.plan_widths(np.asarray(delta), c)
-    assert widths.k >= d_max and widths.k2 >= 1 and len(heavy) == len(widths.heavy_k2)
+    layouts = {
+        "default": {},
+        "8-column tiles": {"_TILE": 64},  # several loop steps per class, padding columns
+        "direct only": {"_ROWS": ()},
+        "one narrow class": {"_ROWS": (8,), "_TILE": 64},
+        "gathers": {"_ONEHOT_W": 0},  # compaction by gathers instead of word reductions
+        "loose threshold": {"_T_STEPS": 0},  # every candidate counts: the widest classes
+    }
+    for label, patches in layouts.items():
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in patches.items():
+                patch.setattr(sel, name, value)
+            got = _apply(jnp.asarray(mask), prio, delta, m=m, n_pe=n)
+        np.testing.assert_array_equal(got, want, err_msg=label)
 
 
-def test_plan_widths_splits_off_heavy_pes():
-    delta = np.ones((512, 8), np.int32)  # 4096 PEs needing one move ...
-    delta[[3, 100], [0, 5]] = [-300, 280]  # ... and two needing hundreds
-    widths, heavy = sel.plan_widths(delta, 4608)
-    assert widths.k == 512 and len(heavy) == 1 and widths.heavy_k2[0] >= 2 * 300
-    assert widths.k2 < widths.heavy_k2[0]
-    assert heavy[0].size == 8 and sorted(heavy[0][:2]) == [3 * 8 + 0, 100 * 8 + 5]
-    assert np.all(heavy[0][2:] == delta.size)  # padding columns are out of range
-    none_moves = sel.plan_widths(np.zeros((4, 4), np.int32), 16)
-    assert none_moves == (sel.Widths(sel.topk_bound(0, 16), sel.cand_bound(0, 16)), ())
-
-
-def test_plan_widths_sizes_the_light_class_by_its_largest_need():
-    # Cut at the level 128, the light PEs need at most 126 moves: 256 candidate rows, not the
-    # 512 the level itself would ask for.
-    delta = np.full((512, 8), 126, np.int32)
-    delta[0, :2] = [300, -290]
-    widths, heavy = sel.plan_widths(delta, 4608)
-    assert widths.k2 == sel.cand_bound(126, 4608) == 256
-    assert widths.heavy_k2 == (sel.cand_bound(300, 4608),)
-    assert sorted(heavy[0][:2]) == [0, 1] and np.all(heavy[0][2:] == delta.size)
+def test_row_classes_are_shape_derived():
+    # output_channel VGG16 conv (c = 4608 slots, 512 PEs): three compacted classes and the direct
+    # one; a layer of 64 slots has room for the 8-row class only.
+    assert sel.row_classes(4608, 512) == (
+        sel.RowClass(8, 512, False),
+        sel.RowClass(64, 512, False),
+        sel.RowClass(512, 64, False),
+        sel.RowClass(4608, 8, True),
+    )
+    assert sel.row_classes(64, 16384) == (sel.RowClass(8, 4096, False), sel.RowClass(64, 512, True))
+    assert sel.row_classes(5, 3) == (sel.RowClass(8, 3, False), sel.RowClass(32, 3, True))
 
 
 @settings(max_examples=60, deadline=None)
-@given(d_max=st.integers(0, 5000), c=st.integers(1, 5000))
-def test_widths_are_power_of_two_classes(d_max, c):
-    # Invariants the selection relies on: the top-k width covers every move and fits the slots;
-    # the candidate bound is a power of two or the word-rounded slot count; k follows from k2.
-    d_max = min(d_max, c)
-    k, k2 = sel.topk_bound(d_max, c), sel.cand_bound(d_max, c)
+@given(c=st.integers(1, 20000), p=st.integers(1, 40000))
+def test_row_classes_cover_every_pe(c, p):
+    # Invariants the selection relies on: rows increase, the last (direct) class holds a PE's
+    # whole word-rounded column, every class takes between 1 and p columns per step.
+    classes = sel.row_classes(c, p)
     words = -(-c // 32) * 32
-    assert d_max <= k <= c and 1 <= k
-    assert k2 == words or (k2 & (k2 - 1) == 0 and k2 >= 2 * d_max + 4)
-    assert k == (c if k2 == words else min(c, k2 // 2))
+    assert classes[-1].rows == words and classes[-1].direct
+    assert not any(k.direct for k in classes[:-1]) and len(classes) <= 4
+    assert all(a.rows < b.rows for a, b in zip(classes, classes[1:], strict=False))
+    assert all(1 <= k.cols <= p and (k.cols == p or k.cols >= 8) for k in classes)
 
 
 def _nan_net(seed=0):
@@ -387,111 +359,3 @@ def test_network_errors_name_the_layer():
     masks["features/conv2/kernel"] = masks["features/conv2/kernel"].astype(np.float32)
     with pytest.raises(ValueError, match=r"masks\['features/conv2/kernel'\]: must be boolean"):
         rebalance_network(masks, n_pe=4, policy="random", key=jax.random.key(0))
-
-
-class _CompileCounter:
-    """Counts XLA backend compilations (the `jax.monitoring` event of every new program)."""
-
-    EVENT = "/jax/core/compile/backend_compile_duration"
-
-    def __init__(self):
-        self.count = 0
-
-    def __call__(self, event, duration, **kwargs):
-        del duration, kwargs
-        self.count += event == self.EVENT
-
-    def __enter__(self):
-        jax.monitoring.register_event_duration_secs_listener(self)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self)
-
-
-_SMALL_NET = {
-    "features/conv0/kernel": (3, 3, 3, 8),
-    "features/conv1/kernel": (3, 3, 8, 16),
-    "features/conv2/kernel": (3, 3, 16, 16),
-    "features/conv3/kernel": (3, 3, 16, 12),
-}
-
-
-def _net_round(rng, density):
-    masks = {k: rng.random(s) < density for k, s in _SMALL_NET.items()}
-    weights = {k: rng.standard_normal(s).astype(np.float32) for k, s in _SMALL_NET.items()}
-    return masks, weights
-
-
-def _signatures(masks, n, mapping):
-    """The static selection signature of every analysed layer that moves anything."""
-    m = mp.get_mapping(mapping)
-    out = set()
-    for mask in list(masks.values())[1:]:
-        loads = np.asarray(mp.pe_loads(mask, n, mapping))
-        delta = np.asarray(workload.pe_targets(loads, mp.pe_capacity(mask.shape, n, mapping)))
-        delta = delta - loads
-        if np.abs(delta).max() > 0:
-            widths, heavy = sel.plan_widths(m.pe_cols(delta), m.geometry(mask.shape, n)[1])
-            out.add((mask.shape, widths, tuple(h.size for h in heavy)))
-    return out
-
-
-@pytest.mark.parametrize("policy", ["magnitude", "random"])
-@pytest.mark.parametrize("mapping", MAPPINGS)
-def test_compile_contract(mapping, policy):
-    # Round 2: new masks and weights (and key) of the same shapes whose moves fall in the same
-    # width classes compile nothing. Round 3: arbitrary new masks compile exactly one select
-    # program per new width signature (at most one per analysed layer), nothing else.
-    rng = np.random.default_rng(11)
-    kw = dict(n_pe=4, mapping=mapping, policy=policy)
-    masks, weights = _net_round(rng, 0.2)
-    rebalance_network(masks, weights, key=jax.random.key(0), **kw)
-    seen = _signatures(masks, 4, mapping)
-    # Same loads, new positions: permute each (c_in, c_out) column over (kh, kw).
-    moved = {
-        k: rng.permuted(v.reshape(9, *v.shape[2:]), axis=0).reshape(v.shape)
-        for k, v in masks.items()
-    }
-    assert any(not np.array_equal(moved[k], masks[k]) for k in masks)
-    _, weights2 = _net_round(rng, 0.2)
-    assert _signatures(moved, 4, mapping) == seen
-    with _CompileCounter() as counter:
-        new, _ = rebalance_network(moved, weights2, key=jax.random.key(1), **kw)
-        jax.block_until_ready(new)
-    assert counter.count == 0
-    name = "features/conv2/kernel"
-    prio = (
-        np.abs(weights2[name])
-        if policy == "magnitude"
-        else np.asarray(
-            workload.random_priorities(jax.random.fold_in(jax.random.key(1), 2), moved[name].shape)
-        )
-    )
-    want = oracle.rebalance(moved[name], prio, 4, mapping, "ceil_mean")[0]
-    np.testing.assert_array_equal(new[name], want)
-    for density in (0.05, 0.5):
-        masks3, weights3 = _net_round(rng, density)
-        fresh = _signatures(masks3, 4, mapping) - seen
-        with _CompileCounter() as counter:
-            jax.block_until_ready(
-                rebalance_network(masks3, weights3, key=jax.random.key(2), **kw)[0]
-            )
-        assert counter.count == len(fresh) <= len(_SMALL_NET) - 1
-        seen |= fresh
-
-
-def test_layer_compile_contract():
-    # rebalance_layer: a new mask of the same shape and width classes compiles nothing.
-    rng = np.random.default_rng(3)
-    mask = rng.random((3, 3, 8, 8)) < 0.3
-    w = rng.standard_normal(mask.shape).astype(np.float32)
-    rebalance_layer(mask, w, n_pe=4)
-    moved = rng.permuted(mask.reshape(9, 8, 8), axis=0).reshape(mask.shape)
-    with _CompileCounter() as counter:
-        new, rep = rebalance_layer(moved, w * 2.0, n_pe=4)
-        jax.block_until_ready(new)
-    assert counter.count == 0 and new.dtype == bool
-    np.testing.assert_array_equal(
-        new, oracle.rebalance(moved, np.abs(w), 4, "output_channel", "ceil_mean")[0]
-    )

@@ -780,12 +780,18 @@ def pe_capacity(shape: Sequence[int], n_pe: int, mapping: str = "output_channel"
 @functools.lru_cache(maxsize=256)
 def _capacity(shape: Shape, n_pe: int, mapping: str) -> np.ndarray:
     """Cached `pe_capacity` (a name always means one mapping, see `register_mapping`)."""
-    m = _REGISTRY[mapping]
+    return np.asarray(traced_capacity(shape, n_pe, mapping))
+
+
+def traced_capacity(shape: Sequence[int], n_pe: int, mapping: str | PEMapping):
+    """`[G, n]` int32 weight slots per PE inside a trace (`pe_capacity`; static shape, `n_pe`)."""
+    m = get_mapping(mapping)
+    shape = tuple(int(d) for d in shape)
     if m.ones_counts is not None:
         ones = m.ones_counts(shape)
     else:
         ones = m.channel_counts(jnp.ones(shape, bool))
-    return np.asarray(m.loads_from_counts(ones, n_pe))
+    return m.loads_from_counts(ones, n_pe)
 
 
 def slot_valid(shape: Sequence[int], n_pe: int, mapping: str = "output_channel") -> jax.Array:

@@ -13,21 +13,27 @@ first conv left out); the others pass through unchanged and stay out of the netw
 single layer (`rebalance_layer`) is always rebalanced.
 
 The pipeline, the same for both entry points: validate the arguments; one compiled *plan* call per
-layer (loads, targets, `target - load`, its largest `|.|`, and under the magnitude policy the count
-of non-finite weights); one host fetch of those few numbers for all layers; one compiled *select*
-call per layer that moves anything (priorities, then `selection.apply_layer` with the static
-widths of `selection.plan_widths`); one compiled *report* call per layer. Every call is dispatched
-asynchronously, so the layers' kernels overlap; the loop over layers is a Python loop outside jit.
-(One program over all layers measured ~10x slower on CPU: its kernels run one after another.)
+layer (loads, capacities, targets, `target - load`, and under the magnitude policy the count of
+non-finite weights); under the magnitude policy one host fetch of those counts for all layers
+(the random policy never waits on the host); one compiled *select* call per analysed layer
+(priorities, then `selection.apply_layer`; a layer that moves nothing skips the selection at run
+time); one compiled *report* call per layer. Every call is dispatched asynchronously, so the
+layers' kernels overlap; the loop over layers is a Python loop outside jit. (One program over all
+layers measured ~10x slower on CPU: its kernels run one after another.)
 
 Random keys: `rebalance_network` ranks the layer at position `i` of the flat order with
 `jax.random.fold_in(key, i)`; `rebalance_layer` uses its `key` as given.
 
-Compiled programs: the plan and report programs depend on the layer shapes only, so a new round
-of masks of the same shapes compiles none of them; the select program also depends on the static
-`selection.Widths`, powers of two derived from the largest moves, so a new round compiles a select
-program only for a layer whose width classes it has not met before (at most one per layer and
-call; `selection.Widths` bounds the classes).
+Compiled programs: the static arguments are the configuration's only: plan `(n_pe, mapping,
+target)`, select `(n_pe, mapping, policy)`, report `(n_pe, mapping)`; everything else, the
+selection's row classes included, follows from the input shapes. So after the first call, masks
+of the same layer shapes (any density, any moves, new weights and key) compile nothing
+(tests/test_rebalance_compile.py), and layers of one shape share their programs. The jitted
+steps of the last `_CONFIGS_KEPT` configurations are held in small LRU caches of fresh jit
+objects; an evicted configuration's executables are freed with its jit objects (JAX's caches
+hold them through weak references to the jitted functions), so a process that loops over many
+configurations keeps a bounded number of memory mappings without `jax.clear_caches()` (which the
+library never calls: it would drop the caller's programs too).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from uticket_jax.sparsity import masks as masks_lib
 from uticket_jax.workload import host as host_lib
@@ -129,44 +136,45 @@ def _check_finite(labels: list[str], bad: list[Any]) -> None:
 
 # ---- compiled per-layer steps -------------------------------------------------------------------
 
+# The compiled programs of this many (n_pe, mapping, policy, target) configurations stay alive; an
+# older configuration's jit objects are dropped, and with them its executables (JAX's caches hold
+# them only through weak references to the jitted functions). VGG16 holds ~1,500 memory mappings
+# per configuration (BUILD_NOTES, "Rebalance compilation"), far below `vm.max_map_count`.
+_CONFIGS_KEPT = 8
 
-@functools.partial(jax.jit, static_argnames=("n_pe", "mapping"))
-def _loads(mask, *, n_pe: int, mapping: str):
-    # Static: the PE array (n_pe fixes the output shape, mapping the reduction).
-    return mp.traced_loads(mask, n_pe, mapping)
 
-
-@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "target", "c_max"))
-def _plan(mask, cap, weights, *, n_pe: int, mapping: str, target: str, c_max: int):
-    # Static: the PE array, the target formula and the slots per PE (bisection length); `weights`
-    # is None unless the magnitude policy ranks this layer. Returns loads, targets, delta, max
-    # |delta| (to size the selection) and the non-finite weights per output channel (or None).
+def _plan_body(mask, weights, *, n_pe: int, mapping: str, target: str):
+    # Static: the PE array and the target formula (capacities and the slots per PE, which bound
+    # the level bisection, follow from the shape). `weights` is None unless the magnitude policy
+    # ranks this layer. Returns loads, targets, delta, the non-finite weights per output channel
+    # (or None) and the PE capacities.
     loads = mp.traced_loads(mask, n_pe, mapping)  # [G, n]
+    cap = mp.traced_capacity(mask.shape, n_pe, mapping)  # [G, n]
+    c_max = mp.MAPPINGS[mapping].geometry(mask.shape, n_pe)[1]
     tgt = targets.traced_targets(loads, cap, target=target, c_max=c_max)  # [G, n]
-    delta = tgt - loads
     bad = None  # per output channel: a column reduction, ~2x faster on XLA:CPU than to a scalar
     if weights is not None:
         finite = jnp.isfinite(weights).reshape(-1, weights.shape[-1])
         bad = jnp.sum(~finite, axis=0, dtype=jnp.int32)  # [c_out]
-    return loads, tgt, delta, jnp.max(jnp.abs(delta)), bad
+    return loads, tgt, tgt - loads, bad, cap
 
 
-@functools.partial(jax.jit, static_argnames=("n_pe", "mapping", "policy", "widths"))
-def _select(mask, weights, delta, key, heavy, layer, *, n_pe, mapping, policy, widths):
-    # Static: the PE array, the policy (which priority) and the selection widths
-    # (`selection.plan_widths`; `heavy` holds the columns of its wide classes). `layer` is the
-    # traced layer position folded into `key` (None: `key` as given), so layers of one shape and
-    # widths share a program. Keeps: only the PE's own slots change; regrown were pruned,
-    # dropped were active.
-    if layer is not None:
-        key = jax.random.fold_in(key, layer)
-    prio = selection.layer_priorities(policy, weights, key, mask.shape)
-    m = mp.MAPPINGS[mapping]
-    return selection.apply_layer(mask, prio, delta, heavy, m=m, n_pe=n_pe, widths=widths)
+def _select_body(mask, weights, delta, key, layer, *, n_pe: int, mapping: str, policy: str):
+    # Static: the PE array and the policy (which priority); every shape inside follows from the
+    # layer shape (`selection.apply_layer`). `layer` is the traced layer position folded into
+    # `key` (None: `key` as given), so layers of one shape share a program. A layer that moves
+    # nothing skips the selection at run time (`lax.cond`), so it still compiles on the first
+    # call. Keeps: only the PE's own slots change; regrown were pruned, dropped were active.
+    def run(_):
+        k = key if layer is None else jax.random.fold_in(key, layer)
+        prio = selection.layer_priorities(policy, weights, k, mask.shape)
+        m = mp.MAPPINGS[mapping]
+        return selection.apply_layer(mask, prio, delta, m=m, n_pe=n_pe)
+
+    return lax.cond(jnp.any(delta != 0), run, lambda _: mask, None)
 
 
-@jax.jit
-def _report(loads, tgt, cap):
+def _report_body(loads, tgt, cap):
     # The RebalanceReport of a layer from its loads before/after and PE capacities.
     delta = tgt - loads
     capped = (cap > 0) & (cap == tgt) & (tgt < tgt.max(-1, keepdims=True))
@@ -179,6 +187,37 @@ def _report(loads, tgt, cap):
         before=loads_metrics(loads),
         after=loads_metrics(tgt),
     )
+
+
+@functools.lru_cache(maxsize=_CONFIGS_KEPT)
+def _plan_program(n_pe: int, mapping: str, target: str):
+    """The jitted plan step of one configuration.
+
+    Every static argument is bound here, so a program's only other key is its input shapes:
+    masks of the same layer shapes reuse every program. A fresh `functools.partial` makes a fresh
+    jit cache, which JAX frees once the least recently used configuration is evicted (the same
+    for `_select_program`, `_report_program` and `_loads_program`).
+    """
+    return jax.jit(functools.partial(_plan_body, n_pe=n_pe, mapping=mapping, target=target))
+
+
+@functools.lru_cache(maxsize=_CONFIGS_KEPT)
+def _select_program(n_pe: int, mapping: str, policy: str):
+    """The jitted select step of one configuration (see `_plan_program`)."""
+    return jax.jit(functools.partial(_select_body, n_pe=n_pe, mapping=mapping, policy=policy))
+
+
+@functools.lru_cache(maxsize=_CONFIGS_KEPT)
+def _report_program(n_pe: int, mapping: str):
+    """The jitted report step of one PE array (its load shapes; see `_plan_program`)."""
+    del n_pe, mapping  # cache keys only
+    return jax.jit(functools.partial(_report_body))
+
+
+@functools.lru_cache(maxsize=_CONFIGS_KEPT)
+def _loads_program(n_pe: int, mapping: str):
+    """The jitted load count of one PE array (`network_loads`; see `_plan_program`)."""
+    return jax.jit(functools.partial(mp.traced_loads, n_pe=n_pe, mapping=mapping))
 
 
 # ---- the pipeline -------------------------------------------------------------------------------
@@ -221,36 +260,26 @@ def _rebalance(layers: _Layers, *, n_pe, m, policy, target, key, fold: bool, bac
             key=key,
             fold=fold,
         )
-    shapes = [tuple(x.shape) for x in layers.masks]
-    caps = [jnp.asarray(mp.pe_capacity(s, n_pe, m.name)) for s in shapes]
-    c_maxs = [m.geometry(s, n_pe)[1] for s in shapes]
+    plan = _plan_program(n_pe, m.name, target)
+    select = _select_program(n_pe, m.name, policy)
+    report = _report_program(n_pe, m.name)
     ranked = [w if a else None for w, a in zip(layers.weights, layers.keep, strict=True)]
-    plans = [
-        _plan(x, c, w, n_pe=n_pe, mapping=m.name, target=target, c_max=cm)
-        for x, c, w, cm in zip(layers.masks, caps, ranked, c_maxs, strict=True)
-    ]
-    host = jax.device_get([(p[2], p[3], p[4]) for p in plans])  # one sync for all layers
-    _check_finite(list(layers.labels), [h[2] for h in host])
+    plans = [plan(x, w) for x, w in zip(layers.masks, ranked, strict=True)]
+    if policy == "magnitude":  # one sync for all layers; the random policy never waits
+        _check_finite(list(layers.labels), jax.device_get([p[3] for p in plans]))
     new = list(layers.masks)
-    for i, (a, (delta, d, _), c) in enumerate(zip(layers.keep, host, c_maxs, strict=True)):
-        if a and int(d) > 0:
-            widths, heavy = selection.plan_widths(m.pe_cols(delta), c)
-            new[i] = _select(
+    for i, a in enumerate(layers.keep):
+        if a:
+            new[i] = select(
                 layers.masks[i],
                 ranked[i],
                 plans[i][2],
                 key if policy == "random" else None,
-                heavy,
                 jnp.int32(i) if fold and policy == "random" else None,
-                n_pe=n_pe,
-                mapping=m.name,
-                policy=policy,
-                widths=widths,
             )
     # Not analysed: unchanged (target = loads).
     reports = tuple(
-        _report(p[0], p[1] if a else p[0], c)
-        for p, a, c in zip(plans, layers.keep, caps, strict=True)
+        report(p[0], p[1] if a else p[0], p[4]) for p, a in zip(plans, layers.keep, strict=True)
     )
     return tuple(new), reports
 
@@ -379,7 +408,8 @@ def network_loads(masks: Any, n_pe: int, mapping: str = "output_channel") -> dic
     n_pe = mp.check_n_pe(n_pe)
     name = mp.get_mapping(mapping).name
     flat = _flat(masks)
-    return {k: _loads(jnp.asarray(x), n_pe=n_pe, mapping=name) for k, x in flat.items()}
+    fn = _loads_program(n_pe, name)
+    return {k: fn(jnp.asarray(x)) for k, x in flat.items()}
 
 
 def network_workload(

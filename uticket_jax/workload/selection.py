@@ -9,19 +9,20 @@ How the choice is made (exactly the top-`|delta|` of each PE, without a top-k ov
 which costs ~5 ns per weight on CPU): the kernel works in the slot-major layout `[C, P]` of
 `mappings.PEMapping.to_cols` (a reshape for output_channel), gives every slot an int32 preference
 rank that orders like the priority (-1 for non-candidates), then per PE (1) bisects the maxima of
-8-slot chunks for a threshold `t` that at least `|delta|` slots reach, (2) bit-packs the slots
-`>= t` (usually little more than `|delta|`) and compacts them in slot order into `[k2, P]`,
-(3) bisects those few ranks for the exact `|delta|`-th rank and counts equal ranks in slot order
-for the last chosen slot; one elementwise pass then flips. A PE with more than `k2` candidates
-above `t` (e.g. masses of equal weights) sends the layer to the plain `lax.top_k` selection under
-`lax.cond`; both give the same mask. The few PEs that need many more moves than the rest get a
-wider call of their own (`plan_widths`) so the common PEs keep a narrow `k2`.
+8-slot chunks for a threshold `t` that at least `|delta|` slots reach and bit-packs the slots
+`>= t` (its candidates: usually little more than `|delta|`), (2) joins the narrowest row class
+(`row_classes`) that holds its candidates and, there, has them compacted in slot order into a
+`[rows, cols]` table (the widest, direct class takes the PE's whole column instead), (3) bisects
+those ranks for the exact `|delta|`-th rank and then the candidates for the last equal rank to
+take, in slot order; one elementwise pass then flips. Every PE fits some class, so there is no
+fallback: masses of equal weights only send more PEs to the wider classes.
 
-Compiled programs. The selection widths (`Widths`) are static: a layer compiles one program per
-width class. Every width is a power of two (or the layer's whole slot count): `k2` from
-`cand_bound`, the top-k width `k` derived from the widest `k2`, the heavy class's padded column
-count from `padded_size`. So a new mask of the same shape reuses a program whenever its largest
-moves fall in the same power-of-two classes (see `Widths`).
+Compiled programs. Nothing static depends on the masks or their moves: the row classes (at most
+four: 8, 64, 512 candidate rows and the direct class, each with its columns per loop step) follow
+from the layer shape, `n_pe` and the mapping; the PEs are grouped into the classes at run time
+and each class runs as a `fori_loop` over its column tiles with a traced step count (none for an
+empty class). So one program per layer shape serves every mask of that shape. Each class is a
+loop body of its own in the program, ~0.6 s of XLA:CPU compile time, hence the few, wide classes.
 """
 
 from __future__ import annotations
@@ -94,29 +95,6 @@ def layer_priorities(policy: str, weights, key, shape: tuple[int, ...]):
     return counter_priorities(key, shape)
 
 
-def select_flips(mask_slots, prio_slots, valid, delta, k: int):
-    """Per PE, the slots to flip: `[G, n, C]` bool (traced; `k` static).
-
-    Regrow (`delta > 0`): the `delta` pruned valid slots of highest `prio`; drop (`delta < 0`): the
-    `-delta` active slots of lowest `prio`. Ties: lower slot index (= lower hwio flat index).
-    """
-    up = (delta > 0)[..., None]  # [G, n, 1]
-    neg_inf = jnp.float32(-jnp.inf)
-    score = jnp.where(
-        up,
-        jnp.where(valid & ~mask_slots, prio_slots, neg_inf),
-        jnp.where(mask_slots, -prio_slots, neg_inf),
-    )  # [G, n, C]
-    vals, idx = lax.top_k(score, k)  # [G, n, k], descending, ties by lower index
-    need = jnp.abs(delta)  # [G, n]
-    last = jnp.clip(need - 1, 0, k - 1)[..., None]  # position of the last chosen slot
-    thr = jnp.take_along_axis(vals, last, -1)  # [G, n, 1]
-    thr_idx = jnp.take_along_axis(idx, last, -1)  # [G, n, 1]
-    slot = lax.broadcasted_iota(jnp.int32, score.shape, score.ndim - 1)
-    chosen = (score > thr) | ((score == thr) & (slot <= thr_idx))
-    return chosen & (score > neg_inf) & (need > 0)[..., None]
-
-
 _WORD = 32  # slots per bit-packed word of the compaction step
 _CHUNK = 8  # slots per chunk whose maximum bounds the per-PE threshold
 _ONEHOT_W = 8  # layers with at most this many words per PE compact without gathers
@@ -175,15 +153,44 @@ def _nth_set_bit(word, r):
     return pos.astype(jnp.int32)
 
 
-def _select_fast(rank, need, k2: int):
-    """Exact `(v, slot)` per PE such that the chosen slots are `rank > v | rank == v & row <= slot`.
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
-    `rank: [Cp, P]` (`Cp` a multiple of `_WORD`), `need: [P]`. Returns `(v, thr_slot, ok)`; `ok`
-    is False when a PE has more than `k2` (static) candidates above its chunk threshold.
-    Steps: (1) chunk maxima bound the `need`-th largest rank from below (`t`); (2) slots with
-    `rank >= t` (at least `need`, usually few) are bit-packed per `_WORD` rows and compacted, in
-    row order, into `[k2, P]`; (3) bisection finds the exact `need`-th rank `v` among them, and a
-    prefix count over equal ranks the last chosen row (ties: lower row = lower hwio index).
+
+_ROWS = (8, 64, 512)  # candidate rows of the compacted row classes (each at most half the slots)
+_TILE = 1 << 15  # table entries (rows x columns) per loop step of a row class
+
+
+class RowClass(NamedTuple):
+    """One static row class of a layer (`row_classes`): the PEs with at most `rows` candidates,
+    `cols` PE columns per loop step; `direct`: the table is the PE's whole column of slots."""
+
+    rows: int
+    cols: int
+    direct: bool
+
+
+def row_classes(c: int, p: int) -> tuple[RowClass, ...]:
+    """The static row classes of a layer with `c` slots per PE and `p` PE columns.
+
+    The compacted classes of `_ROWS` up to half the word-rounded slot count `Cp`, then one
+    direct class of all `Cp` rows, which holds every PE (so no PE overflows its class). Each class
+    takes `_TILE // rows` columns per loop step (at least 8, at most `p`). A function of the layer
+    shape (through `c, p`: `n_pe` and the mapping) only; at most four classes, since each one is a
+    loop body of its own in the compiled program (~0.6 s of compile time on XLA:CPU).
+    """
+    cp = _cdiv(c, _WORD) * _WORD
+    rows = [(r, False) for r in _ROWS if 2 * r <= cp] + [(cp, True)]
+    return tuple(RowClass(r, min(p, max(8, _TILE // r)), d) for r, d in rows)
+
+
+def _candidates(rank, need):
+    """Per PE column of `rank: [Cp, P]`: the chunk threshold and its bit-packed candidates.
+
+    The maxima of `_CHUNK`-slot chunks bound the `need`-th largest rank from below (`t`, `_T_STEPS`
+    bisection steps); the slots with `rank >= t` (at least `need`, usually little more) are
+    bit-packed per `_WORD` rows. Returns `(t [P], words [W, P] uint32, cs [W, P] inclusive prefix
+    counts of candidates over the words, total [P] candidates)`.
     """
     cp, p = rank.shape
     mx = rank.reshape(cp // _CHUNK, _CHUNK, p).max(1)  # [Cp/8, P]
@@ -191,138 +198,105 @@ def _select_fast(rank, need, k2: int):
     flag = (rank >= t[None]).reshape(cp // _WORD, _WORD, p)  # [W, 32, P]
     shifts = lax.broadcasted_iota(jnp.uint32, (1, _WORD, 1), 1)
     words = (flag.astype(jnp.uint32) << shifts).sum(1, dtype=jnp.uint32)  # [W, P]
-    cnt = lax.population_count(words).astype(jnp.int32)  # [W, P]
-    cs = _inclusive_cumsum0(cnt)  # [W, P]
-    total = cs[-1]  # [P] candidates per PE (>= need)
-    ok = jnp.all((total <= k2) | (need == 0))  # PEs with nothing to move do not count
-    # Compaction: candidate q lives in word ch = #{w : cs[w] <= q} (binary search, W static).
-    w_n = cs.shape[0]
-    q = lax.broadcasted_iota(jnp.int32, (k2, p), 0)  # [k2, P]
+    cs = _inclusive_cumsum0(lax.population_count(words).astype(jnp.int32))  # [W, P]
+    return t, words, cs, cs[-1]
+
+
+def _pick(crank, row, lo, need):
+    """Exact `(v, slot)` per column of a candidate table `crank: [R, T]` (-1: none).
+
+    `row: [R, T]` the slot row of every entry, increasing down each column; `lo, need: [T]`
+    with `count(crank >= lo) >= need`. The chosen slots of a column are `rank > v | rank == v &
+    row <= slot`: a bisection finds the exact `need`-th largest rank `v`, a second one the
+    entry of the last equal rank still to take (ties: lower row = lower hwio index).
+    """
+    rows, n_col = crank.shape
+    v = _bisect_ge(crank, lo, crank.max(0) + 1, need, 31)  # [T] the need-th largest rank
+    r = need - (crank > v[None]).sum(0, dtype=jnp.int32)  # [T] ties at v still to take
+    eq = crank == v[None]
+    q = lax.broadcasted_iota(jnp.int32, (rows, n_col), 0)
+
+    def body(_, lohi):  # the fewest leading entries holding r equal ranks (a prefix sum over
+        lo, hi = lohi  # the rows compiles ~3x slower); count(eq, q < lo) < r <= count(q < hi)
+        mid = (lo + hi) // 2
+        ok = (eq & (q < mid[None])).sum(0, dtype=jnp.int32) >= r
+        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+    init = (jnp.zeros((n_col,), jnp.int32), jnp.full((n_col,), rows, jnp.int32))
+    _, hi = lax.fori_loop(0, rows.bit_length(), body, init)
+    return v, jnp.where(q == hi[None] - 1, row, -1).max(0)
+
+
+def _compact(rank, cols, words, cs, total, rows: int):
+    """`(crank, row)`: the candidates of the PE columns `cols: [T]` (in range) in row order.
+
+    `words, cs: [W, T]` and `total: [T]` are `_candidates`' for those columns; requires `total
+    <= rows` (static). Returns `[rows, T]` candidate ranks (-1 past `total`) and their slot rows.
+    """
+    w_n, n_col = words.shape
+    # Candidate q lives in word ch = #{w : cs[w] <= q}.
+    q = lax.broadcasted_iota(jnp.int32, (rows, n_col), 0)  # [rows, T]
     if w_n <= _ONEHOT_W:
         # Few words: locate each candidate's word by reductions over the W words (no gathers).
-        le = cs[:, None, :] <= q[None]  # [W, k2, P]
-        ch = jnp.minimum(le.sum(0, dtype=jnp.int32), w_n - 1)  # [k2, P]
-        before = jnp.where(le, cs[:, None, :], 0).max(0)  # [k2, P] (exact for live q)
+        le = cs[:, None, :] <= q[None]  # [W, rows, T]
+        ch = jnp.minimum(le.sum(0, dtype=jnp.int32), w_n - 1)  # [rows, T]
+        before = jnp.where(le, cs[:, None, :], 0).max(0)  # [rows, T] (exact for live q)
         w_idx = lax.broadcasted_iota(jnp.int32, (w_n, 1, 1), 0)
-        word = jnp.where(w_idx == ch[None], words[:, None, :], jnp.uint32(0)).max(0)  # [k2, P]
+        word = jnp.where(w_idx == ch[None], words[:, None, :], jnp.uint32(0)).max(0)
     else:
         top = 1 << (w_n.bit_length() - 1)
 
         def search(i, ch):  # binary lifting, step top >> i; a loop so each probe is materialized
             nxt = ch + (top >> i)
-            probe = jnp.take_along_axis(cs, jnp.minimum(nxt, w_n) - 1, 0)  # [k2, P]
+            probe = jnp.take_along_axis(cs, jnp.minimum(nxt, w_n) - 1, 0)  # [rows, T]
             return jnp.where((nxt <= w_n) & (probe <= q), nxt, ch)
 
-        ch = lax.fori_loop(0, w_n.bit_length(), search, jnp.zeros((k2, p), jnp.int32))
+        ch = lax.fori_loop(0, w_n.bit_length(), search, jnp.zeros((rows, n_col), jnp.int32))
         ch = jnp.minimum(ch, w_n - 1)
-        before = jnp.take_along_axis(cs - cnt, ch, 0)  # [k2, P] candidates in earlier words
-        word = jnp.take_along_axis(words, ch, 0)  # [k2, P]
+        cnt = lax.population_count(words).astype(jnp.int32)
+        before = jnp.take_along_axis(cs - cnt, ch, 0)  # [rows, T] candidates in earlier words
+        word = jnp.take_along_axis(words, ch, 0)  # [rows, T]
     bit = _nth_set_bit(word, q - before)
-    row = ch * _WORD + bit  # [k2, P] slot row of candidate q, increasing in q
+    row = ch * _WORD + bit  # [rows, T] slot row of candidate q, increasing in q
     live = q < total[None]
-    crank = jnp.where(live, jnp.take_along_axis(rank, jnp.where(live, row, 0), 0), -1)  # [k2, P]
-    v = _bisect_ge(crank, t, crank.max(0) + 1, need, 31)  # [P] the need-th largest rank
-    r = need - (crank > v[None]).sum(0, dtype=jnp.int32)  # [P] ties at v still to take
-    eq = crank == v[None]
-    take = eq & (_inclusive_cumsum0(eq.astype(jnp.int32)) <= r[None])
-    thr_slot = jnp.where(take, row, -1).max(0)  # [P]
-    return v, thr_slot, ok
+    crank = jnp.where(live, rank[jnp.where(live, row, 0), cols[None]], -1)  # [rows, T]
+    return crank, row
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
+def _group_columns(cls, n_cls: int, pad: int):
+    """PE columns grouped by class: `(order, start, count)`.
 
-
-def cand_bound(d_max: int, c: int) -> int:
-    """Static fast-path candidate bound per PE: a power of two >= 2 * d_max + 4, at most `c`
-    rounded up to a whole word.
-
-    The chunk threshold leaves `|delta|` candidates plus the few other slots of the chosen chunks
-    that reach it, so twice the moves plus a little slack rarely overflows (an overflow only
-    costs time: the layer takes the top-k path). A slack of 16 instead of 4 measured ~25 %
-    slower for input_split at n = 32, where most PEs move one or two slots.
+    `cls: [P]` int32 class of every column (`n_cls`: none). `order: [P + pad]` lists the columns
+    of class 0, then class 1, ..., then the out-of-range column `P`; class `i` holds
+    `order[start[i] : start[i] + count[i]]` (columns in increasing order).
     """
-    return min(_cdiv(c, _WORD) * _WORD, 1 << (2 * int(d_max) + 3).bit_length())
+    p = cls.shape[0]
+    member = cls[None] == lax.broadcasted_iota(jnp.int32, (n_cls, 1), 0)  # [n_cls, P]
+    # jnp.cumsum (XLA's reduce-window) compiles ~0.5 s faster than an associative scan here.
+    within = jnp.cumsum(member, axis=1, dtype=jnp.int32)  # [n_cls, P]
+    count = within[:, -1]  # [n_cls]
+    start = jnp.cumsum(count) - count  # [n_cls]
+    ci = jnp.minimum(cls, n_cls - 1)
+    pos = start[ci] + jnp.take_along_axis(within, ci[None], 0)[0] - 1  # [P]
+    pos = jnp.where(cls < n_cls, pos, p + pad)  # columns of no class: dropped
+    order = jnp.full((p + pad,), p, jnp.int32).at[pos].set(lax.iota(jnp.int32, p), mode="drop")
+    return order, start, count
 
 
-def topk_bound(d_max: int, c: int) -> int:
-    """Static top-k fallback width: half the widest candidate bound `cand_bound(d_max, c)` (so at
-    least `d_max + 2`, and one width class per candidate class), or all `c` slots once that bound
-    is capped at the word-rounded `c`."""
-    top = cand_bound(d_max, c)
-    return c if top >= _cdiv(c, _WORD) * _WORD else min(c, top // 2)
-
-
-class Widths(NamedTuple):
-    """Static selection widths of one layer (`plan_widths`); `heavy` columns are traced.
-
-    A layer compiles one selection program per distinct `Widths` and heavy column count, so per
-    layer shape (and `n_pe`, mapping, policy) the programs are bounded by the power-of-two
-    classes: `k2` and each `heavy_k2` take at most `log2(c / 8) + 2` values, `k` follows from the
-    widest of them (`topk_bound`), and the heavy column count at most `log2(P / 8) + 2`.
-    """
-
-    k: int  # top-k fallback width (>= every |delta|)
-    k2: int  # fast-path candidate bound of the PEs outside every heavy class
-    heavy_k2: tuple[int, ...] = ()  # candidate bound of each heavy class (`apply_layer`)
-
-
-def padded_size(n: int) -> int:
-    """Length of a column list of `n` entries once padded: a power of two, at least 8 (so that
-    similar layers share compiled shapes)."""
-    return 1 << max(3, (n - 1).bit_length())
-
-
-def plan_widths(delta, c: int) -> tuple[Widths, tuple[np.ndarray, ...]]:
-    """Host-side selection widths of a layer from its `[G, n]` delta (numpy).
-
-    PEs needing few moves share a narrow candidate bound `k2`; when a few PEs need many more (the
-    tail of the distribution), they form a heavy class with its own wider call over their gathered
-    columns, so only they pay for a wide candidate list. The class boundary (a power of two of
-    moves, or none) minimises the modelled `[k2, P]` work: a gathered column costs about two dense
-    ones, a call a fixed overhead. Each class's bound comes from the largest need inside it, not
-    from the boundary (a class cut at 128 moves whose PEs need at most 126 gets 256 rows, not
-    512). On the VGG16 benchmark the heavy class made the whole network 10-45 % faster than one
-    class; a second heavy class measured no faster.
-
-    Returns:
-      `(widths, heavy)`: a `Widths`, and the heavy class's PE columns in `pe_cols` order padded
-      with the out-of-range column `P` to `padded_size` (an empty tuple: one class).
-    """
-    need = np.abs(np.asarray(delta)).reshape(-1)
-    d_max = int(need.max(initial=0))
-    k, k2 = topk_bound(d_max, c), cand_bound(d_max, c)
-    best, best_level, best_k2 = need.size * k2, None, k2
-    level = 2
-    while cand_bound(level, c) < k2:
-        light_k2 = cand_bound(int(need[need <= level].max(initial=0)), c)
-        n_heavy = int((need > level).sum())
-        cost = need.size * light_k2 + 2 * padded_size(n_heavy) * k2 + 65536
-        if cost < best:
-            best, best_level, best_k2 = cost, level, light_k2
-        level *= 2
-    if best_level is None:
-        return Widths(k, k2), ()
-    idx = np.nonzero(need > best_level)[0]
-    cols = np.full(padded_size(idx.size), need.size, np.int32)
-    cols[: idx.size] = idx
-    return Widths(k, best_k2, (k2,)), (cols,)
-
-
-def apply_layer(mask, prio, delta, heavy=(), *, m, n_pe: int, widths: Widths):
+def apply_layer(mask, prio, delta, *, m, n_pe: int):
     """Traced body: the rebalanced hwio mask of one layer (`delta: [G, n]` target - load).
 
-    `widths` (static, see `plan_widths`) bounds `|delta|` for the top-k fallback (`k`) and the
-    fast path's candidates per PE (`k2`); `heavy` (one `[ph]` int32 array of PE columns per
-    entry of `widths.heavy_k2`, out-of-range = padding) lists PEs handled in separate fast-path
-    calls with those wider bounds.
+    Every static shape comes from the layer shape, `n_pe` and the mapping (`row_classes`), never
+    from `delta`: one compiled program serves every mask of the shape. Each PE joins, at run
+    time, the narrowest row class that holds its candidates; a class runs as a loop over `cols`
+    columns at a time, as many steps as it has PEs (none for an empty class).
     Keeps: only the PE's own valid slots change; regrown were pruned, dropped were active;
     `|flips| = |delta|`; ties to the lower slot row (= lower hwio flat index).
 
     Args:
       mask: bool hwio kernel; prio: float32 priorities of its shape (`layer_priorities`);
-      delta: `[G, n]` int32 target - load; heavy: the heavy classes' PE columns (`plan_widths`).
-      m: the `mappings.PEMapping`; n_pe: PEs per group; widths: the static `Widths`.
+      delta: `[G, n]` int32 target - load.
+      m: the `mappings.PEMapping`; n_pe: PEs per group.
 
     Returns:
       The new bool mask of `mask`'s shape.
@@ -337,29 +311,37 @@ def apply_layer(mask, prio, delta, heavy=(), *, m, n_pe: int, widths: Widths):
     # Materialize the ranks once: every consumer below would otherwise re-read the (transposed)
     # inputs inside its own fusion.
     rank = lax.optimization_barrier(rank)  # [Cp, P]
-    is_heavy = jnp.zeros((p,), bool)
-    for cols in heavy:
-        is_heavy = is_heavy.at[cols].set(True, mode="drop")  # [P]
-    v, thr_slot, ok = _select_fast(rank, jnp.where(is_heavy, 0, need), widths.k2)
-    for k2h, cols in zip(widths.heavy_k2, heavy, strict=True):
-        col = jnp.minimum(cols, p - 1)
-        need_h = jnp.where(cols < p, need[col], 0)  # [ph]; padding columns move nothing
-        v_h, thr_h, ok_h = _select_fast(rank[:, col], need_h, k2h)  # [Cp, ph] columns
-        v = v.at[cols].set(v_h, mode="drop")
-        thr_slot = thr_slot.at[cols].set(thr_h, mode="drop")
-        ok = ok & ok_h
+    t, words, cs, total = _candidates(rank, need)
+    classes = row_classes(c, p)
+    bounds = jnp.array([k.rows for k in classes], jnp.int32)
+    n_cls = len(classes)
+    cls = jnp.where(need > 0, (total[None] > bounds[:, None]).sum(0, dtype=jnp.int32), n_cls)
+    pad = max(k.cols for k in classes)
+    order, start, count = _group_columns(cls, n_cls, pad)
+    v = jnp.zeros((p,), jnp.int32)
+    thr_slot = jnp.full((p,), -1, jnp.int32)
+    for i, k in enumerate(classes):
 
-    def fast(_):
-        rows = lax.broadcasted_iota(jnp.int32, (c, p), 0)
-        rc = rank[:c]
-        chosen = (rc > v[None]) | ((rc == v[None]) & (rows <= thr_slot[None]))
-        flips = chosen & (rc >= 0) & (need > 0)[None]  # [C, P]
-        return mask ^ m.from_cols(flips, mask.shape, n_pe)
+        def step(j, carry, i=i, k=k):
+            v, thr_slot = carry
+            off = start[i] + j * k.cols
+            cols = lax.dynamic_slice(order, (off,), (k.cols,))  # in bounds: order has `pad` more
+            live = off + lax.iota(jnp.int32, k.cols) < start[i] + count[i]
+            cols = jnp.where(live, cols, p)  # past the class: out of range, dropped below
+            col = jnp.minimum(cols, p - 1)
+            need_k = jnp.where(live, need[col], 0)  # padding columns move nothing
+            if k.direct:
+                crank = rank[:, col]  # [Cp, T]: every slot is a row
+                row = lax.broadcasted_iota(jnp.int32, crank.shape, 0)
+            else:
+                crank, row = _compact(rank, col, words[:, col], cs[:, col], total[col], k.rows)
+            v_k, thr_k = _pick(crank, row, t[col], need_k)
+            return v.at[cols].set(v_k, mode="drop"), thr_slot.at[cols].set(thr_k, mode="drop")
 
-    def slow(_):  # a PE with many candidates at its threshold (e.g. heavy ties): full top-k
-        mask_s = m.to_slots(mask, n_pe, False)  # [G, n, C]
-        valid_s = m.to_slots(jnp.ones(mask.shape, bool), n_pe, False)  # [G, n, C]
-        flips = select_flips(mask_s, m.to_slots(prio, n_pe, 0.0), valid_s, delta, widths.k)
-        return m.from_slots(mask_s ^ flips, mask.shape, n_pe)
-
-    return lax.cond(ok, fast, slow, None)
+        steps = (count[i] + k.cols - 1) // k.cols
+        v, thr_slot = lax.fori_loop(0, steps, step, (v, thr_slot))
+    rows = lax.broadcasted_iota(jnp.int32, (c, p), 0)
+    rc = rank[:c]
+    chosen = (rc > v[None]) | ((rc == v[None]) & (rows <= thr_slot[None]))
+    flips = chosen & (rc >= 0) & (need > 0)[None]  # [C, P]
+    return mask ^ m.from_cols(flips, mask.shape, n_pe)
