@@ -53,6 +53,10 @@ def test_bench_rebalance_reduced():
     assert row["rebalance_random_over_count"] == pytest.approx(ratio, rel=1e-2)
     assert "rebalance_magnitude_ms" not in row  # only the policies asked for
     assert "oracle_over_rebalance" not in row  # the oracle runs the magnitude policy
+    # The fresh-process first call (compilation included) and the whole CLI process.
+    assert row["first_random_s"] > row["compile_random_s"] > 0
+    assert row["programs_random"] >= 3 and row["cli_random_s"] > 0
+    assert "first_magnitude_s" not in row
 
 
 @pytest.mark.parametrize(

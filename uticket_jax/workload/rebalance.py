@@ -136,11 +136,13 @@ def _check_finite(labels: list[str], bad: list[Any]) -> None:
 
 # ---- compiled per-layer steps -------------------------------------------------------------------
 
-# The compiled programs of this many (n_pe, mapping, policy, target) configurations stay alive; an
-# older configuration's jit objects are dropped, and with them its executables (JAX's caches hold
-# them only through weak references to the jitted functions). VGG16 holds ~1,500 memory mappings
-# per configuration (BUILD_NOTES, "Rebalance compilation"), far below `vm.max_map_count`.
-_CONFIGS_KEPT = 8
+# The compiled programs of this many configurations per step (plan: n_pe, mapping, target;
+# select: n_pe, mapping, policy; report: n_pe, mapping) stay alive; an older configuration's jit
+# objects are dropped, and with them its executables (JAX's caches hold them only through weak
+# references to the jitted functions). A VGG16 configuration holds ~3,500 memory mappings and
+# ~100 MB on XLA:CPU (BUILD_NOTES, "Rebalance compilation"): 4 keep a process well below Linux's
+# default `vm.max_map_count` (65,530) and still cover both policies and mappings at one n_pe.
+_CONFIGS_KEPT = 4
 
 
 def _plan_body(mask, weights, *, n_pe: int, mapping: str, target: str):
