@@ -14,7 +14,7 @@ utilization_normalized, latency, wasted, dynamic (load units = non-zero weights)
 uses `--seed`. `--backend numpy` (the default) rebalances on the host in numpy (only the random
 policy's key derivation is compiled, one tiny program), which is what a single call in a fresh
 process wants; `--backend jax` runs the compiled kernels (the LTH
-pipeline's), which pay ~15-25 s of XLA compilation first on VGG16. Both give the same masks.
+pipeline's), which pay 10-20 s of XLA compilation first on VGG16. Both give the same masks.
 Bad input (also NaN or infinite weights in a layer the magnitude policy ranks): one
 line on stderr, exit status 2, nothing written.
 """
