@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uticket_jax.workload import mappings as mp
-from uticket_jax.workload import targets
+from uticket_jax.workload import selection, targets
 from uticket_jax.workload.metrics import loads_metrics
 
 _DROP_BASE = np.int32(0x7F800000)  # bits of +inf: drop ranks invert the priority's bits
@@ -47,20 +47,11 @@ def magnitude_priorities(weights: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(a), a, np.finfo(np.float32).max)
 
 
-def _mix32(x: np.ndarray) -> np.ndarray:
-    """numpy `selection._mix32` (uint32 arithmetic wraps as in XLA)."""
-    x = x ^ (x >> np.uint32(16))
-    x = x * np.uint32(0x7FEB352D)
-    x = x ^ (x >> np.uint32(15))
-    x = x * np.uint32(0x846CA68B)
-    return x ^ (x >> np.uint32(16))
-
-
 def counter_priorities(words: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """numpy `selection.counter_priorities` from the key's two uint32 words (`key_words`)."""
     idx = np.arange(int(np.prod(shape)), dtype=np.uint32).reshape(tuple(shape))
     with np.errstate(over="ignore"):
-        h = _mix32(_mix32(idx ^ words[0]) + words[1])
+        h = selection._mix32(selection._mix32(idx ^ words[0]) + words[1])
     return (h >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
 
 

@@ -52,12 +52,15 @@ def magnitude_priorities(weights):
 
 
 def _mix32(x):
-    """An invertible integer finaliser (xor-shift / multiply) that spreads every input bit."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
+    """An invertible integer finaliser (xor-shift / multiply) that spreads every input bit.
+
+    Traced or numpy uint32 (the host path calls it too): numpy constants keep either in uint32.
+    """
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
 
 
 def counter_priorities(key, shape: tuple[int, ...]):
