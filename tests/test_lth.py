@@ -195,6 +195,22 @@ def test_resume_ends_with_the_same_masks_and_figures(full_run, tiny, tmp_path, k
             np.testing.assert_array_equal(m[k], stage_masks[key][k])
 
 
+def test_evaluating_only_the_last_epoch_changes_no_figure(full_run, tiny):
+    # eval_every=2 of 2 epochs: the test set is seen once per stage, after its last epoch, in the
+    # pass that also measures the spike rates. Masks, accuracies, rates and figures are the same.
+    records, stage_masks, _ = full_run
+    once, once_masks = _run(_cfg(eval_every=2), tiny)
+
+    def strip(r):
+        return dataclasses.replace(r, seconds=0.0, best_test_accuracy=0.0)
+
+    assert [strip(r) for r in once] == [strip(r) for r in records]
+    assert all(r.best_test_accuracy == r.test_accuracy for r in once)
+    for key, m in once_masks.items():
+        for k in m:
+            np.testing.assert_array_equal(m[k], stage_masks[key][k])
+
+
 def test_resume_with_another_configuration_is_refused(full_run, tiny, tmp_path):
     _, _, path = full_run
     with Checkpointer(path) as ckpt, pytest.raises(ValueError, match="resume"):
@@ -460,6 +476,7 @@ def test_fmnist_one_round_on_real_data():
         ({"rewind_epoch": 2}, "--rewind_epoch"),
         ({"arms": ("lth", "x")}, "--arms"),
         ({"train_subset": -1}, "--train_subset"),
+        ({"eval_every": 0}, "--eval_every"),
     ],
 )
 def test_bad_configuration_names_the_flag(kw, flag):

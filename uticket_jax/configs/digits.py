@@ -52,4 +52,5 @@ def get_config() -> LTHConfig:
         skip_first_layer=True,
         seed=0,
         eval_batch_size=256,
+        eval_every=1,
     )

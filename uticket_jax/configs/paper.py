@@ -47,6 +47,7 @@ def _paper(dataset: str, arch: str) -> LTHConfig:
         skip_first_layer=True,
         seed=0,
         eval_batch_size=256,
+        eval_every=1,
     )
 
 

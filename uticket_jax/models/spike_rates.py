@@ -4,12 +4,16 @@ An event-driven accelerator only accumulates a weight when its input is non-zero
 layer scales with the fraction of non-zero inputs: the input spike rate (for a layer fed by LIF
 spikes, the firing rate of those neurons; after average pooling, the share of non-zero pooled
 values). It is measured by intercepting every `Conv`/`Dense` call of a Flax model (no change to
-the model), in eval mode, over all steps and examples.
+the model), in eval mode, over all steps and examples: on its own (`input_spike_rates`), or inside
+another jitted computation (`count_inputs`; the training loop's final evaluation measures the
+rates in the same pass as the test accuracy, `loop.evaluate(..., spike_rates=True)`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -20,21 +24,58 @@ import numpy as np
 from uticket_jax.models.describe import LAYER_TYPES
 
 
-def _counts(model: nn.Module, variables: Any, images: jax.Array) -> dict[str, jax.Array]:
-    """`{kernel path: [non-zero inputs, inputs]}` of one batch (traced)."""
+@contextlib.contextmanager
+def count_inputs(valid: jax.Array | None = None) -> Iterator[dict[str, jax.Array]]:
+    """Counts the inputs of every `Conv`/`Dense` call of the Flax models applied inside (traced).
+
+    Yields a dict that fills, as the model runs, with `{kernel path: [non-zero inputs, inputs]}`
+    (float32 of exact int32 counts). With `valid` (`[B]` bool: the real rows of a padded batch)
+    only the rows of real examples count: a layer's input has `B` rows (the images) or `k * B`
+    (time folded into the batch, row `t * B + b` is example `b`).
+
+    Args:
+      valid: None (count every row), or the `[B]` mask of the batch's real examples.
+    """
     counts: dict[str, jax.Array] = {}
 
     def record(next_fun, args, kwargs, context):
         module = context.module
         if context.method_name == "__call__" and isinstance(module, LAYER_TYPES) and args:
-            x = args[0]
-            name = "/".join(module.path) + "/kernel"
-            counts[name] = jnp.stack(
-                [jnp.count_nonzero(x).astype(jnp.float32), jnp.float32(x.size)]
-            )
+            counts["/".join(module.path) + "/kernel"] = _count(args[0], valid)
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(record):
+        yield counts
+
+
+def _count(x: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """`[non-zero entries, entries]` of `x` as float32, over its valid rows."""
+    if valid is None:
+        return jnp.stack([jnp.count_nonzero(x).astype(jnp.float32), jnp.float32(x.size)])
+    rows, b = x.shape[0], valid.shape[0]
+    if rows % b:
+        raise ValueError(f"a layer input has {rows} rows, not a multiple of the batch's {b}")
+    keep = jnp.tile(valid, rows // b)
+    per_row = jnp.count_nonzero(x.reshape(rows, -1), axis=1)
+    nonzero = jnp.sum(jnp.where(keep, per_row, 0))
+    total = jnp.sum(keep.astype(jnp.int32)) * (x.size // rows)
+    return jnp.stack([nonzero, total]).astype(jnp.float32)
+
+
+def add_counts(totals: dict[str, np.ndarray], counts: dict[str, jax.Array]) -> None:
+    """Adds one batch's `count_inputs` result into float64 `totals` (in place)."""
+    for k, v in counts.items():
+        totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
+
+
+def rates_of(totals: dict[str, np.ndarray]) -> dict[str, float]:
+    """`{kernel path: non-zero / inputs}` of summed counts (0.0 for a layer that saw nothing)."""
+    return {k: float(v[0] / v[1]) if v[1] else 0.0 for k, v in totals.items()}
+
+
+def _counts(model: nn.Module, variables: Any, images: jax.Array) -> dict[str, jax.Array]:
+    """`{kernel path: [non-zero inputs, inputs]}` of one batch (traced)."""
+    with count_inputs() as counts:
         model.apply(variables, images, train=False)
     return counts
 
@@ -64,7 +105,5 @@ def input_spike_rates(
     fn = _jitted_counts(model)
     totals: dict[str, np.ndarray] = {}
     for start in range(0, images.shape[0], batch_size):
-        out = fn(variables, jnp.asarray(images[start : start + batch_size]))
-        for k, v in out.items():
-            totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
-    return {k: float(v[0] / v[1]) if v[1] else 0.0 for k, v in totals.items()}
+        add_counts(totals, fn(variables, jnp.asarray(images[start : start + batch_size])))
+    return rates_of(totals)

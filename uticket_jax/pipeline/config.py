@@ -64,10 +64,22 @@ class LTHConfig:
     skip_first_layer: bool = _setting("Leave the first conv out of the hardware figures.")
     seed: int = _setting("Seed of init, data order, augmentation and rebalancing.")
     eval_batch_size: int = _setting("Rows per evaluation batch.")
+    eval_every: int = _setting(
+        "Evaluate on the test set after every n-th epoch of a stage and always after its last"
+        " (1: every epoch); the stage's accuracy and spike rates come from the last."
+    )
 
     def validate(self) -> None:
         """Raises ValueError naming the field (as its flag) when a value is out of range."""
-        for name in ("timesteps", "epochs", "batch_size", "rounds", "n_pe", "eval_batch_size"):
+        for name in (
+            "timesteps",
+            "epochs",
+            "batch_size",
+            "rounds",
+            "n_pe",
+            "eval_batch_size",
+            "eval_every",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name}: must be a positive integer, got {getattr(self, name)}")
         if self.train_subset < 0:

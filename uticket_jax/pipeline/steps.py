@@ -28,7 +28,6 @@ from uticket_jax.hardware import energy as hw_energy
 from uticket_jax.hardware import rows as hw_rows
 from uticket_jax.hardware import simulator
 from uticket_jax.hardware.layers import LayerSpec, specs_from_layers
-from uticket_jax.models.spike_rates import input_spike_rates
 from uticket_jax.pipeline.config import LTHConfig, Stage
 from uticket_jax.pipeline.state import (
     ArmState,
@@ -308,7 +307,10 @@ def train_epoch(
     *,
     bars: bool = True,
 ) -> tuple[train_lib.TrainState, RunState, Progress]:
-    """Trains epoch `progress.epoch` of `stage` and evaluates it.
+    """Trains epoch `progress.epoch` of `stage`, and evaluates it when `cfg.eval_every` says so.
+
+    The stage's last epoch is always evaluated, and that pass also measures the input spike
+    rates of the trained net (the stage record's activity-aware figures).
 
     Args:
       setup: from `setup_run`.
@@ -323,23 +325,24 @@ def train_epoch(
       `(train_state, state, progress)` after the epoch.
     """
     cfg, epoch = setup.cfg, progress.epoch
-    train_state, history = loop.fit(
+    train_state, record = loop.run_epoch(
         train_state,
         dataset,
-        epochs=epoch + 1,
-        start_epoch=epoch,
+        epoch=epoch,
         batch_size=cfg.batch_size,
         key=jax.random.fold_in(setup.data_key, stage.round),
         dp=setup.dp,
         eval_batch_size=cfg.eval_batch_size,
-        desc=f"round {stage.round} {stage.arm}",
+        test=loop.eval_due(epoch, cfg.epochs, cfg.eval_every),
+        spike_rates=epoch + 1 == cfg.epochs,
+        desc=f"round {stage.round} {stage.arm} epoch {epoch}",
         progress=bars,
     )
     rewind = state.rewind
     if stage.arm == "dense" and epoch + 1 == cfg.rewind_epoch:
         rewind = RewindPoint(train_state.params, train_state.batch_stats)
     state = state._replace(train=TrainArrays.of(train_state), rewind=rewind)
-    progress = progress.replace(epoch=epoch + 1, history=(*progress.history, *history))
+    progress = progress.replace(epoch=epoch + 1, history=(*progress.history, record))
     return train_state, state, progress
 
 
@@ -486,12 +489,13 @@ def stage_record(
 
     Args:
       setup: from `setup_run`.
-      dataset: the data (spike rates are measured on its test images).
+      dataset: the data (its training-set size is recorded).
       stage: the finished stage.
       train_state: its trained state.
       masks_flat: its masks.
       counts: its rebalance counts (u-Ticket) or None.
-      progress: the run's progress (the stage's epoch history, the early-time choice, the
+      progress: the run's progress (the stage's epoch history, whose last record holds the test
+        accuracy and the input spike rates measured in the same pass; the early-time choice; the
         stage's seconds before `started`).
       started: `time.perf_counter()` when this process's part of the stage's clock last started.
 
@@ -499,9 +503,7 @@ def stage_record(
       The `StageRecord`.
     """
     cfg, history = setup.cfg, progress.history
-    trained = {"params": train_state.params, "batch_stats": train_state.batch_stats}
-    model = setup.trainer.model_for(stage.timesteps)
-    rates = input_spike_rates(model, trained, dataset.test_images, batch_size=cfg.eval_batch_size)
+    rates = history[-1]["spike_rates"]  # measured with the last epoch's test accuracy
     sparsity = sparsity_report(masks_flat)
     return StageRecord(
         round=stage.round,
@@ -511,7 +513,9 @@ def stage_record(
         sparsity=sparsity["global"],
         layer_sparsity=sparsity["layers"],
         test_accuracy=history[-1]["test_accuracy"],
-        best_test_accuracy=max(h["test_accuracy"] for h in history),
+        best_test_accuracy=max(
+            h["test_accuracy"] for h in history if h["test_accuracy"] is not None
+        ),
         train_loss=history[-1]["train_loss"],
         spike_rates={k: rates[k] for k in setup.order if k in rates},
         rebalance=counts,

@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from uticket_jax import data as data_lib
+from uticket_jax.models import spike_rates as rates_lib
 from uticket_jax.training import step as train_lib
 
 
@@ -151,21 +152,113 @@ def evaluate(
     *,
     batch_size: int,
     dp: DataParallel,
-) -> dict[str, float]:
-    """Test loss and accuracy over every example exactly once (BN in eval mode)."""
+    spike_rates: bool = False,
+) -> dict[str, Any]:
+    """Test loss and accuracy over every example exactly once (BN in eval mode).
+
+    Args:
+      state: the (replicated) train state.
+      images: `[N, ...]` test images.
+      labels: `[N]` labels.
+      batch_size: rows per batch (rounded down to a multiple of the devices).
+      dp: data-parallel shardings.
+      spike_rates: also measure every conv/dense layer's input spike rate in the same pass
+        (`"spike_rates"`: `{kernel path: rate}`, as `models.input_spike_rates` gives them).
+
+    Returns:
+      `{"loss", "accuracy"}`, and `"spike_rates"` when asked.
+    """
     batch_size = max(dp.size, batch_size - batch_size % dp.size)
+    step = train_lib.eval_counts_step if spike_rates else train_lib.eval_step
     totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    inputs: dict[str, np.ndarray] = {}
     for x, y, valid in data_lib.eval_batches(images, labels, batch_size=batch_size):
-        out = train_lib.eval_step(state, *shard(dp, x, y, valid))
+        out = step(state, *shard(dp, x, y, valid))
         for k in totals:
             totals[k] += float(out[k])
+        if spike_rates:
+            rates_lib.add_counts(inputs, out["inputs"])
     count = max(totals["count"], 1.0)
-    return {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count}
+    result: dict[str, Any] = {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count}
+    if spike_rates:
+        result["spike_rates"] = rates_lib.rates_of(inputs)
+    return result
 
 
 def init_variables(model: Any, image_shape: tuple[int, ...], key: jax.Array) -> dict[str, Any]:
     """Initial `{"params", "batch_stats"}` of a model for images of `image_shape` (H, W, C)."""
     return dict(model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False))
+
+
+def eval_due(epoch: int, epochs: int, eval_every: int) -> bool:
+    """Whether epoch `epoch` (0-based) of `epochs` is evaluated: every `eval_every`-th, the last."""
+    return epoch + 1 == epochs or (epoch + 1) % eval_every == 0
+
+
+def run_epoch(
+    state: train_lib.TrainState,
+    dataset: data_lib.Dataset,
+    *,
+    epoch: int,
+    batch_size: int,
+    key: jax.Array,
+    dp: DataParallel,
+    eval_batch_size: int,
+    test: bool = True,
+    spike_rates: bool = False,
+    desc: str = "train",
+    progress: bool = True,
+) -> tuple[train_lib.TrainState, dict[str, Any]]:
+    """Trains epoch `epoch` (`train_epoch`), then evaluates on the test set when `test`.
+
+    Args:
+      state: the replicated train state.
+      dataset: the data.
+      epoch: the epoch's index (its batch order and augmentation derive from it and `key`).
+      batch_size: global batch size.
+      key: the run's data key.
+      dp: data-parallel shardings.
+      eval_batch_size: rows per evaluation batch.
+      test: evaluate after the epoch; else the record's test fields are None.
+      spike_rates: measure the input spike rates in that evaluation (implies `test`); the record
+        gets `"spike_rates"`.
+      desc: label of the progress bar.
+      progress: show the progress bar.
+
+    Returns:
+      `(state, record)`, record `{"epoch", "train_loss", "train_accuracy", "test_loss",
+      "test_accuracy"}` (and `"spike_rates"`).
+    """
+    state, stats = train_epoch(
+        state,
+        dataset,
+        batch_size=batch_size,
+        key=key,
+        epoch=epoch,
+        dp=dp,
+        desc=desc,
+        progress=progress,
+    )
+    record: dict[str, Any] = {
+        "epoch": epoch,
+        "train_loss": stats["loss"],
+        "train_accuracy": stats["accuracy"],
+        "test_loss": None,
+        "test_accuracy": None,
+    }
+    if test or spike_rates:
+        out = evaluate(
+            state,
+            dataset.test_images,
+            dataset.test_labels,
+            batch_size=eval_batch_size,
+            dp=dp,
+            spike_rates=spike_rates,
+        )
+        record.update(test_loss=out["loss"], test_accuracy=out["accuracy"])
+        if spike_rates:
+            record["spike_rates"] = out["spike_rates"]
+    return state, record
 
 
 def fit(
@@ -178,11 +271,12 @@ def fit(
     dp: DataParallel,
     start_epoch: int = 0,
     eval_batch_size: int = 256,
+    eval_every: int = 1,
     on_epoch_end: Any = None,
     desc: str = "train",
     progress: bool = True,
-) -> tuple[train_lib.TrainState, list[dict[str, float]]]:
-    """Trains epochs `start_epoch .. epochs - 1`, evaluating on the test set after each.
+) -> tuple[train_lib.TrainState, list[dict[str, Any]]]:
+    """Trains epochs `start_epoch .. epochs - 1`, evaluating on the test set as `eval_every` says.
 
     Args:
       state: the train state to start from (fresh, or restored from a checkpoint).
@@ -193,46 +287,40 @@ def fit(
       dp: data-parallel shardings (`data_parallel()`).
       start_epoch: first epoch to run (for resuming).
       eval_batch_size: rows per evaluation batch.
+      eval_every: evaluate after every `eval_every`-th epoch and after the last (1: every epoch).
       on_epoch_end: optional `f(epoch, state, record)` called after each epoch (checkpointing).
       desc: label of the progress bar.
       progress: show progress bars.
 
     Returns:
-      The final state and one record per epoch run:
-      `{"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy"}`.
+      The final state and one `run_epoch` record per epoch run (the test fields None in the
+      epochs not evaluated).
     """
     if epochs <= 0:
         raise ValueError(f"epochs: must be >= 1, got {epochs}")
+    if eval_every <= 0:
+        raise ValueError(f"eval_every: must be >= 1, got {eval_every}")
     check_batch_size(batch_size, dataset.train_images.shape[0], dp)
     state = replicate(dp, state)
     history = []
     bar = tqdm(range(start_epoch, epochs), desc=desc, leave=False, disable=not progress)
     for epoch in bar:
-        state, stats = train_epoch(
+        state, record = run_epoch(
             state,
             dataset,
+            epoch=epoch,
             batch_size=batch_size,
             key=key,
-            epoch=epoch,
             dp=dp,
+            eval_batch_size=eval_batch_size,
+            test=eval_due(epoch, epochs, eval_every),
             desc=f"{desc} epoch {epoch}",
             progress=progress,
         )
-        test = evaluate(
-            state,
-            dataset.test_images,
-            dataset.test_labels,
-            batch_size=eval_batch_size,
-            dp=dp,
-        )
-        record = {
-            "epoch": epoch,
-            "train_loss": stats["loss"],
-            "train_accuracy": stats["accuracy"],
-            "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"],
-        }
-        bar.set_postfix(loss=f"{stats['loss']:.3f}", test_acc=f"{test['accuracy']:.3f}")
+        shown = {"loss": f"{record['train_loss']:.3f}"}
+        if record["test_accuracy"] is not None:
+            shown["test_acc"] = f"{record['test_accuracy']:.3f}"
+        bar.set_postfix(**shown)
         history.append(record)
         if on_epoch_end is not None:
             on_epoch_end(epoch, state, record)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from uticket_jax.models import spike_rates
 from uticket_jax.sparsity.masks import apply_masks
 
 PyTree = Any
@@ -192,15 +193,33 @@ def train_step(state: TrainState, images: jnp.ndarray, labels: jnp.ndarray):
     return new_state, {"loss": loss, "accuracy": accuracy}
 
 
-@jax.jit
-def eval_step(state: TrainState, images: jnp.ndarray, labels: jnp.ndarray, valid: jnp.ndarray):
-    """Sums over the valid examples of a batch: `{"loss", "correct", "count"}` (BN in eval mode).
-
-    `valid` `[B]` marks real examples, so a padded last batch counts each example exactly once.
-    """
+def _eval_sums(state: TrainState, images: jnp.ndarray, labels: jnp.ndarray, valid: jnp.ndarray):
     logits, _ = _forward(state, state.params, images, train=False)  # [T, B, C]
     labels_t = jnp.broadcast_to(labels, logits.shape[:2])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels_t).mean(0)  # [B]
     correct = jnp.argmax(logits.mean(0), -1) == labels
     w = valid.astype(jnp.float32)
     return {"loss": jnp.sum(ce * w), "correct": jnp.sum(correct * w), "count": jnp.sum(w)}
+
+
+@jax.jit
+def eval_step(state: TrainState, images: jnp.ndarray, labels: jnp.ndarray, valid: jnp.ndarray):
+    """Sums over the valid examples of a batch: `{"loss", "correct", "count"}` (BN in eval mode).
+
+    `valid` `[B]` marks real examples, so a padded last batch counts each example exactly once.
+    """
+    return _eval_sums(state, images, labels, valid)
+
+
+@jax.jit
+def eval_counts_step(
+    state: TrainState, images: jnp.ndarray, labels: jnp.ndarray, valid: jnp.ndarray
+):
+    """`eval_step`'s sums plus `"inputs"`: every conv/dense layer's `[non-zero inputs, inputs]`.
+
+    Counted over the valid examples in the same forward pass (`spike_rates.count_inputs`), so the
+    test accuracy and the input spike rates of a trained net cost one pass over the test set.
+    """
+    with spike_rates.count_inputs(valid) as counts:
+        sums = _eval_sums(state, images, labels, valid)
+    return {**sums, "inputs": counts}
