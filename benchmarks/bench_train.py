@@ -1,8 +1,9 @@
 r"""Training-step throughput (images/s) of the spiking models, against SpikingJelly when installed.
 
 Times one jitted masked train step (forward + backward + SGD momentum 0.9 / weight decay 5e-4),
-compiled and warmed up, best of `--repeats`, for the digits SNN (8x8x1, 10 classes) and VGG16-BN
-at CIFAR shape (32x32x3, 10 classes), both with batch `--batch_size` and `--timesteps` steps:
+compiled and warmed up, best of `--repeats`, for the digits SNN (8x8x1, 10 classes), the `fmnist`
+preset's net (`fmnist_snn`, 28x28x1; not in the default list) and VGG16-BN at CIFAR shape
+(32x32x3, 10 classes), all with batch `--batch_size` and `--timesteps` steps:
 
 * `ours_images_per_s`: `uticket_jax.training.step.train_step` with the default `Conv` (impl
   "auto": the CPU-tuned custom backward of `uticket_jax.ops.conv`);
@@ -38,8 +39,9 @@ ratio then overstates ours.
 Usage (about 3 minutes on 2 CPU cores):
   python -m benchmarks.bench_train
   python -m benchmarks.bench_train --models vgg16 --layers --repeats 5
+  python -m benchmarks.bench_train --models fmnist_snn --batch_size 64   # the fmnist preset's step
   python -m benchmarks.bench_train --models vgg16 --noplain --trials 5   # ~4 minutes
-Prints one JSON line.
+Prints one JSON line (with `cpu`, the processor's facts: the figures hold for that CPU model).
 """
 
 from __future__ import annotations
@@ -56,11 +58,13 @@ import numpy as np
 from absl import app, flags
 
 from uticket_jax import models
-from uticket_jax.launch import hostmem
+from uticket_jax.launch import hostmem, machine
 from uticket_jax.ops.conv import choose_impl, conv2d, explicit_padding
 from uticket_jax.training import step as train
 
-_MODELS = flags.DEFINE_list("models", ["digits_snn", "vgg16"], "Models: digits_snn, vgg16.")
+_MODELS = flags.DEFINE_list(
+    "models", ["digits_snn", "vgg16"], "Models: digits_snn, fmnist_snn, vgg16."
+)
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Images per train step.")
 _T = flags.DEFINE_integer("timesteps", 4, "Simulation steps T.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Train steps per timed repeat (vgg16; digits: x20).")
@@ -97,7 +101,7 @@ _SERVE = flags.DEFINE_enum(
 _PLAIN = flags.DEFINE_bool("plain", True, "Also time our model with plain lax convolutions.")
 _LAYERS = flags.DEFINE_bool("layers", False, "Add per-layer VGG16 conv timings.")
 
-_SHAPES = {"digits_snn": (8, 8, 1), "vgg16": (32, 32, 3)}
+_SHAPES = {"digits_snn": (8, 8, 1), "fmnist_snn": (28, 28, 1), "vgg16": (32, 32, 3)}
 _NUM_CLASSES = 10
 
 
@@ -457,6 +461,7 @@ def run() -> dict:
     out = {
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
+        "cpu": machine.cpu_facts(),  # results and speed of XLA:CPU depend on the processor
         "batch_size": _BATCH.value,
         "timesteps": _T.value,
         "glibc_hugepages": hostmem.hugepages_active(),

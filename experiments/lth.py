@@ -5,11 +5,12 @@ r"""The main job: lottery-ticket pruning of an SNN with and without u-Ticket, si
   python experiments/lth.py --workdir=runs/lth_digits --resume   # continue a killed run
   python experiments/lth.py --preset=fmnist --workdir=runs/fmnist  # Fashion-MNIST (Debian pkg)
 
-Writes into --workdir: config.json, rounds.jsonl (one line per round and arm), masks/ (the
-project's .npz mask files, one per round and arm, readable by experiments/sweep.py and
-experiments/rebalance.py), weights/ (the trained kernels, same keys; --nosave_weights skips them),
-spike_rates/ (per-layer input spike rates, for sweep.py --spike_rates), summary.json,
-summary.csv, the plots (*.png) and checkpoints/ (orbax).
+Writes into --workdir: config.json, machine.json (the CPU, library versions and devices of each
+start of the run; figures are bit-identical only on the same kind of machine), rounds.jsonl (one
+line per round and arm), masks/ (the project's .npz mask files, one per round and arm, readable by
+experiments/sweep.py and experiments/rebalance.py), weights/ (the trained kernels, same keys;
+--nosave_weights skips them), spike_rates/ (per-layer input spike rates, for sweep.py
+--spike_rates), summary.json, summary.csv, the plots (*.png) and checkpoints/ (orbax).
 The run's settings are the fields of `LTHConfig` (uticket_jax/pipeline/config.py), one flag each,
 generated from the field (name, type, help); every flag left unset takes the preset's value (see
 uticket_jax/configs/).
@@ -26,7 +27,7 @@ from absl import flags
 
 from uticket_jax import configs, data
 from uticket_jax import pipeline as lth
-from uticket_jax.launch import cli, distributed, hostmem, report, results
+from uticket_jax.launch import cli, distributed, hostmem, machine, report, results
 from uticket_jax.sparsity.masks import save_mask_file, save_npz_atomic
 from uticket_jax.training import loop
 from uticket_jax.training.checkpoint import Checkpointer
@@ -116,7 +117,39 @@ def _prepare(cfg: lth.LTHConfig) -> str:
         if moved:
             print(f"--overwrite: moved the earlier results to {moved}")
         results.write_json(os.path.join(workdir, "config.json"), _config_json(cfg))
+    _record_machine(workdir)
     return workdir
+
+
+def _record_machine(workdir: str) -> None:
+    """Appends this start's `machine.describe()` to WORKDIR/machine.json and prints it.
+
+    A resumed run also says which facts differ from the run's first start: its figures from
+    here on are then not bit-identical to an uninterrupted run's.
+    """
+    path = os.path.join(workdir, "machine.json")
+    starts = []
+    if _RESUME.value and os.path.exists(path):
+        with open(path) as f:
+            try:
+                starts = json.load(f)
+            except json.JSONDecodeError as err:
+                starts = err
+        if not isinstance(starts, list) or not all(isinstance(s, dict) for s in starts):
+            raise ValueError(
+                f"--resume: {path} is not a list of machine entries; move it away to resume"
+            )
+    now = machine.describe(resume=_RESUME.value)
+    print(f"machine: {machine.summary(now)}")
+    if starts:
+        differ = machine.differences(starts[0], now)
+        if differ:
+            print(
+                f"--resume: this machine differs from the run's first start ({', '.join(differ)});"
+                " the stages run from here on may differ from an uninterrupted run in their last"
+                " digits"
+            )
+    results.write_json(path, [*starts, now])
 
 
 def _run(cfg, dataset, workdir):

@@ -557,6 +557,7 @@ def test_launcher_one_round_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for f in (
         "config.json",
+        "machine.json",
         "rounds.jsonl",
         "summary.json",
         "summary.csv",
@@ -583,6 +584,28 @@ def test_launcher_one_round_end_to_end(tmp_path):
     # Resuming a finished run recomputes nothing and ends with the same table.
     resumed = _launch(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _read(os.path.join(work, "rounds.jsonl")) == before
+    # machine.json holds one entry per start; the same machine resuming is not reported.
+    machine_json = os.path.join(work, "machine.json")
+    starts = json.loads(_read(machine_json))
+    assert [s["resume"] for s in starts] == [False, True]
+    assert starts[0]["packages"]["jax"] == jax.__version__
+    assert "machine: " in resumed.stdout and "differs" not in resumed.stdout
+    # A resume on another kind of machine names what differs (here: a forged first entry).
+    starts[0]["cpu"]["model"] = "another CPU"
+    with open(machine_json, "w") as f:
+        json.dump(starts, f)
+    moved = _launch(*args, "--resume")
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert "this machine differs from the run's first start (cpu.model)" in moved.stdout
+    assert len(json.loads(_read(machine_json))) == 3
+    # An unreadable machine.json stops a resume in one line, and the file stays as it was.
+    with open(machine_json, "w") as f:
+        f.write("{not json")
+    bad = _launch(*args, "--resume")
+    assert bad.returncode != 0 and "machine.json" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert _read(machine_json) == "{not json"
     assert _read(os.path.join(work, "rounds.jsonl")) == before
     # The other tools read the run's files directly.
     rb = subprocess.run(

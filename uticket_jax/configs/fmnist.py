@@ -11,10 +11,12 @@ the paper's IMP scaled to CPU: 11 rounds of 25 % global magnitude pruning (95.8 
 late rewinding to epoch 1; 16 PEs per group, output-channel mapping, magnitude policy,
 `ceil_mean` target. Result (BUILD_NOTES.md, "Fashion-MNIST", has the table): dense 88.5 %; at
 round 11 (95.8 %) LTH 87.4 % at 62.8 % PE utilization, u-Ticket 87.5 % at 100 %, latency
--34.2 %. Runtime: 31.8 min measured on the idle 2-core CPU while every epoch was still
+-34.2 %. Runtime: 31.8 min measured on an idle 2-core VM while every epoch was still
 evaluated on the test set; `eval_every = 3` now evaluates once per stage, in the pass that also
-measures the spike rates (same table; about 4 min less expected, not yet measured end to end
-against the 30-minute goal).
+measures the spike rates (same table; about 4 min less expected there, not measured end to end
+against the 30-minute goal). On a 2-core Intel Xeon VM: 46.4 min, and figures that differ in
+their last digits (the processor's rounding; dense 88.1 %, round 11 LTH 87.4 % at 68.1 %,
+u-Ticket 87.8 % at 100 %, latency -26.2 %; BUILD_NOTES.md has both).
 """
 
 from __future__ import annotations
