@@ -130,11 +130,11 @@ def _record_machine(workdir: str) -> None:
     path = os.path.join(workdir, "machine.json")
     starts = []
     if _RESUME.value and os.path.exists(path):
-        with open(path) as f:
-            try:
+        try:
+            with open(path) as f:
                 starts = json.load(f)
-            except json.JSONDecodeError as err:
-                starts = err
+        except json.JSONDecodeError:
+            starts = None
         if not isinstance(starts, list) or not all(isinstance(s, dict) for s in starts):
             raise ValueError(
                 f"--resume: {path} is not a list of machine entries; move it away to resume"

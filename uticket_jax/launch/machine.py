@@ -23,6 +23,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+
+from uticket_jax.launch import hostmem
+
 CPUINFO = "/proc/cpuinfo"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
 # The instruction-set extensions that decide XLA:CPU's and its kernel libraries' code paths.
@@ -78,10 +82,6 @@ def describe(*, resume: bool = False) -> dict[str, Any]:
     Initializes JAX's backend (call it where the run would anyway). In a multi-process run the
     CPU facts are the calling process's; the devices are all processes'.
     """
-    import jax  # here, so the module's other functions run without a backend
-
-    from uticket_jax.launch import hostmem
-
     devices = jax.devices()
     return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
