@@ -2,9 +2,9 @@
 
 The same seed and settings give the same figures, bit for bit, only on the same kind of machine
 with the same library versions. XLA compiles for the processor it runs on, and the kernel
-libraries it calls pick their code paths by the processor's instruction sets, so the order of
-floating-point additions differs between CPU models. A training run then drifts apart in the
-last digits of its weights, and after a few epochs in its accuracy and masks. The Fashion-MNIST
+libraries it calls pick their code paths by the processor's instruction sets, so sums can be
+rounded differently on another CPU model. A training run then drifts apart in the last digits
+of its weights, and after a few epochs in its accuracy and masks. The Fashion-MNIST
 run of BUILD_NOTES.md shows such a difference between two machines.
 
 `describe()` records those facts and `lth.py` keeps them in `WORKDIR/machine.json`: one entry
@@ -61,7 +61,7 @@ def cpu_facts(path: str = CPUINFO) -> dict[str, Any]:
     model = fields.get("model name") or fields.get("CPU part") or platform.processor() or None
     vendor = fields.get("vendor_id") or fields.get("CPU implementer")
     ident = [fields.get(k) for k in ("cpu family", "model", "stepping")]
-    family = "/".join(ident) if all(ident) else None  # type: ignore[arg-type]
+    family = "/".join(ident) if all(ident) else None
     return {"vendor": vendor, "model": model, "family": family, "simd": simd}
 
 
