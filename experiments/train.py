@@ -20,7 +20,7 @@ import jax
 from absl import flags
 
 from uticket_jax import data, models
-from uticket_jax.launch import cli, hostmem, results
+from uticket_jax.launch import cli, hostmem, machine, results
 from uticket_jax.pipeline import steps
 from uticket_jax.training import loop
 from uticket_jax.training import step as train
@@ -128,6 +128,7 @@ def run() -> dict:
         "best_test_accuracy": max(r["test_accuracy"] for r in history),
         "seconds": time.perf_counter() - start,
         "history": history,
+        "machine": machine.describe(),  # the figures are bit-identical only on such a machine
     }
     results.write_json(os.path.join(workdir, "results.json"), out)
     return out

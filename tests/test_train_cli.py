@@ -28,6 +28,7 @@ def test_train_writes_accuracy_and_refuses_to_overwrite(tmp_path):
     with open(work / "results.json") as f:
         out = json.load(f)
     assert out["arch"] == "digits_snn" and len(out["history"]) == 2
+    assert out["machine"]["backend"] == "cpu" and out["machine"]["packages"]["jaxlib"]
     assert 0.5 < out["test_accuracy"] <= 1.0  # two epochs already learn the digits
     assert os.listdir(work) == ["results.json"]  # nothing else is written
     again = _train("--workdir", str(work), "--epochs", "1")
