@@ -13,6 +13,7 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from absl import flags
 
@@ -23,6 +24,7 @@ from uticket_jax.hardware.layers import specs_from_layers
 from uticket_jax.launch import cli, report
 from uticket_jax.sparsity import masks
 from uticket_jax.training import loop
+from uticket_jax.training import step as train_lib
 from uticket_jax.training.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,6 +209,84 @@ def test_evaluating_only_the_last_epoch_changes_no_figure(full_run, tiny):
     assert [strip(r) for r in once] == [strip(r) for r in records]
     assert all(r.best_test_accuracy == r.test_accuracy for r in once)
     for key, m in once_masks.items():
+        for k in m:
+            np.testing.assert_array_equal(m[k], stage_masks[key][k])
+
+
+def _rest_cfg():
+    # 3 epochs, rewind to epoch 1: round 1 trains epochs 1 and 2 with the schedule from epoch 1.
+    return _cfg(epochs=3, rounds=1, arms=("lth",), retrain="rest")
+
+
+@pytest.fixture(scope="module")
+def rest_run(tiny, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("rest"))
+    with Checkpointer(path) as ckpt:
+        records, stage_masks = _run(_rest_cfg(), tiny, ckpt)
+        state, meta = ckpt.restore()
+    return records, stage_masks, state, meta
+
+
+def test_rest_retraining_trains_the_rest_of_the_schedule_from_the_rewind_point(rest_run, tiny):
+    """Plain loop oracle, bit for bit: round 1 is the rewind point under its mask, trained on
+    epochs 1 and 2 (round 1's batch-order key) by an optimizer whose cosine is shifted by one
+    epoch of steps."""
+    cfg = _rest_cfg()
+    records, stage_masks, state, _ = rest_run
+    assert [(r.round, r.arm) for r in records] == [(0, "dense"), (1, "lth")]
+    assert lth.stage_at(cfg, 1, None).first_epoch == 1
+    assert lth.stage_at(cfg, 0, None).first_epoch == 0
+    model = models.get_model(cfg.arch, num_classes=10, timesteps=cfg.timesteps)
+    init_key, data_key, _ = jax.random.split(jax.random.key(cfg.seed), 3)
+    params0 = loop.init_variables(model, tiny.image_shape, init_key)["params"]
+    steps = 256 // cfg.batch_size
+    cosine = optax.cosine_decay_schedule(cfg.lr, cfg.epochs * steps)
+    tx = train_lib.masked(
+        optax.chain(
+            optax.add_decayed_weights(cfg.weight_decay),
+            optax.sgd(lambda count: cosine(count + steps), momentum=cfg.momentum),
+        )
+    )
+    rewind = {"params": state["rewind"]["params"], "batch_stats": state["rewind"]["batch_stats"]}
+    m = masks.unflatten(stage_masks[(1, "lth")], params0)
+    dp = loop.data_parallel()
+    oracle = loop.replicate(dp, train_lib.create_train_state(model.apply, rewind, tx, m))
+    for epoch in (1, 2):
+        oracle, _ = loop.train_epoch(
+            oracle,
+            tiny,
+            batch_size=cfg.batch_size,
+            key=jax.random.fold_in(data_key, 1),
+            epoch=epoch,
+            dp=dp,
+            progress=False,
+        )
+    got = masks.flatten(state["arms"]["lth"]["trained"])
+    for k, want in masks.flatten(oracle.params).items():
+        np.testing.assert_array_equal(got[k], want, err_msg=k)
+    # `full` (the default of the other presets) retrains all three epochs: another ticket.
+    full, _ = _run(dataclasses.replace(cfg, retrain="full"), tiny)
+    assert full[0] == dataclasses.replace(records[0], seconds=full[0].seconds)
+    assert full[1].train_loss != records[1].train_loss
+
+
+# 5: after round 1's first epoch (its schedule's epoch 1); 6: after its last, before its record.
+@pytest.mark.parametrize("kill_at", [5, 6])
+def test_rest_retraining_resumes_to_the_same_run(rest_run, tiny, tmp_path, kill_at):
+    records, stage_masks, _, _ = rest_run
+    with _KillingCheckpointer(str(tmp_path), kill_at) as ckpt, pytest.raises(_Killed):
+        _run(_rest_cfg(), tiny, ckpt)
+    with Checkpointer(str(tmp_path)) as ckpt:
+        resumed, resumed_masks = _run(_rest_cfg(), tiny, ckpt)
+        _, meta = ckpt.restore()
+
+    def strip(r):
+        return dataclasses.replace(r, seconds=0.0)
+
+    assert [strip(r) for r in resumed] == [strip(r) for r in records]
+    assert meta["history"] == rest_run[3]["history"]  # round 1's epoch records: epochs 1 and 2
+    assert [h["epoch"] for h in meta["history"]] == [1, 2]
+    for key, m in resumed_masks.items():
         for k in m:
             np.testing.assert_array_equal(m[k], stage_masks[key][k])
 
@@ -477,6 +557,7 @@ def test_fmnist_one_round_on_real_data():
         ({"arms": ("lth", "x")}, "--arms"),
         ({"train_subset": -1}, "--train_subset"),
         ({"eval_every": 0}, "--eval_every"),
+        ({"retrain": "finetune"}, "--retrain"),
     ],
 )
 def test_bad_configuration_names_the_flag(kw, flag):

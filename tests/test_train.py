@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from uticket_jax.sparsity import masks as masks_lib
 from uticket_jax.training import step as train
@@ -155,3 +157,37 @@ def test_bad_optimizer_arguments(kwargs, match):
     args = {"total_steps": 10} | kwargs
     with pytest.raises(ValueError, match=match):
         train.make_optimizer(**args)
+
+
+@settings(max_examples=12, deadline=None)
+@given(opt=st.sampled_from(train.OPTIMIZERS), k=st.integers(0, 49))
+def test_schedule_started_part_way_takes_that_rate_with_fresh_moments(opt, k):
+    # Rewinding with the rest of the schedule: the first update at step k is the first update
+    # of a fresh optimizer scaled by sched(k) / sched(0) (cosine over 50 steps from 0.05). That
+    # holds for Adam only while its bias-correction count stays fresh, so it checks that too.
+    state, x, y = _setup(opt, with_masks=False)
+    n = train.train_step._cache_size()
+    moved = train.start_schedule_at(state, k)
+    assert int(moved.step) == k
+    out0, _ = train.train_step(state, x, y)
+    outk, _ = train.train_step(moved, x, y)
+    ratio = float(optax.cosine_decay_schedule(0.05, 50)(k)) / 0.05
+    for before, a, b in zip(
+        jax.tree.leaves(state.params),
+        jax.tree.leaves(out0.params),
+        jax.tree.leaves(outk.params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(b - before, (a - before) * ratio, rtol=1e-4, atol=3e-7)
+    assert train.train_step._cache_size() <= n + 1  # one compile for both states
+
+
+def test_schedule_start_rejects_bad_input():
+    state, _, _ = _setup()
+    with pytest.raises(ValueError, match="step: must be >= 0"):
+        train.start_schedule_at(state, -1)
+    plain = train.create_train_state(
+        state.apply_fn, {"params": state.params}, train.masked(optax.sgd(0.1))
+    )
+    with pytest.raises(ValueError, match="no learning-rate schedule"):
+        train.start_schedule_at(plain, 3)

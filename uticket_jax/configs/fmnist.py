@@ -47,6 +47,7 @@ def get_config() -> LTHConfig:
         scope="global",
         prunable="conv_dense",
         rewind_epoch=1,
+        retrain="full",
         arms=ARMS,
         n_pe=16,
         mapping="output_channel",

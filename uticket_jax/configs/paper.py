@@ -35,6 +35,7 @@ def _paper(dataset: str, arch: str) -> LTHConfig:
         scope="global",
         prunable="conv_dense",
         rewind_epoch=20,
+        retrain="full",
         arms=ARMS,
         n_pe=16,
         mapping="output_channel",

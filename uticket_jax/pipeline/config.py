@@ -20,6 +20,7 @@ from uticket_jax.training import step as train_lib
 
 ARMS = ("lth", "uticket")
 PRUNABLE = ("conv_dense", "conv")
+RETRAIN = ("full", "rest")
 
 
 def _setting(help_text: str) -> Any:
@@ -38,7 +39,9 @@ class LTHConfig:
     )
     arch: str = _setting(f"Model: one of {', '.join(models.MODEL_NAMES)}.")
     timesteps: int = _setting("Simulation steps T.")
-    epochs: int = _setting("Training epochs per round.")
+    epochs: int = _setting(
+        "Epochs of the schedule: round 0 trains all of them, a pruning round as --retrain says."
+    )
     batch_size: int = _setting("Global batch size.")
     optimizer: str = _setting(f"Optimizer: one of {', '.join(train_lib.OPTIMIZERS)}.")
     lr: float = _setting("Peak learning rate.")
@@ -50,6 +53,11 @@ class LTHConfig:
     scope: str = _setting(f"Magnitude-pruning scope: one of {', '.join(pruning.SCOPES)}.")
     prunable: str = _setting("conv_dense (every conv and dense kernel) or conv.")
     rewind_epoch: int = _setting("Rewind point (epochs of round 0; 0 = init).")
+    retrain: str = _setting(
+        "How a pruning round retrains from the rewind point: full (all --epochs, a fresh"
+        " schedule: the u-Ticket authors' code) or rest (epochs rewind_epoch..epochs-1, the"
+        " schedule rewound with the weights: Frankle et al. 2020)."
+    )
     arms: tuple[str, ...] = _setting("Arms to run, a comma list: lth,uticket or one of them.")
     n_pe: int = _setting("PEs per group of the simulated array.")
     mapping: str = _setting(f"PE mapping: one of {', '.join(workload.MAPPINGS)}.")
@@ -110,6 +118,7 @@ class LTHConfig:
             "energy_model": tuple(hw_energy.ENERGY_MODELS),
             "policy": workload.POLICIES,
             "target": workload.TARGETS,
+            "retrain": RETRAIN,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -127,12 +136,17 @@ class LTHConfig:
 
 
 class Stage(NamedTuple):
-    """One stage of the run: its index, round, arm and the timesteps it trains with."""
+    """One stage of the run: its index, round, arm, the timesteps it trains with, its epochs.
+
+    A stage trains epochs `first_epoch .. epochs-1` of the schedule: all of them, except a
+    pruning round with `retrain="rest"`, which starts at `rewind_epoch`.
+    """
 
     index: int
     round: int
     arm: str
     timesteps: int
+    first_epoch: int
 
 
 def stage_at(cfg: LTHConfig, index: int, et_timesteps: int | None) -> Stage:
@@ -148,4 +162,5 @@ def stage_at(cfg: LTHConfig, index: int, et_timesteps: int | None) -> Stage:
     """
     rnd, arm = cfg.stages()[index]
     search = et_timesteps is not None and 0 < rnd < cfg.rounds
-    return Stage(index, rnd, arm, et_timesteps if search else cfg.timesteps)
+    first = cfg.rewind_epoch if cfg.retrain == "rest" and arm != "dense" else 0
+    return Stage(index, rnd, arm, et_timesteps if search else cfg.timesteps, first)

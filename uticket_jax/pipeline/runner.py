@@ -9,7 +9,10 @@ IEEE TETCI 2024, Alg. 1):
        (`global` or `layer` scope);
     2. u-Ticket arm only: rebalance the new masks so every PE of a group carries the same load
        (`workload.rebalance_network`; the magnitude policy scores with the same trained weights);
-    3. rewind the surviving weights to θ_k, fresh optimizer, retrain `epochs` epochs.
+    3. rewind the surviving weights to θ_k, fresh optimizer, and retrain: `retrain="full"` all
+       `epochs` epochs with the whole schedule (the u-Ticket authors' code), `"rest"` epochs
+       k..`epochs`-1 with the schedule from epoch k on (rewinding as Frankle et al. 2020 and
+       open_lth define it: the round trains what round 0 trained after θ_k).
   Both arms share round 0, the seed and the per-round batch order, so the comparison is paired.
   Optional early-time ticket (Kim et al., ECCV 2022): after round 0, the smallest `T` among
   `et_candidates` whose time-averaged output on one batch is within `et_threshold` of the full-`T`
@@ -90,7 +93,7 @@ def run_stage(
         progress = progress.replace(history=(), stage_seconds=0.0)
     train_state = steps.start_state(setup, state, progress, stage, masks_flat)
     started = time.perf_counter()
-    while progress.epoch < setup.cfg.epochs:
+    while stage.first_epoch + progress.epoch < setup.cfg.epochs:
         train_state, state, progress = steps.train_epoch(
             setup, dataset, stage, train_state, state, progress, bars=bars
         )

@@ -162,7 +162,7 @@ class Progress:
     """Where a run stands (the checkpoint's JSON part) and what it has produced."""
 
     stage: int = 0
-    epoch: int = 0
+    epoch: int = 0  # epochs the current stage has trained (its schedule epoch: + first_epoch)
     history: tuple[dict[str, float], ...] = ()
     records: tuple[StageRecord, ...] = ()
     et: ETChoice | None = None

@@ -130,6 +130,7 @@ class RunSetup(NamedTuple):
     data_key: jax.Array
     rebalance_key: jax.Array
     dp: loop.DataParallel
+    steps_per_epoch: int
 
 
 def _prunable_rule(cfg: LTHConfig) -> Callable[[str, Any], bool]:
@@ -176,7 +177,7 @@ def setup_run(cfg: LTHConfig, dataset: data_lib.Dataset, dp: loop.DataParallel) 
     order = tuple(i.path for i in infos)
     specs = specs_from_layers(infos, skip_first=cfg.skip_first_layer)
     dense = _order(prunable, order)
-    return RunSetup(cfg, trainer, order, specs, dense, data_key, rebalance_key, dp)
+    return RunSetup(cfg, trainer, order, specs, dense, data_key, rebalance_key, dp, steps_per_epoch)
 
 
 def initial_state(setup: RunSetup) -> RunState:
@@ -283,14 +284,19 @@ def start_state(
       masks_flat: the stage's masks.
 
     Returns:
-      Round 0 from the initialization, a pruning round from the rewind point, a resumed stage
-      from the checkpointed arrays; masked, on every device.
+      Round 0 from the initialization, a pruning round from the rewind point (its schedule at
+      `stage.first_epoch`), a resumed stage from the checkpointed arrays; masked, on every
+      device.
     """
     variables = setup.trainer.variables
     masks_tree = unflatten(masks_flat, variables["params"])
     if progress.epoch == 0:
         start = variables if stage.arm == "dense" else state.rewind._asdict()
         train_state = fresh_state(setup.trainer, stage.timesteps, start, masks_tree)
+        if stage.first_epoch:
+            train_state = train_lib.start_schedule_at(
+                train_state, stage.first_epoch * setup.steps_per_epoch
+            )
     else:
         train_state = fresh_state(setup.trainer, stage.timesteps, variables, masks_tree)
         train_state = train_state.replace(**state.train._asdict())
@@ -307,10 +313,12 @@ def train_epoch(
     *,
     bars: bool = True,
 ) -> tuple[train_lib.TrainState, RunState, Progress]:
-    """Trains epoch `progress.epoch` of `stage`, and evaluates it when `cfg.eval_every` says so.
+    """Trains the stage's next epoch, and evaluates it when `cfg.eval_every` says so.
 
-    The stage's last epoch is always evaluated, and that pass also measures the input spike
-    rates of the trained net (the stage record's activity-aware figures).
+    `progress.epoch` counts the epochs the stage has trained; the schedule's epoch (its batch
+    order, learning rates, the epoch record's `"epoch"`) is `stage.first_epoch` plus that. The
+    schedule's last epoch is always evaluated, and that pass also measures the input spike rates
+    of the trained net (the stage record's activity-aware figures).
 
     Args:
       setup: from `setup_run`.
@@ -324,7 +332,7 @@ def train_epoch(
     Returns:
       `(train_state, state, progress)` after the epoch.
     """
-    cfg, epoch = setup.cfg, progress.epoch
+    cfg, epoch = setup.cfg, stage.first_epoch + progress.epoch
     train_state, record = loop.run_epoch(
         train_state,
         dataset,
@@ -342,7 +350,7 @@ def train_epoch(
     if stage.arm == "dense" and epoch + 1 == cfg.rewind_epoch:
         rewind = RewindPoint(train_state.params, train_state.batch_stats)
     state = state._replace(train=TrainArrays.of(train_state), rewind=rewind)
-    progress = progress.replace(epoch=epoch + 1, history=(*progress.history, record))
+    progress = progress.replace(epoch=progress.epoch + 1, history=(*progress.history, record))
     return train_state, state, progress
 
 

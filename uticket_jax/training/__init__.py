@@ -23,6 +23,7 @@ from uticket_jax.training.step import (
     make_schedule,
     masked,
     snn_loss,
+    start_schedule_at,
     train_step,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "replicate",
     "shard",
     "snn_loss",
+    "start_schedule_at",
     "train_epoch",
     "train_step",
 ]

@@ -154,6 +154,38 @@ def create_train_state(
     )
 
 
+def start_schedule_at(state: TrainState, step: int) -> TrainState:
+    """`state` with its learning-rate schedule (and `step`) moved to `step`, its moments untouched.
+
+    A fresh optimizer whose schedule starts part-way: retraining from a rewind point at step `k`
+    with the rest of the original schedule (Frankle et al. 2020's rewinding, as open_lth's
+    `train(start_step=k)` does it: a new optimizer, the schedule stepped `k` times). Only the
+    schedule's own counter moves; Adam's bias-correction count and the momentum stay fresh.
+
+    Args:
+      state: a train state of a `make_optimizer` optimizer (or any with a schedule).
+      step: the schedule step the next update uses, >= 0.
+
+    Returns:
+      The new state.
+
+    Raises:
+      ValueError: if `step` < 0 or the optimizer has no schedule counter.
+    """
+    if step < 0:
+        raise ValueError(f"step: must be >= 0, got {step}")
+    count = jnp.asarray(step, jnp.int32)
+    try:
+        opt_state = optax.tree_utils.tree_set(
+            state.opt_state,
+            lambda path, _: getattr(path[-1], "tuple_name", None) == "ScaleByScheduleState",
+            count=count,
+        )
+    except KeyError:
+        raise ValueError("state: its optimizer has no learning-rate schedule to move") from None
+    return state.replace(step=count, opt_state=opt_state)
+
+
 def snn_loss(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
     """Mean over steps and batch of the cross-entropy of per-step logits `[T, B, C]`."""
     if logits.ndim != 3:
