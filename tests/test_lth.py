@@ -28,8 +28,9 @@ from uticket_jax.training import step as train_lib
 from uticket_jax.training.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Test accuracy every stage of the real-data round must reach: measured 81.8 % (dense), 83.2 %
-# (lth) and 83.1 % (uticket); chance is 10 %.
+# Test accuracy every stage of the real-data round must reach: measured 81.8 % (dense), 81.2 %
+# (lth) and 81.0 % (uticket; each retrains the schedule's last epoch, `retrain="rest"`); chance
+# is 10 %.
 FMNIST_FLOOR = 0.75
 
 
@@ -508,9 +509,10 @@ def test_fmnist_presets():
     assert (cpu.dataset, cpu.arch, cpu.timesteps) == ("fashion_mnist", "fmnist_snn", 4)
     assert cpu.prune_percent == 25.0 and cpu.rounds == 11 and 0 < cpu.rewind_epoch
     assert 1 - 0.75**cpu.rounds >= 0.95 and cpu.train_subset > 0
+    assert cpu.retrain == "rest"  # the CPU budget; the paper's settings retrain in full
     gpu = configs.get("vgg16_fmnist")
     assert (gpu.dataset, gpu.arch) == ("fashion_mnist32", "vgg16")
-    assert gpu.train_subset == 0 and gpu.rounds == 15
+    assert gpu.train_subset == 0 and gpu.rounds == 15 and gpu.retrain == "full"
     for name in ("fmnist", "vgg16_fmnist"):
         configs.get(name).validate()
     vgg = models.get_model("vgg16", num_classes=10, timesteps=gpu.timesteps)
@@ -522,9 +524,9 @@ def test_fmnist_presets():
 def test_fmnist_one_round_on_real_data():
     """The fmnist net, one short round of both arms on real Fashion-MNIST, a real accuracy floor.
 
-    A fixed 2,000-image stratified training subset, 2 epochs per stage, the first 2,000 test
-    images (a fixed slice, 188-219 per class); 87 s on the 2 cores shared with ~12 other busy
-    processes (load average 13), about a third of that alone.
+    A fixed 2,000-image stratified training subset, a 2-epoch schedule (round 0 trains both
+    epochs, the round the second from the rewind point), the first 2,000 test images (a fixed
+    slice, 188-219 per class); 43 s alone on 2 cores.
     """
     fashion_mnist_dir()
     ds = data.load_dataset("fashion_mnist")

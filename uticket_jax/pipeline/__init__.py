@@ -4,7 +4,7 @@
 typed), `steps` (the step functions), `runner` (`run`: a loop over `run_stage`).
 """
 
-from uticket_jax.pipeline.config import ARMS, PRUNABLE, LTHConfig, Stage, stage_at
+from uticket_jax.pipeline.config import ARMS, PRUNABLE, RETRAIN, LTHConfig, Stage, stage_at
 from uticket_jax.pipeline.runner import run, run_stage
 from uticket_jax.pipeline.state import (
     ArmState,
@@ -30,6 +30,7 @@ from uticket_jax.pipeline.steps import (
 __all__ = [
     "ARMS",
     "PRUNABLE",
+    "RETRAIN",
     "ArmState",
     "ETChoice",
     "HardwareFigures",
