@@ -3,7 +3,7 @@ r"""The main job: lottery-ticket pruning of an SNN with and without u-Ticket, si
   python experiments/lth.py                       # digits preset, both arms, ~minutes on 2 cores
   python experiments/lth.py --preset=vgg16_cifar10 --data_dir=~/data/cifar --workdir=runs/vgg
   python experiments/lth.py --workdir=runs/lth_digits --resume   # continue a killed run
-  python experiments/lth.py --preset=fmnist --workdir=runs/fmnist  # Fashion-MNIST (Debian pkg)
+  python experiments/lth.py --preset=fmnist   # Fashion-MNIST (Debian pkg), writes runs/lth_fmnist
 
 Writes into --workdir: config.json, machine.json (the CPU, library versions and devices of each
 start of the run; figures are bit-identical only on the same kind of machine), rounds.jsonl (one
@@ -39,7 +39,7 @@ _DATA_DIR = flags.DEFINE_string(
     "Dataset files (needed for CIFAR and SVHN; Fashion-MNIST defaults to the Debian package's"
     " /usr/share/datasets/fashion-mnist).",
 )
-_WORKDIR = flags.DEFINE_string("workdir", "runs/lth_digits", "Output directory.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/lth_PRESET).")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its checkpoint.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Start afresh; earlier results move to WORKDIR/replaced-<time>/."
@@ -61,6 +61,11 @@ def build_config() -> lth.LTHConfig:
 
 def _config_json(cfg: lth.LTHConfig) -> dict:
     return {"preset": _PRESET.value, **json.loads(json.dumps(dataclasses.asdict(cfg)))}
+
+
+def _workdir() -> str:
+    """`--workdir`, or `runs/lth_<preset>` when it is not given."""
+    return _WORKDIR.value or os.path.join("runs", f"lth_{_PRESET.value}")
 
 
 def _check_resume(workdir: str, cfg: lth.LTHConfig) -> None:
@@ -87,7 +92,7 @@ def main() -> None:
         raise ValueError("--resume and --overwrite: choose one")
     # Every process must run the same configuration (checked on all of them at once).
     distributed.check_same_settings(
-        {**_config_json(cfg), "resume": _RESUME.value, "workdir": _WORKDIR.value}
+        {**_config_json(cfg), "resume": _RESUME.value, "workdir": _workdir()}
     )
     dataset = data.load_dataset(cfg.dataset, data_dir=_DATA_DIR.value)
     if dataset.source is not None and distributed.is_writer():
@@ -104,14 +109,12 @@ def main() -> None:
 
 def _prepare(cfg: lth.LTHConfig) -> str:
     """The work directory, checked (and on process 0 created, with config.json)."""
-    workdir = os.path.abspath(_WORKDIR.value)
+    workdir = os.path.abspath(_workdir())
     if _RESUME.value:
         _check_resume(workdir, cfg)
     if not distributed.is_writer():
         return workdir
-    workdir = results.prepare_workdir(
-        _WORKDIR.value, overwrite=_OVERWRITE.value, resume=_RESUME.value
-    )
+    workdir = results.prepare_workdir(_workdir(), overwrite=_OVERWRITE.value, resume=_RESUME.value)
     if not _RESUME.value:
         moved = results.set_aside(workdir)
         if moved:

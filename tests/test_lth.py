@@ -753,6 +753,7 @@ def test_launcher_one_round_end_to_end(tmp_path):
         (["--train_subset", "5000"], "--train_subset"),  # digits has 1,438 training images
         (["--train_subset", "-2"], "--train_subset"),
         (["--preset", "fmnist", "--data_dir", "/nonexistent/fmnist"], "is not a directory"),
+        (["--retrain", "finetune"], "--retrain"),
     ],
 )
 def test_launcher_bad_flags_fail_in_one_line(tmp_path, args, needle):
@@ -760,3 +761,13 @@ def test_launcher_bad_flags_fail_in_one_line(tmp_path, args, needle):
     assert proc.returncode != 0
     assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_launcher_default_workdir_follows_the_preset(tmp_path):
+    # Without --workdir a run goes to runs/lth_<preset>; a --resume there finds nothing yet.
+    fashion_mnist_dir()
+    proc = _launch("--preset", "fmnist", "--resume", cwd=str(tmp_path))
+    assert proc.returncode != 0
+    want = os.path.join(str(tmp_path), "runs", "lth_fmnist")
+    assert f"--resume: {want} has no config.json" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not os.path.exists(tmp_path / "runs")
