@@ -4,13 +4,13 @@ Example (a u-Ticket ticket against its LTH ticket, both mappings, 5 array sizes;
   python experiments/sweep.py --masks runs/uticket/masks.npz --compare runs/lth/masks.npz \
       --n_pe 4,8,16,32,64 --mapping output_channel,input_split --timesteps 5 --input_size 32 \
       --out runs/sweep
-Energy constants sweep too: each hardware flag takes a comma list (the grid is their product),
-and `--grid` expands every single-valued energy flag to x{1/4, 1/2, 1, 2, 4} (625 variants).
+Energy constants sweep too: each flag takes a comma list (the grid is their product).
 `--energy_model NAME` picks the energy model (`hardware.energy`: horowitz45, the default, or
-sata, SATA_Sim's published model); each model's constants have their own flags (horowitz45:
-`--e_acc_pj --e_fetch_pj --e_idle_pj --leak_uw`; sata: `--mac_op_mw ... --dram_nj`, see
-`--helpfull`), and `--clock_mhz` defaults to the model's clock (500 / 400 MHz). With a model
-other than horowitz45, `--grid` expands the constants given on the command line.
+sata, SATA_Sim's published model); every model's constants have flags generated the same way
+(horowitz45: `--e_acc_pj --e_fetch_pj --e_idle_pj --leak_uw`; sata: `--mac_op_mw ... --dram_nj`,
+see `--helpfull`), `--grid` expands each constant given with one value to x{1/4, 1/2, 1, 2, 4}
+(all four of horowitz45's: 625 variants), and `--clock_mhz` defaults to the model's clock
+(500 / 400 MHz).
 Writes DIR/sweep.json, DIR/sweep.csv, DIR/{latency,energy,utilization}.png; prints a table.
 `--compare dense` compares with the all-ones masks of the same layers.
 `--backend numpy` (the default) evaluates the simulator on the host and compiles nothing: a whole
@@ -66,12 +66,10 @@ _CLOCK = flags.DEFINE_string(
 _ENERGY_MODEL = flags.DEFINE_string(
     "energy_model", "horowitz45", f"Energy model: {', '.join(energy.ENERGY_MODELS)}."
 )
-_E_ACC = flags.DEFINE_string("e_acc_pj", "0.1", "Comma list: energy per accumulate, pJ.")
-_E_FETCH = flags.DEFINE_string("e_fetch_pj", "5.0", "Comma list: energy per weight fetch, pJ.")
-_E_IDLE = flags.DEFINE_string("e_idle_pj", "0.03", "Comma list: energy per idle PE-cycle, pJ.")
-_LEAK = flags.DEFINE_string("leak_uw", "10", "Comma list: leakage power per PE, microwatts.")
-_GRID = flags.DEFINE_bool("grid", False, "Expand single energy values to x{1/4,1/2,1,2,4}.")
-# One comma-list flag per constant of every other registered model (value x scale = constant).
+_GRID = flags.DEFINE_bool(
+    "grid", False, "Expand each energy constant given with one value to x{1/4,1/2,1,2,4}."
+)
+# One comma-list flag per constant of every registered model (value x scale = constant).
 _MODEL_FLAGS = {
     name: {
         f.flag: flags.DEFINE_string(
@@ -82,7 +80,6 @@ _MODEL_FLAGS = {
         for f in model.constant_flags()
     }
     for name, model in energy.ENERGY_MODELS.items()
-    if name != "horowitz45"
 }
 _BACKEND = flags.DEFINE_string(
     "backend",
@@ -119,9 +116,7 @@ def _energy_model() -> energy.EnergyModel:
             f"allowed: {', '.join(energy.ENERGY_MODELS)}"
         )
     model = energy.ENERGY_MODELS[_ENERGY_MODEL.value]
-    horowitz = {"e_acc_pj": _E_ACC, "e_fetch_pj": _E_FETCH, "e_idle_pj": _E_IDLE, "leak_uw": _LEAK}
-    owners = {"horowitz45": horowitz, **_MODEL_FLAGS}
-    for name, fl in owners.items():
+    for name, fl in _MODEL_FLAGS.items():
         given = [f"--{k}" for k, v in fl.items() if v.present and name != model.name]
         if given:
             raise ValueError(
@@ -133,12 +128,12 @@ def _energy_model() -> energy.EnergyModel:
 
 
 def _constants(model: energy.EnergyModel):
-    """The constants grid `[M]` of a model other than horowitz45, from its flags."""
+    """The model's constants grid `[M]` from its flags (`--grid` expands the ones given)."""
     fl = _MODEL_FLAGS[model.name]
     given = [f for f in model.constant_flags() if fl[f.flag].present]
     if _GRID.value and not given:
         raise ValueError(
-            f"--grid: with --energy_model {model.name}, give the constants to expand "
+            f"--grid: give the constants of --energy_model {model.name} to expand "
             f"(e.g. --{model.constant_flags()[0].flag})"
         )
     lists = {
@@ -149,7 +144,8 @@ def _constants(model: energy.EnergyModel):
 
 
 def _configs() -> tuple[hardware.HardwareConfig, energy.EnergyModel, object]:
-    """The configs `[N]`, the energy model and its constants (`[N]`, None for horowitz45)."""
+    """The configs `[N]` (config-major, then the energy constants), the model and its constants
+    (`[N]` leaves)."""
     mappings = [m.strip() for m in _MAPPING.value.split(",") if m.strip()]
     for m in mappings:
         if m not in hardware.MAPPINGS:
@@ -163,24 +159,13 @@ def _configs() -> tuple[hardware.HardwareConfig, energy.EnergyModel, object]:
         clocks = _floats(_CLOCK, 1e6)
     if min(clocks) <= 0:
         raise ValueError(f"--clock_mhz: must be > 0, got {_CLOCK.value!r}")
-    grid = _GRID.value
-    axes = {
-        "n_pe": cli.int_list(_N_PE),
-        "mapping": mappings,
-        "timesteps": cli.int_list(_TIMESTEPS),
-        "clock_hz": clocks,
-        "activity_aware": [_RATES.value is not None],
-    }
-    if model.name == "horowitz45":
-        configs = hardware.config_grid(
-            **axes,
-            e_acc_pj=_floats(_E_ACC, grid=grid),
-            e_fetch_pj=_floats(_E_FETCH, grid=grid),
-            e_idle_pj=_floats(_E_IDLE, grid=grid),
-            leak_w=_floats(_LEAK, 1e-6, grid=grid),
-        )
-        return configs, model, None
-    configs = hardware.config_grid(**axes)
+    configs = hardware.config_grid(
+        n_pe=cli.int_list(_N_PE),
+        mapping=mappings,
+        timesteps=cli.int_list(_TIMESTEPS),
+        clock_hz=clocks,
+        activity_aware=[_RATES.value is not None],
+    )
     consts = _constants(model)
     n, m = hardware.num_configs(configs), len(consts[0])
     configs = hardware.take_configs(configs, np.repeat(np.arange(n), m))  # config-major

@@ -1,8 +1,10 @@
 """Plain per-group Python loops: the oracles of the workload model and the PE-array simulator.
 
-Written straight from the definitions, one PE at a time, with numpy only, so the vectorized JAX
-kernels in `uticket_jax.workload` and `uticket_jax.hardware` can be checked against them. Every
-oracle walks the PEs through one loop, `pe_views`.
+Written straight from the definitions, one PE at a time, so the vectorized JAX and numpy kernels in
+`uticket_jax.workload` and `uticket_jax.hardware` can be checked against them. A mapping enters
+only through its declaration, the assignment of every weight coordinate to `(group, PE)`
+(`assignment_of`), so every registered mapping gets an oracle; every oracle walks the PEs through
+one view, `pe_slices`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import math
 
 import numpy as np
 
+from uticket_jax.workload import Coords, Hwio, get_mapping
+
 
 def _dims(shape):
     if len(shape) == 4:
@@ -18,51 +22,52 @@ def _dims(shape):
     return 1, shape[0], shape[1]
 
 
-def pe_views(shape, n, mapping):
-    """For every group, for every PE: the `(k, c_in, c_out)` index of its weights, or None.
+def _hwio(shape):
+    return tuple(shape) if len(shape) == 4 else (1, 1, *shape)
 
-    THE per-PE loop of the oracles: the index applies to a kernel viewed as `[K, c_in, c_out]`;
-    `None` marks an idle PE (past `c_out`, or an empty input slice).
+
+def assignment_of(shape, n, mapping):
+    """`(group, pe)` of every weight in hwio flat order, from the mapping's declaration alone.
+
+    The mapping's `assign` is called with plain Python ints, one coordinate at a time, on small
+    kernels; on large ones (benchmarks) once on numpy index grids (the same arithmetic).
     """
-    k, c_in, c_out = _dims(shape)
-    groups = []
-    if mapping == "output_channel":
-        for g in range(math.ceil(c_out / n)):
-            pes = []
-            for j in range(n):
-                o = g * n + j
-                pes.append((slice(None), slice(None), o) if o < c_out else None)
-            groups.append(pes)
-    elif mapping == "input_split":
-        s = math.ceil(c_in / n)
-        for o in range(c_out):
-            pes = []
-            for j in range(n):
-                lo, hi = j * s, min((j + 1) * s, c_in)
-                pes.append((slice(None), slice(lo, hi), o) if lo < hi else None)
-            groups.append(pes)
-    else:
-        raise ValueError(mapping)
-    return groups
+    m = get_mapping(mapping) if isinstance(mapping, str) else mapping
+    kh, kw, c_in, c_out = _hwio(shape)
+    dims = Hwio(kh, kw, c_in, c_out)
+    if kh * kw * c_in * c_out <= 1 << 15:
+        out = []
+        for a in range(kh):
+            for b in range(kw):
+                for i in range(c_in):
+                    for o in range(c_out):
+                        g, p = m.assign(Coords(a, b, i, o), dims, n)
+                        out.append((int(g), int(p)))
+        return out
+    grid = np.indices(dims, dtype=np.int64)
+    g, p = m.assign(Coords(*grid), dims, n)
+    g, p = (np.broadcast_to(x, dims).ravel().tolist() for x in (g, p))
+    return list(zip(g, p, strict=True))
 
 
 def pe_slices(shape, n, mapping):
-    """For every group, for every PE: the list of hwio flat indices it holds (ascending)."""
-    flat = np.arange(int(np.prod(shape))).reshape(_dims(shape))
-    return [
-        [sorted(flat[v].ravel().tolist()) if v is not None else [] for v in pes]
-        for pes in pe_views(shape, n, mapping)
-    ]
+    """For every group, for every PE: the list of hwio flat indices it holds (ascending).
+
+    THE per-PE view of the oracles, built weight by weight from the mapping's assignment.
+    """
+    cells: dict[tuple[int, int], list[int]] = {}
+    for flat, (g, p) in enumerate(assignment_of(shape, n, mapping)):
+        assert g >= 0 and 0 <= p < n, (g, p, n)
+        cells.setdefault((g, p), []).append(flat)
+    groups = 1 + max(g for g, _ in cells)
+    return [[cells.get((g, j), []) for j in range(n)] for g in range(groups)]
 
 
 def loads_of(mask, n, mapping):
     """`[G, n]` numpy int loads."""
-    m3 = np.asarray(mask).reshape(_dims(np.shape(mask)))
+    flat = np.asarray(mask).ravel()
     return np.array(
-        [
-            [int(m3[v].sum()) if v is not None else 0 for v in pes]
-            for pes in pe_views(np.shape(mask), n, mapping)
-        ],
+        [[int(flat[idx].sum()) for idx in pes] for pes in pe_slices(np.shape(mask), n, mapping)],
         np.int64,
     )
 

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from tests import oracle
 from uticket_jax import workload
 from uticket_jax.workload import mappings as mp
+from uticket_jax.workload import priorities
 from uticket_jax.workload import selection as sel
-from uticket_jax.workload.rebalance import (
+from uticket_jax.workload import (
     network_workload,
     rebalance_layer,
     rebalance_network,
@@ -273,7 +274,7 @@ def test_row_classes_match_oracle(mapping, target):
     delta = tgt - loads
     assert int(np.abs(np.asarray(delta)).max()) >= 2
     want = oracle.rebalance(mask, np.abs(w), n, mapping, target)[0]
-    prio = jax.jit(sel.magnitude_priorities)(jnp.asarray(w))
+    prio = jax.jit(priorities.magnitude_priorities)(jnp.asarray(w))
     layouts = {
         "default": {},
         "8-column tiles": {"_TILE": 64},  # several loop steps per class, padding columns

@@ -1,24 +1,15 @@
 """Hardware configurations of the analytical PE-array model: a pytree of arrays, and grid builders.
 
 A `HardwareConfig` holds one value per field (a scalar config) or one value per config along a
-leading axis (a batch); a sweep is a batch, evaluated in one jitted, vmapped call.
+leading axis (a batch); a sweep is a batch, evaluated in one jitted, vmapped call per mapping.
+Energy constants are not hardware fields: every energy model owns its constants (a NamedTuple,
+`hardware.energy`), given to the simulator beside the configs (`simulate(...,
+energy_constants=...)`), so no model is privileged.
 
-Default energy constants (units in the field names; 45 nm CMOS at 0.9 V):
-  e_acc_pj   = 0.1 pJ per accumulate: a 32-bit integer add, M. Horowitz, "Computing's energy
-               problem (and what we can do about it)", ISSCC 2014, Fig. 1.1.9 (45 nm, 0.9 V).
-               A spiking layer accumulates a weight for each input spike, no multiply.
-  e_fetch_pj = 5.0 pJ per non-zero weight fetched: half of Horowitz's 10 pJ for a 64-bit read of
-               an 8 kB SRAM (same table), i.e. one 32-bit weight from a PE's local weight buffer.
-  e_idle_pj  = 0.03 pJ per idle PE-cycle: MODELLING ASSUMPTION, not a measured figure. A stalled
-               PE of a lock-step group still clocks its registers; we price it as Horowitz's
-               8-bit add (0.03 pJ), i.e. ~30% of an active accumulate.
-  leak_w     = 1e-5 W leakage per PE: MODELLING ASSUMPTION (10 uW for a 32-bit accumulator plus a
-               small register file in 45 nm); it enters as leak_w * n_pe * latency seconds.
-  clock_hz   = 500 MHz: MODELLING ASSUMPTION, a typical clock of 45 nm accelerator studies.
-  timesteps  = 5, the SNN time window used by the paper's experiments.
-Every constant is a field of the config and can be swept (`config_grid`). The four energy fields
-are the constants of the default energy model, `horowitz45` (`hardware/energy.py`); other models
-(e.g. `sata`) take their constants as `simulate(..., energy_constants=...)`.
+Defaults: 16 PEs per group, the output-channel mapping, `timesteps = 5` (the SNN time window of the
+paper's experiments) and a 500 MHz clock (a typical clock of 45 nm accelerator studies, and the
+clock `horowitz45`'s constants are priced at; `experiments/sweep.py` defaults to the chosen energy
+model's own clock).
 """
 
 from __future__ import annotations
@@ -34,7 +25,7 @@ from uticket_jax.workload import mappings as wm
 
 
 class _MappingNames(Sequence[str]):
-    """Read-only live view of the names in `workload.mappings.MAPPINGS`, in id order."""
+    """Read-only live view of the names in `workload.MAPPINGS`, in registration order."""
 
     def __getitem__(self, i):
         return tuple(wm.MAPPINGS)[i]
@@ -46,8 +37,7 @@ class _MappingNames(Sequence[str]):
         return repr(tuple(wm.MAPPINGS))
 
 
-# The names of the ONE mapping registry (`workload.MAPPINGS`); `HardwareConfig.mapping` holds a
-# mapping's position there (output_channel = 0, input_split = 1, then registration order).
+# The names of the ONE mapping registry (`workload.MAPPINGS`).
 MAPPINGS: Sequence[str] = _MappingNames()
 
 DEFAULTS: dict[str, Any] = {
@@ -55,15 +45,12 @@ DEFAULTS: dict[str, Any] = {
     "mapping": "output_channel",
     "timesteps": 5,
     "clock_hz": 500e6,
-    "e_acc_pj": 0.1,
-    "e_fetch_pj": 5.0,
-    "e_idle_pj": 0.03,
-    "leak_w": 1e-5,
     "activity_aware": False,
 }
 
-_INT_FIELDS = ("n_pe", "mapping", "timesteps")
-_FLOAT_FIELDS = ("clock_hz", "e_acc_pj", "e_fetch_pj", "e_idle_pj", "leak_w")
+_INT_FIELDS = ("n_pe", "timesteps")
+_FLOAT_FIELDS = ("clock_hz",)
+_INT32_MAX = 2**31 - 1
 
 
 class HardwareConfig(NamedTuple):
@@ -71,41 +58,35 @@ class HardwareConfig(NamedTuple):
 
     Fields:
       n_pe: int32, PEs per group (> 0).
-      mapping: int32, the mapping's position in the registry (`workload.MAPPINGS`, `mapping_id`).
+      mapping: the mapping's registered name (a numpy string array; the simulator dispatches on
+        it outside jit, one compiled kernel per mapping).
       timesteps: int32, SNN time steps `T` (> 0).
       clock_hz: float32, clock frequency in Hz (> 0).
-      e_acc_pj: float32, energy of one accumulate, pJ (>= 0).
-      e_fetch_pj: float32, energy of fetching one non-zero weight, pJ (>= 0).
-      e_idle_pj: float32, energy of one idle PE-cycle, pJ (>= 0).
-      leak_w: float32, leakage power of one PE, W (>= 0).
       activity_aware: bool, scale accumulates by the layer's input spike rate.
     """
 
     n_pe: jnp.ndarray
-    mapping: jnp.ndarray
+    mapping: np.ndarray
     timesteps: jnp.ndarray
     clock_hz: jnp.ndarray
-    e_acc_pj: jnp.ndarray
-    e_fetch_pj: jnp.ndarray
-    e_idle_pj: jnp.ndarray
-    leak_w: jnp.ndarray
     activity_aware: jnp.ndarray
-
-
-def mapping_id(name: str | wm.PEMapping) -> int:
-    """The integer id (registry position) of a mapping name; ValueError naming the allowed ones."""
-    return wm.mapping_index(name)
 
 
 def _field_array(name: str, values: Any) -> np.ndarray:
     if name == "mapping":
         vals = np.atleast_1d(np.asarray(values, dtype=object))
-        ids = [mapping_id(v) if isinstance(v, str | wm.PEMapping) else int(v) for v in vals.ravel()]
-        return np.asarray(ids, np.int32).reshape(np.shape(values))
+        names = [wm.get_mapping(v).name for v in vals.ravel()]
+        return np.asarray(names, dtype=str).reshape(np.shape(values))
     if name in _INT_FIELDS:
         arr = np.asarray(values)
-        if not np.issubdtype(arr.dtype, np.integer) and not np.all(np.mod(arr, 1) == 0):
+        if arr.dtype == bool or not (
+            np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+        ):
             raise ValueError(f"{name}: must be whole numbers, got {values!r}")
+        if not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0):
+            raise ValueError(f"{name}: must be whole numbers, got {values!r}")
+        if np.any((arr < 1) | (arr > _INT32_MAX)):
+            raise ValueError(f"{name}: must be in [1, {_INT32_MAX}], got {values!r}")
         return arr.astype(np.int32)
     if name == "activity_aware":
         return np.asarray(values, bool)
@@ -120,22 +101,18 @@ def validate_config(config: HardwareConfig) -> None:
         raise ValueError(f"config: all fields must share one shape, got {sorted(shapes)}")
     if (c["n_pe"] <= 0).any():
         raise ValueError(f"n_pe: must be >= 1, got {np.unique(c['n_pe'][c['n_pe'] <= 0])}")
-    bad = (c["mapping"] < 0) | (c["mapping"] >= len(wm.MAPPINGS))
-    if bad.any():
-        raise ValueError(f"mapping: ids must be in [0, {len(wm.MAPPINGS)}) for {tuple(MAPPINGS)}")
+    for name in np.unique(c["mapping"]):
+        wm.get_mapping(str(name))
     if (c["timesteps"] <= 0).any():
         raise ValueError("timesteps: must be >= 1")
     if not (np.isfinite(c["clock_hz"]).all() and (c["clock_hz"] > 0).all()):
         raise ValueError("clock_hz: must be finite and > 0")
-    for name in ("e_acc_pj", "e_fetch_pj", "e_idle_pj", "leak_w"):
-        if not (np.isfinite(c[name]).all() and (c[name] >= 0).all()):
-            raise ValueError(f"{name}: energies and powers must be finite and >= 0")
 
 
 def make_config(**fields: Any) -> HardwareConfig:
     """One config (scalar fields) from keyword fields; missing fields take `DEFAULTS`.
 
-    Example: `make_config(n_pe=16, mapping="input_split", e_fetch_pj=2.5)`.
+    Example: `make_config(n_pe=16, mapping="input_split", timesteps=4)`.
     """
     unknown = set(fields) - set(HardwareConfig._fields)
     if unknown:
@@ -155,7 +132,7 @@ def config_grid(**axes: Sequence[Any] | Any) -> HardwareConfig:
     row-major: mapping varies slowest, then n_pe, then the other fields in field order.
 
     Args:
-      **axes: field name -> list of values (mapping as names or ids).
+      **axes: field name -> list of values (mapping as names).
     Returns:
       A batch config with `N = prod(len(list))` configs.
     """
@@ -201,10 +178,8 @@ def num_configs(config: HardwareConfig) -> int:
 
 
 def config_rows(config: HardwareConfig) -> list[dict[str, Any]]:
-    """JSON-ready dicts, one per config, with the mapping as its name."""
+    """JSON-ready dicts, one per config (the mapping by name)."""
     cols = {k: np.atleast_1d(np.asarray(v)).tolist() for k, v in config._asdict().items()}
-    names = tuple(MAPPINGS)
-    cols["mapping"] = [names[m] for m in cols["mapping"]]  # id -> registered name
     for k in _FLOAT_FIELDS:  # float32 values, printed with float32 precision
         cols[k] = [float(f"{v:.7g}") for v in cols[k]]
     return [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]

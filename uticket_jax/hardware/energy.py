@@ -25,9 +25,9 @@ weight-stationary, lock-step dataflow (see BUILD_NOTES.md, "Energy models", for 
   dram_output_writes    c_out x P x T (the layer's output spikes once)
 
 Shipped models:
-  horowitz45  today's model (45 nm, Horowitz ISSCC'14 accumulate / SRAM figures, an ASSUMED idle
-              energy, leakage and clock); its constants are the config fields `e_acc_pj`,
-              `e_fetch_pj`, `e_idle_pj`, `leak_w`; terms accumulate, weight_fetch, idle, leakage.
+  horowitz45  45 nm, Horowitz ISSCC'14 accumulate / SRAM figures, an ASSUMED idle energy,
+              leakage and clock; constants `e_acc_pj`, `e_fetch_pj`, `e_idle_pj`, `leak_w`
+              (`Horowitz45`); terms accumulate, weight_fetch, idle, leakage.
   sata        SATA_Sim's published inference model (RuokaiYin/SATA_Sim, `inference-energy-cal/`):
               per PE a gated power per operation and an ungated and a leakage power every cycle
               for the spike-MAC, LIF and scratchpad, global-buffer dynamic energy per access and
@@ -114,8 +114,6 @@ class EnergyModel:
       energy: `(counts, constants) -> {term: joules}` with arithmetic operators only.
       clock_hz: the clock its constants were published for (the launchers' default clock).
       flags: the command-line flags of its constants (default: one flag per field, scale 1).
-      from_config: reads its constants from a `HardwareConfig` when none are given (horowitz45,
-        whose constants are config fields); None: the defaults.
       doc: one line per constant: its source, or that it is an assumption.
     """
 
@@ -126,7 +124,6 @@ class EnergyModel:
     energy: Callable[[Counts, Any], dict[str, Any]]
     clock_hz: float
     flags: tuple[ConstantFlag, ...] = ()
-    from_config: Callable[[Any], Any] | None = None
     doc: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def constant_flags(self) -> tuple[ConstantFlag, ...]:
@@ -321,7 +318,20 @@ def total(terms: Mapping[str, Any]) -> Any:
 
 
 class Horowitz45(NamedTuple):
-    """Constants of `horowitz45` (the `HardwareConfig` fields of the same names)."""
+    """Constants of `horowitz45`: 45 nm CMOS at 0.9 V.
+
+    e_acc_pj   = 0.1 pJ per accumulate: a 32-bit integer add, M. Horowitz, "Computing's energy
+                 problem (and what we can do about it)", ISSCC 2014, Fig. 1.1.9 (45 nm, 0.9 V).
+                 A spiking layer accumulates a weight for each input spike, no multiply.
+    e_fetch_pj = 5.0 pJ per non-zero weight fetched: half of Horowitz's 10 pJ for a 64-bit read of
+                 an 8 kB SRAM (same table), i.e. one 32-bit weight from a PE's local buffer.
+    e_idle_pj  = 0.03 pJ per idle PE-cycle: MODELLING ASSUMPTION, not a measured figure. A stalled
+                 PE of a lock-step group still clocks its registers; we price it as Horowitz's
+                 8-bit add (0.03 pJ), i.e. ~30% of an active accumulate.
+    leak_w     = 1e-5 W leakage per PE: MODELLING ASSUMPTION (10 uW for a 32-bit accumulator plus
+                 a small register file in 45 nm); it enters as leak_w * n_pe * latency seconds.
+    The clock (500 MHz, `EnergyModel.clock_hz`) is an assumption too.
+    """
 
     e_acc_pj: float = 0.1
     e_fetch_pj: float = 5.0
@@ -338,10 +348,6 @@ def _horowitz45(counts: Counts, c: Horowitz45) -> dict[str, Any]:
     }
 
 
-def _horowitz45_from_config(cfg: Any) -> Horowitz45:
-    return Horowitz45(cfg.e_acc_pj, cfg.e_fetch_pj, cfg.e_idle_pj, cfg.leak_w)
-
-
 HOROWITZ45 = register_energy_model(
     EnergyModel(
         name="horowitz45",
@@ -356,7 +362,6 @@ HOROWITZ45 = register_energy_model(
             ConstantFlag("e_idle_pj", "e_idle_pj", 1.0, "energy per idle PE-cycle, pJ"),
             ConstantFlag("leak_uw", "leak_w", 1e-6, "leakage power per PE, microwatts"),
         ),
-        from_config=_horowitz45_from_config,
         doc={
             "e_acc_pj": "Horowitz ISSCC 2014 Fig. 1.1.9: 32-bit add, 45 nm",
             "e_fetch_pj": "half of Horowitz's 10 pJ 64-bit 8 kB SRAM read",

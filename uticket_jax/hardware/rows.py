@@ -23,8 +23,6 @@ from uticket_jax.workload.metrics import float_or_none
 
 _COUNTS = ("latency", "wasted", "dynamic")
 _SCALARS = tuple(f for f in Figures._fields if f not in ("counts", "energy_terms"))
-# HardwareConfig fields that are horowitz45's constants (left out of other models' rows).
-CONFIG_ENERGY_FIELDS = energy_lib.Horowitz45._fields
 
 
 def _fig_dict(cols: Figures, *index: int, counts: bool = True) -> dict[str, Any]:
@@ -117,15 +115,12 @@ def config_dicts(
     Args:
       configs: the batch `[N]`.
       energy_model: name or model.
-      energy_constants: its constants as given to `simulate` (None: from the config/defaults).
+      energy_constants: its constants as given to `simulate` (None: the model's defaults).
     Returns:
-      N dicts. horowitz45's rows are `config_rows(configs)` as before (its constants are config
-      fields); another model's rows leave those fields out and list its own constants.
+      N dicts: the config's fields (`config_rows`), then the model's constants.
     """
     model = energy_lib.get_energy_model(energy_model)
     rows = config_rows(configs)
-    if energy_constants is None and model.from_config is not None:
-        return rows
     consts = energy_constants if energy_constants is not None else model.defaults
     n = num_configs(configs)
     cols = {
@@ -134,7 +129,6 @@ def config_dicts(
     }
     out = []
     for i, row in enumerate(rows):
-        row = {k: v for k, v in row.items() if k not in CONFIG_ENERGY_FIELDS}
         row.update({k: float(f"{v[i]:.7g}") for k, v in cols.items()})
         out.append(row)
     return out
@@ -210,7 +204,7 @@ def sweep_networks(
       baseline: label of the network the others are compared with (`vs_baseline` ratios).
       layers: include per-layer figures in the rows.
       energy_model: name in `energy.ENERGY_MODELS` or an `EnergyModel`.
-      energy_constants: its constants (scalar or `[N]` leaves); None: from config/defaults.
+      energy_constants: its constants (scalar or `[N]` leaves); None: the model's defaults.
       backend: the simulator's, "jax" (compiled; sharded over every device) or "numpy" (on the
         host, nothing compiled), see `simulate`.
     Returns:

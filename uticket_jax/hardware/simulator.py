@@ -18,12 +18,12 @@ Model (lock-step, weight-stationary array; Yin et al., IEEE TETCI 2024, Sec. on 
   Utilization, normalized utilization, latency/wasted/dynamic in load units: exactly the figures
   of `workload.metrics` (same code). Network figures cover the analysed layers only.
 
-Mappings with a traced `n = n_pe`: the simulator knows no mapping by name. A config's mapping id
-is its position in the one registry (`workload.MAPPINGS`), and everything mapping-specific comes
-from that `PEMapping` object: its `count_table` (per layer, `tables.py`), its `group_loads`
-(per-group sum and max for a traced `n` over a static number of groups, with a static bound
-`n_cap` on `n` when `needs_n_cap`) and its `load_bound` (the host int32 overflow check). See
-`workload/mappings.py` for the built-ins' formulas.
+Mappings with a traced `n = n_pe`: the simulator knows no mapping but through the registry. A
+config names its mapping, and everything mapping-specific comes from that `PEMapping`: its
+`count_table` (per layer, `tables.py`), its `group_loads` (per-group sum and max for a traced `n`
+over a static number of groups, with a static bound `n_cap` on `n` when `needs_n_cap`) and its
+`load_bound` (the host int32 overflow check), each derived from the mapping's assignment or its
+hand-written fast version (`workload/builtin_mappings.py` for the built-ins' formulas).
 
 Evaluation: the workload part depends on (mapping, n_pe) only, so a sweep evaluates it once per
 distinct n_pe (vmapped, traced n) and then every config (vmapped) from a gather of it; the
@@ -34,7 +34,7 @@ multiple of the device count); the small per-distinct-n_pe workload table is rep
 Backends (`simulate(..., backend=)`): "jax" (default) is the compiled path above; "numpy" runs
 the same formulas on the host with numpy and compiles nothing (one-shot sweeps, where compiling
 the ~20 programs of a sweep costs seconds more than evaluating it): per-n group loads from the
-mappings' `host_group_loads` (a mapping without one falls back to its JAX `group_loads`), then
+mappings' `host_group_loads` (derived from the assignment, or a mapping's numpy fast path), then
 `workload.metrics` with `xp=np`, `_counts` and the energy model on numpy arrays, every config at
 once. The numpy backend runs on the host only: `devices` must be None (shard, or gather across
 processes, with the jax backend). Its results: load-unit figures equal exactly; cycles, seconds,
@@ -62,7 +62,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from uticket_jax.hardware import energy as energy_lib
 from uticket_jax.hardware.config import (
-    MAPPINGS,
     HardwareConfig,
     num_configs,
     take_configs,
@@ -101,15 +100,11 @@ class SweepResult(NamedTuple):
     energy_model: str = "horowitz45"
 
 
-def _group_loads(table, n, mapping: wm.PEMapping, n_cap: int):
-    """Per-group `(sum, max)` of one layer for a traced `n`: the mapping's own `group_loads`."""
-    return mapping.group_loads(table, n, n_cap)
-
-
-# Static: mapping (selects the reduction) and n_cap (bounds n where the mapping needs it).
-@functools.partial(jax.jit, static_argnames=("mapping", "n_cap"))
-def _group_loads_jit(table, n, *, mapping, n_cap):
-    return _group_loads(table, n, mapping, n_cap)
+# Static: mapping (selects the reduction), the kernel shape and n_cap (bounds n where the mapping
+# needs it).
+@functools.partial(jax.jit, static_argnames=("mapping", "shape", "n_cap"))
+def _group_loads_jit(table, n, *, mapping, shape, n_cap):
+    return mapping.group_loads(table, shape, n, n_cap)
 
 
 def _table_of(tables: Mapping[str, Any], m: wm.PEMapping, xp=jnp):
@@ -127,11 +122,14 @@ def _n_cap(m: wm.PEMapping, n_max: int) -> int:
     return max(16, _pow2(n_max)) if m.needs_n_cap else 0  # few distinct caps, few compilations
 
 
-def group_loads(table: LayerTables, n_pe, mapping: str, n_cap: int | None = None):
+def group_loads(
+    table: LayerTables, shape: Sequence[int], n_pe, mapping: str, n_cap: int | None = None
+):
     """Per-group `(sum, max)` PE loads of one layer for a traced `n_pe` (the mapping's kernel).
 
     Args:
       table: the layer's `LayerTables` (`count_tables`), holding a table for `mapping`.
+      shape: the layer's kernel shape (hwio).
       n_pe: PEs per group (int or traced scalar >= 1).
       mapping: a registered mapping name, e.g. "output_channel" or "input_split".
       n_cap: static upper bound of `n_pe` for mappings with `needs_n_cap` (default: the
@@ -148,16 +146,21 @@ def group_loads(table: LayerTables, n_pe, mapping: str, n_cap: int | None = None
         except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
             raise ValueError(f"n_cap: needed with a traced n_pe for mapping {m.name!r}") from None
     cap = int(n_cap) if m.needs_n_cap else 0
-    return _group_loads_jit(_table_of(table, m), jnp.asarray(n_pe, jnp.int32), mapping=m, n_cap=cap)
+    shape = wm.as_hwio4(shape)
+    n = jnp.asarray(n_pe, jnp.int32)
+    return _group_loads_jit(_table_of(table, m), n, mapping=m, shape=shape, n_cap=cap)
 
 
-def _workload(tables, n, mapping: wm.PEMapping, n_cap: int, analysed):
+def _workload(tables, shapes, n, mapping: wm.PEMapping, n_cap: int, analysed):
     """Per-layer `Metrics` (stacked `[L]`) and the network `Metrics` for one traced `n`.
 
     `analysed` is a traced `[L]` bool mask: a layer left out enters `network_metrics` as a layer
     without work (NaN utilizations, zero counts), which it skips and which adds nothing.
     """
-    per_layer = [layer_metrics(*_group_loads(t, n, mapping, n_cap), n) for t in tables]
+    per_layer = [
+        layer_metrics(*mapping.group_loads(t, s, n, n_cap), n)
+        for t, s in zip(tables, shapes, strict=True)
+    ]
     nan = jnp.float32(jnp.nan)
     zero = jnp.int32(0)
     masked = [
@@ -240,15 +243,15 @@ def _layer_counts(layers: Figures, configs: HardwareConfig, facts, rates, analys
     return lay, net
 
 
-# Static: mapping (the `PEMapping`, selects the kernel), n_cap (0, or a power of two >= every n
-# of the call for mappings with `needs_n_cap`) and the energy model. `analysed` is a traced [L]
-# bool mask.
-@functools.partial(jax.jit, static_argnames=("mapping", "n_cap", "model"))
+# Static: mapping (the `PEMapping`, selects the kernel), the layers' kernel shapes, n_cap (0, or a
+# power of two >= every n of the call for mappings with `needs_n_cap`) and the energy model.
+# `analysed` is a traced [L] bool mask.
+@functools.partial(jax.jit, static_argnames=("mapping", "shapes", "n_cap", "model"))
 def _simulate_mapping(
-    tables, facts, rates, analysed, uniq_n, inv, configs, consts, *, mapping, n_cap, model
+    tables, facts, rates, analysed, uniq_n, inv, configs, consts, *, mapping, shapes, n_cap, model
 ):
     """Invariant: every config's figures equal the loop oracle of that config alone."""
-    wl, net = jax.vmap(lambda n: _workload(tables, n, mapping, n_cap, analysed))(uniq_n)  # [U, ...]
+    wl, net = jax.vmap(lambda n: _workload(tables, shapes, n, mapping, n_cap, analysed))(uniq_n)
 
     def one(k, cfg, const):
         pick = lambda x: x[k]
@@ -273,7 +276,7 @@ def _pow2(x: int) -> int:
 def _check_int32(specs: Sequence[LayerSpec], tables: Sequence[Any], n_max: int, m: wm.PEMapping):
     """Refuses n_pe so large that the int32 wasted-load counts could overflow (`load_bound`)."""
     bound = sum(
-        int(m.load_bound(spec.kernel_shape, t, n_max))
+        int(m.load_bound(spec.kernel_shape, jax.tree.map(np.asarray, t), n_max))
         for spec, t in zip(specs, tables, strict=True)
     )
     if bound > _INT32_MAX:
@@ -310,8 +313,7 @@ def simulate(
         device runs unsharded). jax backend only: the numpy backend refuses anything but None.
       energy_model: a name in `energy.ENERGY_MODELS` or an `EnergyModel`.
       energy_constants: the model's constants (its NamedTuple; scalar leaves for every config
-        or `[N]` leaves, one per config). None: the model's `from_config` (horowitz45 reads the
-        config fields `e_acc_pj`, `e_fetch_pj`, `e_idle_pj`, `leak_w`) or its defaults.
+        or `[N]` leaves, one per config). None: the model's defaults.
       backend: "jax" (compiled, vmapped, sharded over `devices`) or "numpy" (the same formulas
         on the host, nothing compiled; see the module docstring for how the results compare).
     Returns:
@@ -341,10 +343,11 @@ def simulate(
     consts = _batch_constants(model, energy_constants, configs)
     facts = _layer_facts(specs)
     analysed = np.asarray([bool(s.analysed) for s in specs])
+    shapes = tuple(s.kernel_shape for s in specs)
     n_total = num_configs(configs)
     parts: list[tuple[np.ndarray, SweepResult]] = []
     for mid in np.unique(configs.mapping):
-        m = wm.get_mapping(MAPPINGS[int(mid)])
+        m = wm.get_mapping(str(mid))
         mtables = [_table_of(t, m, jnp if backend == "jax" else np) for t in tables]
         idx = np.flatnonzero(configs.mapping == mid)
         sub = take_configs(configs, idx)
@@ -357,12 +360,14 @@ def simulate(
             uniq, inv = sub.n_pe, np.arange(len(idx))
         batch = (sub, sub_consts)
         if backend == "numpy":
-            out = _run_host(mtables, facts, rates, uniq, inv, batch, m, analysed, model)
+            out = _run_host(mtables, shapes, facts, rates, uniq, inv, batch, m, analysed, model)
         else:
             # Pad to a power of two (>= 8) so sweeps of similar size share one compilation.
             uniq = np.pad(uniq, (0, max(8, _pow2(len(uniq))) - len(uniq)), mode="edge")
             n_cap = _n_cap(m, n_max)
-            out = _run(mtables, facts, rates, uniq, inv, batch, m, n_cap, analysed, devices, model)
+            out = _run(
+                mtables, shapes, facts, rates, uniq, inv, batch, m, n_cap, analysed, devices, model
+            )
         parts.append((idx, out))
     order = np.empty(n_total, np.int64)
     order[np.concatenate([i for i, _ in parts])] = np.arange(n_total)
@@ -391,7 +396,7 @@ def _batch_constants(model: energy_lib.EnergyModel, constants: Any, configs: Har
     """The model's constants as `[N]` float32 leaves, one set per config; validated."""
     n = num_configs(configs)
     if constants is None:
-        constants = model.defaults if model.from_config is None else model.from_config(configs)
+        constants = model.defaults
     energy_lib.validate_constants(model, constants)
     leaves = [np.asarray(v, np.float32) for v in constants]
     if any(v.shape not in ((), (1,), (n,)) for v in leaves):
@@ -400,7 +405,7 @@ def _batch_constants(model: energy_lib.EnergyModel, constants: Any, configs: Har
     return type(constants)(*(np.broadcast_to(v.reshape(-1), (n,)).copy() for v in leaves))
 
 
-def _run(tables, facts, rates, uniq, inv, batch, mapping, n_cap, analysed, devices, model):
+def _run(tables, shapes, facts, rates, uniq, inv, batch, mapping, n_cap, analysed, devices, model):
     """One compiled call; shards the config axis when several devices are given.
 
     The config axis is padded (repeating the last config) to a power of two >= 8, and to a
@@ -412,6 +417,7 @@ def _run(tables, facts, rates, uniq, inv, batch, mapping, n_cap, analysed, devic
     size += (-size) % d
     inv = np.asarray(inv, np.int32)
     uniq = np.asarray(uniq, np.int32)
+    batch = (batch[0]._replace(mapping=None), batch[1])  # dispatched on already, not traced
     batch = jax.tree.map(lambda f: np.concatenate([f, np.repeat(f[-1:], size - n)]), batch)
     inv = np.concatenate([inv, np.repeat(inv[-1:], size - n)])
     args = (tables, facts, rates, analysed, uniq)
@@ -421,24 +427,26 @@ def _run(tables, facts, rates, uniq, inv, batch, mapping, n_cap, analysed, devic
         repl = NamedSharding(mesh, PartitionSpec())
         args = jax.device_put(args, repl)
         inv, batch = jax.device_put((inv, batch), split)
-    out = _simulate_mapping(*args, inv, *batch, mapping=mapping, n_cap=n_cap, model=model)
+    out = _simulate_mapping(
+        *args, inv, *batch, mapping=mapping, shapes=shapes, n_cap=n_cap, model=model
+    )
     return jax.tree.map(lambda x: _fetch(x)[:n], out)
 
 
-def _run_host(tables, facts, rates, uniq, inv, batch, mapping, analysed, model):
+def _run_host(tables, shapes, facts, rates, uniq, inv, batch, mapping, analysed, model):
     """`_run` on the host with numpy: the layer and network `Figures` of one mapping's configs.
 
     The workload once per entry of `uniq` (`_host_workload`), gathered to the configs by `inv`,
     then `_host_figures` for all configs at once.
     """
-    wl, net = _host_workload(tables, np.asarray(uniq, np.int32), mapping, analysed)
+    wl, net = _host_workload(tables, shapes, np.asarray(uniq, np.int32), mapping, analysed)
     inv = np.asarray(inv, np.intp)
     wl, net = Metrics(*(x[inv] for x in wl)), Metrics(*(x[inv] for x in net))
     configs, consts = batch
     return _host_figures(wl, net, configs, consts, facts, rates, analysed, model)
 
 
-def _host_workload(tables, uniq: np.ndarray, mapping: wm.PEMapping, analysed: np.ndarray):
+def _host_workload(tables, shapes, uniq: np.ndarray, mapping: wm.PEMapping, analysed: np.ndarray):
     """`_workload` for every `n` of `uniq` `[U]`: per-layer `Metrics` `[U, L]`, network `[U]`.
 
     Each layer's per-n group sums and maxima (`host_group_loads`, padded with zero groups to a
@@ -447,8 +455,8 @@ def _host_workload(tables, uniq: np.ndarray, mapping: wm.PEMapping, analysed: np
     """
     n = uniq[:, None]  # [U, 1] against the groups
     per_layer = []
-    for t in tables:
-        gsum, gmax = zip(*(wm.host_group_loads(mapping, t, int(k)) for k in uniq), strict=True)
+    for t, shape in zip(tables, shapes, strict=True):
+        gsum, gmax = zip(*(mapping.host_group_loads(t, shape, int(k)) for k in uniq), strict=True)
         lm = layer_metrics(_stack_groups(gsum), _stack_groups(gmax), n, xp=np)
         per_layer.append(Metrics(*(np.asarray(x, dt) for x, dt in zip(lm, _DTYPES, strict=True))))
     empty = (np.float32(np.nan), np.float32(np.nan), 0, 0, 0)
@@ -523,7 +531,6 @@ def simulate_masks(
     """
     check_backend(backend)
     validate_config(configs)
-    ids = np.unique(np.atleast_1d(np.asarray(configs.mapping)))
-    names = [MAPPINGS[int(i)] for i in ids]
+    names = [str(x) for x in np.unique(np.atleast_1d(np.asarray(configs.mapping)))]
     tables = network_tables(masks, specs, names, backend=backend)
     return simulate(tables, specs, configs, backend=backend, **kwargs)

@@ -6,12 +6,12 @@ uses, to that mapping's small integer table (`PEMapping.count_table`), from whic
   output_channel: counts[o]  = non-zeros of output channel o over (kh, kw, c_in)        `[c_out]`
   input_split:    prefix[o, i] = non-zeros of output channel o over (kh, kw, input ch < i)
                   `[c_out, c_in + 1]`
+  any other:      the mask summed over the axes its assignment does not read (`derive.py`).
 A layer's tables are a dict `{mapping name: table}` (`LayerTables`).
 
 Backends (`backend=`): "jax" (default) builds every layer's tables in one compiled call per layer
-shape; "numpy" builds them on the host with the mappings' `host_count_table` (nothing compiled;
-a mapping without one falls back to its JAX `count_table`). Both give the same integers, so
-tables of either backend feed either simulator backend.
+shape; "numpy" builds them on the host (`count_table(mask, numpy)`, nothing compiled). Both give
+the same integers, so tables of either backend feed either simulator backend.
 """
 
 from __future__ import annotations
@@ -61,8 +61,7 @@ def count_tables(
     Args:
       mask: `[kh, kw, c_in, c_out]` or dense `[c_in, c_out]` boolean (or 0/1) array.
       mappings: registered mapping names (default: every mapping in `workload.MAPPINGS`).
-      backend: "jax" (one compiled call, jax arrays) or "numpy" (host arrays, nothing compiled
-        for mappings with `host_count_table`).
+      backend: "jax" (one compiled call, jax arrays) or "numpy" (host arrays, nothing compiled).
     Returns:
       `{mapping name: table}`; output_channel's is `[c_out]`, input_split's `[c_out, c_in + 1]`.
     """
@@ -73,7 +72,7 @@ def count_tables(
         if mask.ndim not in (2, 4):
             raise ValueError(f"mask: must be 4-D hwio or 2-D dense, got shape {mask.shape}")
         mask = mask.astype(bool, copy=False)
-        return {m.name: wm.host_count_table(m, mask) for m in ms}
+        return {m.name: m.count_table(mask, np) for m in ms}
     mask = jnp.asarray(mask)
     if mask.ndim not in (2, 4):
         raise ValueError(f"mask: must be 4-D hwio or 2-D dense, got shape {mask.shape}")

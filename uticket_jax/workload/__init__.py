@@ -1,20 +1,22 @@
 """Workload model of a PE array: mappings, PE loads, metrics and the u-Ticket rebalance.
 
-Modules: `mappings` (PE mappings, loads), `metrics`, `targets` (per-PE target loads),
-`selection` (priorities and the selection kernels), `rebalance` (the pipeline: `rebalance_layer`,
-`rebalance_network`), `synthetic` (test nets).
+Modules: `mapping` (a mapping declared as its assignment), `derive` (every view derived from it),
+`builtin_mappings`, `registry` (`MAPPINGS`), `mappings` (loads, capacities, layouts), `metrics`,
+`targets` (per-PE target loads), `priorities`, `selection` (the compiled choice) and
+`host_select` (numpy), `rebalance` (the pure transform `rebalance` on any pytree), `network`
+(mask-file entry points: `rebalance_network`, reports), `synthetic` (test nets).
 """
 
+from uticket_jax.workload.kernel import Coords, Hwio, kernel_dims
+from uticket_jax.workload.mapping import ColPaths, FastPaths, PEMapping, SlotPaths, TablePaths
 from uticket_jax.workload.mappings import (
     INPUT_SPLIT,
     MAPPINGS,
     OUTPUT_CHANNEL,
-    PEMapping,
-    channel_counts,
     check_mapping,
+    count_table,
     from_slots,
     get_mapping,
-    kernel_dims,
     pe_capacity,
     pe_loads,
     register_mapping,
@@ -31,31 +33,44 @@ from uticket_jax.workload.metrics import (
     loads_metrics,
     network_metrics,
 )
-from uticket_jax.workload.rebalance import (
-    NetworkReport,
-    RebalanceReport,
+from uticket_jax.workload.network import (
     network_loads,
     network_workload,
-    rebalance_layer,
     rebalance_network,
     report_to_json,
 )
-from uticket_jax.workload.selection import POLICIES, random_priorities
+from uticket_jax.workload.priorities import POLICIES, random_priorities
+from uticket_jax.workload.rebalance import (
+    BACKENDS,
+    NetworkReport,
+    RebalanceReport,
+    check_finite,
+    rebalance,
+    rebalance_layer,
+)
 from uticket_jax.workload.targets import TARGETS, pe_targets
 
 __all__ = [
+    "BACKENDS",
     "INPUT_SPLIT",
     "MAPPINGS",
     "OUTPUT_CHANNEL",
     "POLICIES",
     "TARGETS",
+    "ColPaths",
+    "Coords",
+    "FastPaths",
+    "Hwio",
     "Metrics",
     "NetworkReport",
     "PEMapping",
     "RebalanceReport",
+    "SlotPaths",
+    "TablePaths",
     "analysed_layers",
-    "channel_counts",
+    "check_finite",
     "check_mapping",
+    "count_table",
     "from_slots",
     "get_mapping",
     "group_figures",
@@ -69,6 +84,7 @@ __all__ = [
     "pe_loads",
     "pe_targets",
     "random_priorities",
+    "rebalance",
     "rebalance_layer",
     "rebalance_network",
     "register_mapping",

@@ -1,13 +1,11 @@
-"""u-Ticket selection: which slots of every PE regrow or drop, exactly the top-`|delta|`.
+"""u-Ticket selection, compiled: which slots of every PE regrow or drop, exactly the top-`|delta|`.
 
-Priorities. `policy="magnitude"` ranks candidates by `|w|` (regrow largest, drop smallest;
-non-finite `|w|` counts as the largest float; `rebalance` refuses such weights), `policy="random"`
-by a uniform priority per weight drawn from a PRNG key (`random_priorities`). Ties go to the lower
-hwio flat index.
+The priorities come from `priorities.py`; ties go to the lower hwio flat index. The numpy host
+path makes the same choice with a partition and a sort (`host_select.py`).
 
 How the choice is made (exactly the top-`|delta|` of each PE, without a top-k over whole slices,
 which costs ~5 ns per weight on CPU): the kernel works in the slot-major layout `[C, P]` of
-`mappings.PEMapping.to_cols` (a reshape for output_channel), gives every slot an int32 preference
+`PEMapping.to_cols` (a reshape for output_channel), gives every slot an int32 preference
 rank that orders like the priority (-1 for non-candidates), then per PE (1) bisects the maxima of
 8-slot chunks for a threshold `t` that at least `|delta|` slots reach and bit-packs the slots
 `>= t` (its candidates: usually little more than `|delta|`), (2) joins the narrowest row class
@@ -29,74 +27,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
-
-POLICIES = ("magnitude", "random")
-
-
-def check_policy(policy: str) -> str:
-    """Returns `policy`, or raises ValueError unless it is one of `POLICIES`."""
-    if policy not in POLICIES:
-        raise ValueError(f"policy: unknown policy {policy!r}; allowed: {', '.join(POLICIES)}")
-    return policy
-
-
-def magnitude_priorities(weights):
-    """Traced: `|w|` as float32, non-finite values ranked as the largest float."""
-    a = jnp.abs(weights.astype(jnp.float32))
-    big = jnp.finfo(jnp.float32).max
-    return jnp.where(jnp.isfinite(a), a, big)
-
-
-def _mix32(x):
-    """An invertible integer finaliser (xor-shift / multiply) that spreads every input bit.
-
-    Traced or numpy uint32 (the host path calls it too): numpy constants keep either in uint32.
-    """
-    x = x ^ (x >> np.uint32(16))
-    x = x * np.uint32(0x7FEB352D)
-    x = x ^ (x >> np.uint32(15))
-    x = x * np.uint32(0x846CA68B)
-    return x ^ (x >> np.uint32(16))
-
-
-def counter_priorities(key, shape: tuple[int, ...]):
-    """Traced body of `random_priorities` (`shape` static)."""
-    seed = jax.random.bits(key, (2,), jnp.uint32)
-    idx = lax.iota(jnp.uint32, int(np.prod(shape))).reshape(shape)
-    h = _mix32(_mix32(idx ^ seed[0]) + seed[1])
-    return (h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
-
-
-_random_priorities = jax.jit(counter_priorities, static_argnames=("shape",))
-
-
-def random_priorities(key, shape) -> jax.Array:
-    """Uniform priorities in `[0, 1)` (24-bit grid) for every weight of a kernel of `shape`.
-
-    A counter-based hash of the weight's hwio flat index, keyed by two words drawn from `key`: one
-    fused elementwise pass (threefry over 14.7M weights would cost ~0.4 s on 2 CPU cores). Same key,
-    same priorities, independent of mapping and `n_pe`.
-
-    Args:
-      key: a `jax.random` key.
-      shape: the kernel's shape.
-
-    Returns:
-      float32 array of `shape`.
-    """
-    return _random_priorities(key, tuple(int(d) for d in shape))
-
-
-def layer_priorities(policy: str, weights, key, shape: tuple[int, ...]):
-    """Traced: the selection priority of every weight of a kernel of `shape` under `policy`."""
-    if policy == "magnitude":
-        return magnitude_priorities(weights)
-    return counter_priorities(key, shape)
-
 
 _WORD = 32  # slots per bit-packed word of the compaction step
 _CHUNK = 8  # slots per chunk whose maximum bounds the per-PE threshold

@@ -35,60 +35,69 @@ def check_target(target: str) -> str:
     return target
 
 
-def _level_search(cap, s, c_max: int, strict: bool):
+def _fori(xp, steps: int, body, init):
+    """`lax.fori_loop` for jax, a Python loop for numpy (the same steps either way)."""
+    if xp is np:
+        for i in range(steps):
+            init = body(i, init)
+        return init
+    return lax.fori_loop(0, steps, body, init)
+
+
+def _level_search(cap, s, c_max: int, strict: bool, xp=jnp):
     """Per group, the smallest `L` in `[0, c_max + 1]` with `f(L) >= s` (`> s` if strict)."""
     # cap: [G, n], s: [G]. f is monotone, so a fixed-length bisection (static length) suffices.
-    lo = jnp.zeros_like(s)
-    hi = jnp.full_like(s, c_max + 1)
+    lo = xp.zeros_like(s)
+    hi = xp.full_like(s, c_max + 1)
 
     def body(_, lohi):
         lo, hi = lohi
         mid = (lo + hi) // 2
-        f = jnp.minimum(cap, mid[:, None]).sum(-1)  # [G]
+        f = xp.minimum(cap, mid[:, None]).sum(-1, dtype=s.dtype)  # [G]
         ok = (f > s) if strict else (f >= s)
         # f(c_max + 1) counts as +inf, so a saturated group settles at c_max + 1.
         ok = ok | (mid > c_max)
-        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+        return xp.where(ok, lo, mid + 1), xp.where(ok, mid, hi)
 
-    lo, _ = lax.fori_loop(0, (c_max + 1).bit_length() + 1, body, (lo, hi))
+    lo, _ = _fori(xp, (c_max + 1).bit_length() + 1, body, (lo, hi))
     return lo
 
 
-def _keep_count(loads, cap, s, c_max: int):
+def _keep_count(loads, cap, s, c_max: int, xp=jnp):
     """keep_count targets: the water level `L0` plus one for the `r` busiest PEs above it."""
-    l0 = _level_search(cap, s, c_max, strict=True) - 1  # [G] largest L with f(L) <= S
-    base = jnp.minimum(cap, l0[:, None])  # [G, n]
-    r = s - base.sum(-1)  # [G] PEs that get one more
+    l0 = _level_search(cap, s, c_max, strict=True, xp=xp) - 1  # [G] largest L with f(L) <= S
+    base = xp.minimum(cap, l0[:, None])  # [G, n]
+    r = s - base.sum(-1, dtype=s.dtype)  # [G] PEs that get one more
     cand = cap > l0[:, None]  # [G, n]
-    n = loads.shape[-1]
-    # Order candidates by current load, descending, ties by lower PE index (stable sort).
-    order_by = jnp.where(cand, -loads, jnp.iinfo(jnp.int32).max)
-    order = jnp.argsort(order_by, axis=-1, stable=True)  # [G, n]
-    place = (
-        jnp.zeros_like(order)
-        .at[jnp.arange(order.shape[0])[:, None], order]
-        .set(jnp.broadcast_to(jnp.arange(n), order.shape))
-    )
-    return (base + (cand & (place < r[:, None]))).astype(jnp.int32)
+    # Order candidates by current load, descending, ties by lower PE index (stable sort); the
+    # inverse permutation (an argsort of the order) is each PE's place.
+    order_by = xp.where(cand, -loads, np.iinfo(np.int32).max)
+    order = xp.argsort(order_by, axis=-1, stable=True)  # [G, n]
+    place = xp.argsort(order, axis=-1, stable=True)
+    return (base + (cand & (place < r[:, None]))).astype(np.int32)
 
 
-def traced_targets(loads, cap, *, target: str, c_max: int):
-    """Traced body of `pe_targets`: `[G, n]` int32 targets (`target`, `c_max` static).
+def traced_targets(loads, cap, *, target: str, c_max: int, xp=jnp):
+    """`[G, n]` int32 targets (`target`, `c_max` static): the body of `pe_targets`, traceable
+    with `xp=jax.numpy` and the same steps on the host with `xp=numpy`.
 
     Args:
-      loads: `[G, n]` int32 current loads (traced).
-      cap: `[G, n]` int32 PE capacities (traced).
+      loads: `[G, n]` int32 current loads.
+      cap: `[G, n]` int32 PE capacities.
       target: one of `TARGETS` (picks the formula).
       c_max: slots per PE, at least `cap.max()` (bounds the level bisection).
+      xp: the array module.
 
     Returns:
       `[G, n]` int32 with `0 <= target <= cap`; keep_count keeps every group total.
     """
-    s = loads.sum(-1)  # [G]
+    loads = xp.asarray(loads).astype(np.int32)
+    cap = xp.asarray(cap).astype(np.int32)
+    s = loads.sum(-1, dtype=np.int32)  # [G]
     if target == "ceil_mean":
-        level = _level_search(cap, s, c_max, strict=False)  # [G]
-        return jnp.minimum(cap, level[:, None]).astype(jnp.int32)
-    return _keep_count(loads, cap, s, c_max)
+        level = _level_search(cap, s, c_max, strict=False, xp=xp)  # [G]
+        return xp.minimum(cap, level[:, None]).astype(np.int32)
+    return _keep_count(loads, cap, s, c_max, xp)
 
 
 _targets = jax.jit(traced_targets, static_argnames=("target", "c_max"))
@@ -114,41 +123,3 @@ def pe_targets(loads, capacity, target: str = "ceil_mean") -> jax.Array:
         )
     c_max = int(np.max(capacity, initial=0))
     return _targets(loads, capacity, target=target, c_max=c_max)
-
-
-# ---- host (numpy) versions: the same bisection and tie rules, for the one-shot host path -------
-
-
-def _host_level_search(cap: np.ndarray, s: np.ndarray, c_max: int, strict: bool) -> np.ndarray:
-    """numpy `_level_search`: per group the smallest `L` in `[0, c_max + 1]` with `f(L) >= s`."""
-    lo = np.zeros_like(s)
-    hi = np.full_like(s, c_max + 1)
-    for _ in range((c_max + 1).bit_length() + 1):
-        mid = (lo + hi) // 2
-        f = np.minimum(cap, mid[:, None]).sum(-1, dtype=s.dtype)
-        ok = ((f > s) if strict else (f >= s)) | (mid > c_max)
-        lo, hi = np.where(ok, lo, mid + 1), np.where(ok, mid, hi)
-    return lo
-
-
-def host_targets(loads: np.ndarray, cap: np.ndarray, *, target: str, c_max: int) -> np.ndarray:
-    """numpy `traced_targets`: `[G, n]` int32 targets, equal to the JAX version element for element.
-
-    Args:
-      loads: `[G, n]` int32 current loads; cap: `[G, n]` int32 PE capacities.
-      target: one of `TARGETS`; c_max: slots per PE, at least `cap.max()`.
-    """
-    loads = np.asarray(loads, np.int32)
-    cap = np.asarray(cap, np.int32)
-    s = loads.sum(-1, dtype=np.int32)
-    if target == "ceil_mean":
-        level = _host_level_search(cap, s, c_max, strict=False)
-        return np.minimum(cap, level[:, None]).astype(np.int32)
-    l0 = _host_level_search(cap, s, c_max, strict=True) - 1
-    base = np.minimum(cap, l0[:, None])
-    r = s - base.sum(-1, dtype=np.int32)
-    cand = cap > l0[:, None]
-    order = np.argsort(np.where(cand, -loads, np.iinfo(np.int32).max), axis=-1, kind="stable")
-    place = np.empty_like(order)
-    np.put_along_axis(place, order, np.broadcast_to(np.arange(loads.shape[-1]), order.shape), -1)
-    return (base + (cand & (place < r[:, None]))).astype(np.int32)
