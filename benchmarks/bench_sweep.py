@@ -118,24 +118,39 @@ def run() -> dict:
             n_pe=list(range(1, 65)),
             mapping=[mapping],
             clock_hz=[float(c) * 1e6 for c in (100, 200, 300, 400, 500, 600, 800, 1000)],
-            e_acc_pj=[float(e) for e in np.linspace(0.05, 0.4, 8)],
+        )
+        # Each config with 8 accumulate energies (config-major, as sweep.py orders them).
+        e_acc = np.linspace(0.05, 0.4, 8, dtype=np.float32)
+        configs = hardware.take_configs(configs, np.repeat(np.arange(len(configs.n_pe)), 8))
+        consts = hardware.make_constants(
+            "horowitz45", e_acc_pj=np.tile(e_acc, len(configs.n_pe) // 8)
         )
         n = hardware.num_configs(configs)
         first, fast = _first_and_best(
-            lambda c=configs: hardware.simulate(tables, specs, c), _REPEATS.value
-        )
-        _, per_cfg = _first_and_best(
-            lambda c=configs: hardware.simulate(tables, specs, c, dedupe=False), _REPEATS.value
-        )
-        host_first, host = _first_and_best(
-            lambda c=configs: hardware.simulate(host_tables, specs, c, backend="numpy"),
+            lambda c=configs, consts=consts: hardware.simulate(
+                tables, specs, c, energy_constants=consts
+            ),
             _REPEATS.value,
         )
-        res = hardware.simulate(tables, specs, configs)
+        _, per_cfg = _first_and_best(
+            lambda c=configs, consts=consts: hardware.simulate(
+                tables, specs, c, dedupe=False, energy_constants=consts
+            ),
+            _REPEATS.value,
+        )
+        host_first, host = _first_and_best(
+            lambda c=configs, consts=consts: hardware.simulate(
+                host_tables, specs, c, backend="numpy", energy_constants=consts
+            ),
+            _REPEATS.value,
+        )
+        res = hardware.simulate(tables, specs, configs, energy_constants=consts)
         i = int(np.flatnonzero(configs.n_pe == 16)[0])
         cfg = hardware.config_rows(configs)[i]
         t = time.perf_counter()
-        want = oracle(masks, specs, cfg)
+        want = oracle(
+            masks, specs, cfg, constants={k: float(v[i]) for k, v in consts._asdict().items()}
+        )
         oracle_s = time.perf_counter() - t
         got = float(res.network.energy_total[i])
         if not math.isclose(got, want["network"]["energy_total"], rel_tol=1e-5):

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from uticket_jax.hardware import get_energy_model
 from uticket_jax.workload import Coords, Hwio, get_mapping
 
 
@@ -231,14 +232,14 @@ def oracle_energy(model, c, k):
 def simulator_oracle(masks, specs, cfg: dict, rates=None, model="horowitz45", constants=None):
     """The PE-array simulator for one config, by loops over layers, groups and PEs.
 
-    `constants`: the model's constants as a dict (horowitz45: default the config's fields).
+    `constants`: the model's constants as a dict (default: the model's defaults).
     Returns `{"layers": [dict], "network": dict}`, energies in J (float64), each dict with the
     workload figures, `cycles`, `seconds`, `wasted_pe_cycles`, `counts`, `energy_terms`,
     `energy_total`.
     """
     n, T, clock = int(cfg["n_pe"]), int(cfg["timesteps"]), float(cfg["clock_hz"])
     if constants is None:
-        constants = {t: cfg[t] for t in ("e_acc_pj", "e_fetch_pj", "e_idle_pj", "leak_w")}
+        constants = get_energy_model(model).defaults._asdict()
     layers = []
     for j, spec in enumerate(specs):
         mask = np.asarray(masks[spec.name], bool)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 from typing import NamedTuple
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -134,9 +136,18 @@ def test_horowitz45_default_is_todays_figures_bit_for_bit():
     rng = np.random.default_rng(g["seed"])
     masks = {k: rng.random(s) < g["density"] for k, s in shapes.items()}
     specs = hardware.specs_from_shapes(shapes, out_sizes=g["out_sizes"])
-    configs = hardware.config_grid(**g["grid"])
+    # The recorded grid's order: mapping, n_pe, e_idle_pj (then a config field), activity_aware.
+    grid = g["grid"]
+    rows = list(
+        itertools.product(grid["mapping"], grid["n_pe"], grid["e_idle_pj"], grid["activity_aware"])
+    )
+    configs = hardware.stack_configs(
+        [hardware.make_config(mapping=m, n_pe=n, activity_aware=a) for m, n, _, a in rows]
+    )
+    consts = hardware.make_constants("horowitz45", e_idle_pj=[e for _, _, e, _ in rows])
     rates = np.asarray(g["rates"], np.float32)
     for kw in ({}, {"energy_model": "horowitz45"}):
+        kw["energy_constants"] = consts
         res = hardware.simulate_masks(masks, specs, configs, spike_rates=rates, **kw)
         for where, fig in (("network", res.network), ("layers", res.layers)):
             old = g[where]
@@ -148,17 +159,25 @@ def test_horowitz45_default_is_todays_figures_bit_for_bit():
                 np.testing.assert_array_equal(fig.energy_terms[t], want, err_msg=f"{where} {t}")
 
 
-def test_horowitz45_constants_given_equal_the_config_fields():
+def test_every_model_is_priced_alike_defaults_and_rows():
+    """No model's constants live in the hardware config: each takes its own NamedTuple, its
+    defaults when none are given, and every row lists the model's constants."""
+    assert not set(hardware.HardwareConfig._fields) & set(energy.Horowitz45._fields)
     shapes = {"a/kernel": (3, 3, 2, 6), "b/kernel": (3, 3, 6, 4)}
     rng = np.random.default_rng(1)
     masks = {k: rng.random(s) < 0.4 for k, s in shapes.items()}
     specs = hardware.specs_from_shapes(shapes, out_sizes=[4, 4], skip_first=False)
-    cfg = hardware.config_grid(n_pe=[2, 3], e_acc_pj=[0.2, 0.4])
-    a = hardware.simulate_masks(masks, specs, cfg)
-    consts = energy.Horowitz45(*(np.asarray(getattr(cfg, f)) for f in energy.Horowitz45._fields))
-    b = hardware.simulate_masks(masks, specs, cfg, energy_constants=consts)
-    for t in hardware.ENERGY_TERMS:
-        np.testing.assert_array_equal(a.network.energy_terms[t], b.network.energy_terms[t])
+    cfg = hardware.config_grid(n_pe=[2, 3])
+    for model in ("horowitz45", "sata"):
+        a = hardware.simulate_masks(masks, specs, cfg, energy_model=model)
+        defaults = energy.make_constants(model)
+        b = hardware.simulate_masks(
+            masks, specs, cfg, energy_model=model, energy_constants=defaults
+        )
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+        row = hardware.sweep_networks({"m": masks}, specs, cfg, energy_model=model)[0]["config"]
+        m = energy.get_energy_model(model)
+        assert list(row) == [*hardware.HardwareConfig._fields, *type(m.defaults)._fields]
 
 
 # --- properties of the sata model in the simulator ---------------------------------------------

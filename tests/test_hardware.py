@@ -50,14 +50,23 @@ def _pick(fig, *index):
     return d
 
 
-def _check_against_oracle(masks, specs, configs, rates=None, model="horowitz45", **kwargs):
+def _check_against_oracle(
+    masks, specs, configs, rates=None, model="horowitz45", constants=None, **kwargs
+):
     res = hardware.simulate_masks(
-        masks, specs, configs, spike_rates=rates, energy_model=model, **kwargs
+        masks,
+        specs,
+        configs,
+        spike_rates=rates,
+        energy_model=model,
+        energy_constants=constants,
+        **kwargs,
     )
     assert res.energy_model == model
-    consts = None if model == "horowitz45" else hardware.get_energy_model(model).defaults
+    consts = hardware.get_energy_model(model).defaults if constants is None else constants
+    n = hardware.num_configs(configs)
     for i, cfg in enumerate(hardware.config_rows(configs)):
-        k = None if consts is None else consts._asdict()
+        k = {f: float(np.broadcast_to(v, (n,))[i]) for f, v in consts._asdict().items()}
         want = oracle(masks, specs, cfg, rates, model=model, constants=k)
         _assert_close(_pick(res.network, i), want["network"], (cfg, "network"))
         for j, spec in enumerate(specs):
@@ -76,7 +85,7 @@ def test_group_loads_match_pe_loads_for_every_n(shape, mapping):
     table = hardware.count_tables(mask)
     c_in, c_out = shape[-2], shape[-1]
     for n in range(1, max(c_in, c_out) + 3):
-        gsum, gmax = hardware.group_loads(table, n, mapping)
+        gsum, gmax = hardware.group_loads(table, shape, n, mapping)
         loads = np.asarray(pe_loads(mask, n, mapping))  # [G, n], static-n definition
         g = loads.shape[0]
         np.testing.assert_array_equal(np.asarray(gsum)[:g], loads.sum(1), err_msg=f"n={n}")
@@ -86,10 +95,10 @@ def test_group_loads_match_pe_loads_for_every_n(shape, mapping):
 
 def test_group_loads_compile_once_for_traced_n():
     table = hardware.count_tables(np.ones((3, 3, 4, 6), bool))
-    hardware.group_loads(table, 1, "output_channel")
+    hardware.group_loads(table, (3, 3, 4, 6), 1, "output_channel")
     before = simulator._group_loads_jit._cache_size()
     for n in (2, 3, 5, 17):
-        hardware.group_loads(table, n, "output_channel")
+        hardware.group_loads(table, (3, 3, 4, 6), n, "output_channel")
     assert simulator._group_loads_jit._cache_size() == before
 
 
@@ -121,31 +130,36 @@ def networks(draw):
             mapping=hardware.MAPPINGS[int(rng.integers(0, 2))],
             timesteps=int(rng.integers(1, 9)),
             clock_hz=float(rng.uniform(1e8, 2e9)),
-            e_acc_pj=float(rng.uniform(0, 1)),
-            e_fetch_pj=float(rng.uniform(0, 10)),
-            e_idle_pj=float(rng.uniform(0, 0.1)),
-            leak_w=float(rng.uniform(0, 1e-4)),
             activity_aware=bool(rng.integers(0, 2)),
         )
         for _ in range(6)
     ]
+    consts = hardware.make_constants(
+        "horowitz45",
+        e_acc_pj=rng.uniform(0, 1, 6),
+        e_fetch_pj=rng.uniform(0, 10, 6),
+        e_idle_pj=rng.uniform(0, 0.1, 6),
+        leak_w=rng.uniform(0, 1e-4, 6),
+    )
     rates = rng.uniform(0, 1, size=3).astype(np.float32)
-    return masks, specs, hardware.stack_configs(cfgs), rates
+    return masks, specs, hardware.stack_configs(cfgs), rates, consts
 
 
 @settings(max_examples=15, deadline=None)
 @given(networks())
 def test_vmapped_matches_loop_oracle(net):
-    masks, specs, configs, rates = net
-    res = _check_against_oracle(masks, specs, configs, rates)
-    again = hardware.simulate_masks(masks, specs, configs, spike_rates=rates, dedupe=False)
+    masks, specs, configs, rates, consts = net
+    res = _check_against_oracle(masks, specs, configs, rates, constants=consts)
+    again = hardware.simulate_masks(
+        masks, specs, configs, spike_rates=rates, dedupe=False, energy_constants=consts
+    )
     jax.tree.map(np.testing.assert_array_equal, res, again)  # same figures without dedupe
 
 
 @settings(max_examples=8, deadline=None)
 @given(networks())
 def test_sata_model_matches_loop_oracle(net):
-    masks, specs, configs, rates = net
+    masks, specs, configs, rates, _ = net
     res = _check_against_oracle(masks, specs, configs, rates, model="sata")
     plain = hardware.simulate_masks(masks, specs, configs, spike_rates=rates)
     for f in ("cycles", "seconds", "latency", "wasted", "utilization"):  # the model is energy only
@@ -156,7 +170,7 @@ def test_sata_model_matches_loop_oracle(net):
 @settings(max_examples=12, deadline=None)
 @given(networks())
 def test_energy_terms_nonnegative_and_add_up(net):
-    masks, specs, configs, rates = net
+    masks, specs, configs, rates, _ = net
     for model in ("horowitz45", "sata"):
         res = hardware.simulate_masks(masks, specs, configs, spike_rates=rates, energy_model=model)
         for fig in (res.layers, res.network):
@@ -171,12 +185,13 @@ def test_energy_terms_nonnegative_and_add_up(net):
 @settings(max_examples=12, deadline=None)
 @given(networks(), st.integers(1, 12))
 def test_latency_never_below_balanced_bound(net, n):
-    masks, specs, _, _ = net
+    masks, specs, _, _, _ = net
     for mapping in hardware.MAPPINGS:
         cfg = hardware.make_config(n_pe=n, mapping=mapping, timesteps=3)
         res = hardware.simulate_masks(masks, specs, cfg)
         for j, spec in enumerate(specs):
-            gsum, gmax = hardware.group_loads(hardware.count_tables(masks[spec.name]), n, mapping)
+            table = hardware.count_tables(masks[spec.name])
+            gsum, gmax = hardware.group_loads(table, spec.kernel_shape, n, mapping)
             gsum = np.asarray(gsum)
             assert (np.asarray(gmax) >= -(-gsum // n)).all()
             bound = float(np.sum(-(-gsum // n))) * spec.pixels * 3
@@ -300,9 +315,9 @@ def test_resnet19_output_sizes():
         ({"n_pe": 0}, "n_pe"),
         ({"n_pe": -3}, "n_pe"),
         ({"mapping": "tiles"}, "mapping"),
-        ({"e_acc_pj": -0.1}, "e_acc_pj"),
-        ({"e_fetch_pj": float("nan")}, "e_fetch_pj"),
-        ({"leak_w": -1.0}, "leak_w"),
+        ({"n_pe": 2**32 + 16}, "n_pe"),
+        ({"n_pe": 2.5}, "n_pe"),
+        ({"e_acc_pj": 0.1}, "unknown fields"),  # energy constants belong to the energy model
         ({"clock_hz": 0.0}, "clock_hz"),
         ({"timesteps": 0}, "timesteps"),
         ({"bogus": 1}, "unknown fields"),
@@ -379,12 +394,16 @@ _SHARDED = textwrap.dedent(
     masks = {k: rng.random(s) < 0.3 for k, s in shapes.items()}
     specs = hardware.specs_from_shapes(shapes, out_sizes=[6, 3, 1], skip_first=False)
     configs = hardware.config_grid(
-        n_pe=[1, 2, 3, 5, 8, 13, 64], mapping=list(hardware.MAPPINGS), e_idle_pj=[0.0, 0.05],
+        n_pe=[1, 2, 3, 5, 8, 13, 64], mapping=list(hardware.MAPPINGS),
         timesteps=[4], activity_aware=[True])
+    n = hardware.num_configs(configs)
+    configs = hardware.take_configs(configs, np.repeat(np.arange(n), 2))  # x 2 idle energies
+    consts = hardware.make_constants("horowitz45", e_idle_pj=np.tile([0.0, 0.05], n))
     rates = {"b/kernel": 0.3}
     one = hardware.simulate_masks(masks, specs, configs, spike_rates=rates,
-                                  devices=jax.devices()[:1])
-    many = hardware.simulate_masks(masks, specs, configs, spike_rates=rates)
+                                  devices=jax.devices()[:1], energy_constants=consts)
+    many = hardware.simulate_masks(masks, specs, configs, spike_rates=rates,
+                                   energy_constants=consts)
     jax.tree.map(np.testing.assert_array_equal, one, many)
     print("SHARDED_OK", hardware.num_configs(configs))
     """

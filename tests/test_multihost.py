@@ -188,6 +188,8 @@ def test_sweep_across_processes_equals_one_process(single_run, tmp_path):
         "--mapping=output_channel,input_split",
         "--timesteps=2",
         "--grid",
+        "--e_idle_pj=0.03",
+        "--leak_uw=10",
     ]
     multi = str(tmp_path / "multi")
     single = str(tmp_path / "single")

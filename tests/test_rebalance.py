@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 from tests import oracle
 from uticket_jax import workload
 from uticket_jax.workload import mappings as mp
-from uticket_jax.workload import priorities
-from uticket_jax.workload import selection as sel
 from uticket_jax.workload import (
     network_workload,
+    priorities,
     rebalance_layer,
     rebalance_network,
     report_to_json,
 )
+from uticket_jax.workload import selection as sel
 
 MAPPINGS = list(mp.MAPPINGS)
 

@@ -28,9 +28,8 @@ from hypothesis import strategies as st
 from tests import oracle
 from uticket_jax import workload
 from uticket_jax.workload import mappings as mp
+from uticket_jax.workload import rebalance_layer, rebalance_network, synthetic
 from uticket_jax.workload import selection as sel
-from uticket_jax.workload import synthetic
-from uticket_jax.workload.rebalance import rebalance_layer, rebalance_network
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAPPINGS = list(mp.MAPPINGS)

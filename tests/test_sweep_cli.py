@@ -168,6 +168,7 @@ def test_sweep_bad_inputs(mask_files, tmp_path):
         "wbuf_leak_mw": ["--masks", a, "--energy_model", "sata", "--wbuf_leak_mw", "inf"],
         "horowitz45": ["--masks", a, "--energy_model", "sata", "--e_idle_pj", "0.1"],
         "--grid": ["--masks", a, "--energy_model", "sata", "--grid"],
+        "--grid: give the constants of --energy_model horowitz45": ["--masks", a, "--grid"],
         "unknown 'torch'; allowed: jax, numpy": ["--masks", a, "--backend", "torch"],
         "--backend: numpy runs on one host": ["--masks", a, "--backend", "numpy", "--distributed"],
     }
