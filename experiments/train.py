@@ -21,7 +21,7 @@ from absl import flags
 
 from uticket_jax import data, models
 from uticket_jax.launch import cli, hostmem, machine, results
-from uticket_jax.pipeline import steps
+from uticket_jax.pipeline import setup as pipeline_setup
 from uticket_jax.training import loop
 from uticket_jax.training import step as train
 
@@ -87,7 +87,7 @@ def run() -> dict:
     loop.check_batch_size(_BATCH.value, dataset.train_images.shape[0], dp)
     workdir = results.prepare_workdir(_WORKDIR.value, overwrite=_OVERWRITE.value)
     init_key, data_key = jax.random.split(jax.random.key(_SEED.value))
-    trainer = steps.make_trainer(
+    trainer = pipeline_setup.make_trainer(
         arch=arch,
         num_classes=dataset.num_classes,
         image_shape=dataset.image_shape,
@@ -100,7 +100,7 @@ def run() -> dict:
         schedule=_SCHEDULE.value,
         key=init_key,
     )
-    state = steps.fresh_state(trainer, _TIMESTEPS.value, trainer.variables)
+    state = pipeline_setup.fresh_state(trainer, _TIMESTEPS.value, trainer.variables)
     start = time.perf_counter()
     state, history = loop.fit(
         state,

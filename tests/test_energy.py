@@ -407,7 +407,7 @@ def test_report_names_the_terms_that_carry_the_saving(tmp_path):
 
 def test_pipeline_config_takes_and_checks_the_energy_model():
     from uticket_jax import configs
-    from uticket_jax.pipeline import steps
+    from uticket_jax.pipeline import records
 
     base = configs.get("digits")
     with pytest.raises(ValueError, match="--energy_model: unknown 'eyeriss'; allowed: "):
@@ -418,13 +418,13 @@ def test_pipeline_config_takes_and_checks_the_energy_model():
     masks = {k: rng.random(s) < 0.4 for k, s in shapes.items()}
     specs = hardware.specs_from_shapes(shapes, out_sizes=[4, 4], skip_first=False)
     rates = {"a/kernel": 1.0, "b/kernel": 0.5}
-    rec = steps.hardware_figures(base.replace(energy_model="sata"), specs, masks, rates)
+    rec = records.hardware_figures(base.replace(energy_model="sata"), specs, masks, rates)
     assert rec.energy_model == "sata" and rec.plain["energy_model"] == "sata"
     assert rec.to_json()["energy_model"] == "sata"
     assert list(rec.plain["energy_terms"]) == list(energy.SATA.terms)
     assert rec.plain["counts"]["clock_hz"] == 400e6  # the model's clock
     act = rec.activity_aware["energy_terms"]
     assert act["compute_op"] < rec.plain["energy_terms"]["compute_op"]  # rate 0.5 on b
-    default = steps.hardware_figures(base.replace(energy_model="horowitz45"), specs, masks, rates)
+    default = records.hardware_figures(base.replace(energy_model="horowitz45"), specs, masks, rates)
     assert default.energy_model == "horowitz45"
     assert list(default.plain["energy"]) == list(hardware.ENERGY_TERMS)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests.oracle import simulator_oracle as oracle
 from uticket_jax import hardware
-from uticket_jax.hardware import simulator
+from uticket_jax.hardware import assembly, simulator
 from uticket_jax.workload.mappings import pe_loads
 from uticket_jax.workload.synthetic import vgg16_shapes
 
@@ -442,10 +442,10 @@ def test_simulate_compiles_once_and_keeps_dtypes():
     tables = hardware.network_tables(masks, specs)
     first = hardware.config_grid(n_pe=[1, 2, 3], mapping=list(hardware.MAPPINGS))
     res = hardware.simulate(tables, specs, first)
-    before = simulator._simulate_mapping._cache_size()
+    before = assembly._simulate_mapping._cache_size()
     second = hardware.config_grid(n_pe=[5, 7, 9, 11], mapping=list(hardware.MAPPINGS))
     hardware.simulate(tables, specs, second)  # other n, same buckets: no new compilation
-    assert simulator._simulate_mapping._cache_size() == before
+    assert assembly._simulate_mapping._cache_size() == before
     assert res.layers.latency.dtype == np.int32 and res.network.wasted.dtype == np.int32
     assert res.layers.cycles.dtype == np.float32 and res.network.energy_total.dtype == np.float32
     assert res.layers.cycles.shape == (6, 3) and res.network.cycles.shape == (6,)

@@ -50,7 +50,13 @@ def load_digits(*, split_seed: int = DIGITS_SPLIT_SEED) -> Dataset:
       Dataset(name="digits", num_classes=10, image_shape=(8, 8, 1), augment=False); about 1,437
       training and 360 test images.
     """
-    from sklearn.datasets import load_digits as _sk_load_digits
+    try:
+        from sklearn.datasets import load_digits as _sk_load_digits
+    except ImportError:
+        raise ValueError(
+            "dataset: digits is scikit-learn's bundled data "
+            "(pip install 'uticket_jax[experiments]')"
+        ) from None
 
     bunch = _sk_load_digits()
     x = np.asarray(bunch.images, np.float32) / np.float32(_DIGITS_MAX_VALUE)  # [1797, 8, 8]

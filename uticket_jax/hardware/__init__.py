@@ -27,6 +27,7 @@ from uticket_jax.hardware.energy import (
     make_constants,
     register_energy_model,
 )
+from uticket_jax.hardware.figures import Figures, SweepResult
 from uticket_jax.hardware.layers import (
     LayerSpec,
     check_same_layers,
@@ -45,8 +46,6 @@ from uticket_jax.hardware.rows import (
 )
 from uticket_jax.hardware.simulator import (
     ENERGY_TERMS,
-    Figures,
-    SweepResult,
     group_loads,
     simulate,
     simulate_masks,

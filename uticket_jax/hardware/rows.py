@@ -16,8 +16,9 @@ import numpy as np
 
 from uticket_jax.hardware import energy as energy_lib
 from uticket_jax.hardware.config import HardwareConfig, config_rows, num_configs
+from uticket_jax.hardware.figures import Figures, SweepResult
 from uticket_jax.hardware.layers import LayerSpec
-from uticket_jax.hardware.simulator import Figures, SweepResult, simulate_masks
+from uticket_jax.hardware.simulator import simulate_masks
 from uticket_jax.hardware.tables import check_backend
 from uticket_jax.workload.metrics import float_or_none
 

@@ -58,8 +58,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from uticket_jax.hardware import assembly
 from uticket_jax.hardware import energy as energy_lib
 from uticket_jax.hardware.config import (
     HardwareConfig,
@@ -67,37 +67,13 @@ from uticket_jax.hardware.config import (
     take_configs,
     validate_config,
 )
+from uticket_jax.hardware.figures import SweepResult
 from uticket_jax.hardware.layers import LayerSpec, spike_rate_vector
 from uticket_jax.hardware.tables import LayerTables, check_backend, network_tables
 from uticket_jax.workload import mappings as wm
-from uticket_jax.workload.metrics import Metrics, layer_metrics, network_metrics
 
 ENERGY_TERMS = energy_lib.HOROWITZ45.terms  # the default model's terms
 _INT32_MAX = 2**31 - 1
-
-
-class Figures(NamedTuple):
-    """Simulator outputs of a layer `[N, L]` or a network `[N]`; load units and SI units."""
-
-    utilization: Any
-    utilization_normalized: Any
-    latency: Any  # load units: sum over groups of the max PE load
-    wasted: Any  # load units
-    dynamic: Any  # non-zero weights
-    cycles: Any
-    seconds: Any
-    wasted_pe_cycles: Any
-    counts: energy_lib.Counts  # the energy model's inputs
-    energy_terms: dict[str, Any]  # J, {term: energy} of the energy model
-    energy_total: Any  # J
-
-
-class SweepResult(NamedTuple):
-    """Per-layer figures (`[N, L]` arrays) and network figures (`[N]` arrays) of N configs."""
-
-    layers: Figures
-    network: Figures
-    energy_model: str = "horowitz45"
 
 
 # Static: mapping (selects the reduction), the kernel shape and n_cap (bounds n where the mapping
@@ -119,7 +95,9 @@ def _table_of(tables: Mapping[str, Any], m: wm.PEMapping, xp=jnp):
 
 def _n_cap(m: wm.PEMapping, n_max: int) -> int:
     """Static bound on n: a power of two >= n_max (>= 16) if the mapping uses one, else 0."""
-    return max(16, _pow2(n_max)) if m.needs_n_cap else 0  # few distinct caps, few compilations
+    return (
+        max(16, assembly.pow2(n_max)) if m.needs_n_cap else 0
+    )  # few distinct caps, few compilations
 
 
 def group_loads(
@@ -149,128 +127,6 @@ def group_loads(
     shape = wm.as_hwio4(shape)
     n = jnp.asarray(n_pe, jnp.int32)
     return _group_loads_jit(_table_of(table, m), n, mapping=m, shape=shape, n_cap=cap)
-
-
-def _workload(tables, shapes, n, mapping: wm.PEMapping, n_cap: int, analysed):
-    """Per-layer `Metrics` (stacked `[L]`) and the network `Metrics` for one traced `n`.
-
-    `analysed` is a traced `[L]` bool mask: a layer left out enters `network_metrics` as a layer
-    without work (NaN utilizations, zero counts), which it skips and which adds nothing.
-    """
-    per_layer = [
-        layer_metrics(*mapping.group_loads(t, s, n, n_cap), n)
-        for t, s in zip(tables, shapes, strict=True)
-    ]
-    nan = jnp.float32(jnp.nan)
-    zero = jnp.int32(0)
-    masked = [
-        Metrics(
-            *(
-                jnp.where(analysed[j], x, e)
-                for x, e in zip(m, (nan, nan, zero, zero, zero), strict=True)
-            )
-        )
-        for j, m in enumerate(per_layer)
-    ]
-    net = network_metrics(masked)
-    stacked = Metrics(
-        *(jnp.stack([jnp.asarray(x) for x in col]) for col in zip(*per_layer, strict=True))
-    )
-    return stacked, net
-
-
-def _counts(wl, cfg: HardwareConfig, facts, rates, xp=jnp) -> energy_lib.Counts:
-    """The energy models' counts of every layer `[..., L]` (weight-stationary, see `energy`).
-
-    Products only (no sums), so the counts computed inside the kernel (`xp=jnp`) and again
-    outside it from the kernel's outputs (`_layer_counts`, `xp=np`, and the numpy backend) are the
-    same float32 numbers. Seconds are cycles times the reciprocal clock, written out: XLA rewrites
-    a division by a broadcast scalar so, and a numpy `/` would differ in the last bit.
-    """
-    pixels, c_in, c_out = facts
-    scale = pixels * cfg.timesteps.astype(xp.float32)  # [L] positions x steps
-    dynamic = wl.dynamic.astype(xp.float32)
-    cycles = wl.latency.astype(xp.float32) * scale
-    rate = xp.where(cfg.activity_aware, rates, xp.float32(1.0))
-    busy = dynamic * scale  # one non-zero weight applied per PE-cycle
-    lif = c_out * scale
-    per_layer = lambda x: xp.broadcast_to(x, cycles.shape)  # noqa: E731
-    return energy_lib.Counts(
-        n_pe=per_layer(cfg.n_pe.astype(xp.float32)),
-        clock_hz=per_layer(cfg.clock_hz),
-        cycles=cycles,
-        seconds=cycles * (xp.float32(1.0) / cfg.clock_hz),
-        accumulates=dynamic * scale * rate,
-        weights=dynamic,
-        lif_updates=lif,
-        pe_cycles_busy=busy,
-        pe_cycles_idle=wl.wasted.astype(xp.float32) * scale,
-        weight_buffer_reads=dynamic,
-        input_buffer_reads=busy,
-        output_buffer_writes=lif,
-        dram_weight_reads=dynamic,
-        dram_input_reads=c_in * scale,
-        dram_output_writes=lif,
-    )
-
-
-def _figures(wl: Metrics, net: Metrics, cfg: HardwareConfig, consts, facts, rates, analysed, model):
-    """Cycles, seconds, counts and energy by term of one config (`[L]` and network)."""
-    counts = _counts(wl, cfg, facts, rates)
-    terms = energy_lib.apply_model(model, counts, consts)
-    total = energy_lib.total(terms)
-    # The counts are not kernel outputs: as outputs they change XLA's fusion of the energy sums
-    # (float32 roundings of `energy_total` moved by 1 ulp); `_layer_counts` recomputes them.
-    layer = Figures(*wl, counts.cycles, counts.seconds, counts.pe_cycles_idle, None, terms, total)
-    add = lambda x: jnp.sum(jnp.where(analysed, x, 0.0))  # noqa: E731
-    sums = [add(x) for x in (layer.cycles, layer.seconds, layer.wasted_pe_cycles)]
-    net_terms = {t: add(v) for t, v in terms.items()}
-    return layer, Figures(*net, *sums, None, net_terms, add(total))
-
-
-def _layer_counts(layers: Figures, configs: HardwareConfig, facts, rates, analysed):
-    """The counts `[N, L]` and network counts `[N]` from the kernel's layer outputs."""
-    cfg = HardwareConfig(*(np.asarray(f)[:, None] for f in configs))
-    lay = _counts(layers, cfg, facts, rates, xp=np)
-    net = energy_lib.Counts(
-        **{
-            k: np.asarray(getattr(configs, k), np.float32)
-            if k in energy_lib.INTENSIVE_COUNTS
-            else v[:, analysed].sum(axis=1, dtype=np.float32)
-            for k, v in lay._asdict().items()
-        }
-    )
-    return lay, net
-
-
-# Static: mapping (the `PEMapping`, selects the kernel), the layers' kernel shapes, n_cap (0, or a
-# power of two >= every n of the call for mappings with `needs_n_cap`) and the energy model.
-# `analysed` is a traced [L] bool mask.
-@functools.partial(jax.jit, static_argnames=("mapping", "shapes", "n_cap", "model"))
-def _simulate_mapping(
-    tables, facts, rates, analysed, uniq_n, inv, configs, consts, *, mapping, shapes, n_cap, model
-):
-    """Invariant: every config's figures equal the loop oracle of that config alone."""
-    wl, net = jax.vmap(lambda n: _workload(tables, shapes, n, mapping, n_cap, analysed))(uniq_n)
-
-    def one(k, cfg, const):
-        pick = lambda x: x[k]
-        return _figures(
-            jax.tree.map(pick, wl),
-            jax.tree.map(pick, net),
-            cfg,
-            const,
-            facts,
-            rates,
-            analysed,
-            model,
-        )
-
-    return jax.vmap(one)(inv, configs, consts)
-
-
-def _pow2(x: int) -> int:
-    return 1 << max(int(x) - 1, 0).bit_length()
 
 
 def _check_int32(specs: Sequence[LayerSpec], tables: Sequence[Any], n_max: int, m: wm.PEMapping):
@@ -319,6 +175,44 @@ def simulate(
     Returns:
       `SweepResult` of numpy arrays, layers `[N, L]`, network `[N]`, in the order of `configs`.
     """
+    configs, rates = _checked(tables, specs, configs, spike_rates, devices, backend)
+    if backend == "jax":
+        devices = list(jax.devices() if devices is None else devices)
+    model = energy_lib.get_energy_model(energy_model)
+    net = _Net(
+        _layer_facts(specs),
+        rates,
+        np.asarray([bool(s.analysed) for s in specs]),
+        tuple(s.kernel_shape for s in specs),
+    )
+    consts = _batch_constants(model, energy_constants, configs)
+    n_total = num_configs(configs)
+    parts: list[tuple[np.ndarray, SweepResult]] = []
+    for name in np.unique(configs.mapping):
+        idx = np.flatnonzero(configs.mapping == name)
+        batch = (take_configs(configs, idx), type(consts)(*(f[idx] for f in consts)))
+        m = wm.get_mapping(str(name))
+        mtables = [_table_of(t, m, jnp if backend == "jax" else np) for t in tables]
+        _check_int32(specs, mtables, int(batch[0].n_pe.max()), m)
+        parts.append((idx, _run(mtables, net, batch, m, model, dedupe, devices, backend)))
+    order = np.empty(n_total, np.int64)
+    order[np.concatenate([i for i, _ in parts])] = np.arange(n_total)
+    layers, network = jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[r for _, r in parts])
+    return _with_counts(layers, network, configs, net, model)
+
+
+class _Net(NamedTuple):
+    """The layer facts of a network the runs need: pixels, c_in, c_out `[L]` float32 each, the
+    input spike rates `[L]`, which layers are analysed `[L]`, the kernel shapes (static)."""
+
+    facts: tuple[np.ndarray, np.ndarray, np.ndarray]
+    rates: np.ndarray
+    analysed: np.ndarray
+    shapes: tuple[tuple[int, int, int, int], ...]
+
+
+def _checked(tables, specs, configs, spike_rates, devices, backend):
+    """`simulate`'s inputs checked: the configs as `[N]` batches and the rates `[L]`."""
     check_backend(backend)
     if backend == "numpy" and devices is not None:
         raise ValueError(
@@ -332,47 +226,28 @@ def simulate(
     if configs.n_pe.ndim != 1:
         raise ValueError(f"configs: fields must be 1-D batches, got shape {configs.n_pe.shape}")
     if spike_rates is None or isinstance(spike_rates, Mapping):
-        rates = spike_rate_vector(spike_rates, specs)
+        return configs, spike_rate_vector(spike_rates, specs)
+    rates = np.asarray(spike_rates, np.float32)
+    if rates.shape != (len(specs),) or not ((rates >= 0) & (rates <= 1)).all():
+        raise ValueError(f"spike_rates: need {len(specs)} rates in [0, 1], got {rates}")
+    return configs, rates
+
+
+def _run(tables, net: _Net, batch, m: wm.PEMapping, model, dedupe: bool, devices, backend: str):
+    """One mapping's configs on one backend: the workload once per distinct `n_pe` (dedupe) or
+    once per config."""
+    n_pe = batch[0].n_pe
+    if dedupe:
+        uniq, inv = np.unique(n_pe, return_inverse=True)
     else:
-        rates = np.asarray(spike_rates, np.float32)
-        if rates.shape != (len(specs),) or not ((rates >= 0) & (rates <= 1)).all():
-            raise ValueError(f"spike_rates: need {len(specs)} rates in [0, 1], got {rates}")
-    if backend == "jax":
-        devices = list(jax.devices() if devices is None else devices)
-    model = energy_lib.get_energy_model(energy_model)
-    consts = _batch_constants(model, energy_constants, configs)
-    facts = _layer_facts(specs)
-    analysed = np.asarray([bool(s.analysed) for s in specs])
-    shapes = tuple(s.kernel_shape for s in specs)
-    n_total = num_configs(configs)
-    parts: list[tuple[np.ndarray, SweepResult]] = []
-    for mid in np.unique(configs.mapping):
-        m = wm.get_mapping(str(mid))
-        mtables = [_table_of(t, m, jnp if backend == "jax" else np) for t in tables]
-        idx = np.flatnonzero(configs.mapping == mid)
-        sub = take_configs(configs, idx)
-        sub_consts = type(consts)(*(f[idx] for f in consts))
-        n_max = int(sub.n_pe.max())
-        _check_int32(specs, mtables, n_max, m)
-        if dedupe:
-            uniq, inv = np.unique(sub.n_pe, return_inverse=True)
-        else:
-            uniq, inv = sub.n_pe, np.arange(len(idx))
-        batch = (sub, sub_consts)
-        if backend == "numpy":
-            out = _run_host(mtables, shapes, facts, rates, uniq, inv, batch, m, analysed, model)
-        else:
-            # Pad to a power of two (>= 8) so sweeps of similar size share one compilation.
-            uniq = np.pad(uniq, (0, max(8, _pow2(len(uniq))) - len(uniq)), mode="edge")
-            n_cap = _n_cap(m, n_max)
-            out = _run(
-                mtables, shapes, facts, rates, uniq, inv, batch, m, n_cap, analysed, devices, model
-            )
-        parts.append((idx, out))
-    order = np.empty(n_total, np.int64)
-    order[np.concatenate([i for i, _ in parts])] = np.arange(n_total)
-    layers, network = jax.tree.map(lambda *xs: np.concatenate(xs)[order], *[r for _, r in parts])
-    return _with_counts(layers, network, configs, facts, rates, analysed, model)
+        uniq, inv = n_pe, np.arange(len(n_pe))
+    args = (tables, net.shapes, net.facts, net.rates)
+    if backend == "numpy":
+        return assembly.run_host(*args, uniq, inv, batch, m, net.analysed, model)
+    # Pad to a power of two (>= 8) so sweeps of similar size share one compilation.
+    uniq = np.pad(uniq, (0, max(8, assembly.pow2(len(uniq))) - len(uniq)), mode="edge")
+    n_cap = _n_cap(m, int(n_pe.max()))
+    return assembly.run_jax(*args, uniq, inv, batch, m, n_cap, net.analysed, devices, model)
 
 
 def _layer_facts(specs: Sequence[LayerSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -381,9 +256,11 @@ def _layer_facts(specs: Sequence[LayerSpec]) -> tuple[np.ndarray, np.ndarray, np
     return tuple(np.asarray([f(s) for s in specs], np.float32) for f in pick)
 
 
-def _with_counts(layers, network, configs, facts, rates, analysed, model) -> SweepResult:
+def _with_counts(layers, network, configs, net: _Net, model) -> SweepResult:
     """The result with its counts filled in and its terms in the model's order."""
-    lay_counts, net_counts = _layer_counts(layers, configs, facts, rates, analysed)
+    lay_counts, net_counts = assembly.layer_counts(
+        layers, configs, net.facts, net.rates, net.analysed
+    )
     in_order = lambda terms: {t: terms[t] for t in model.terms}  # noqa: E731 (jax sorts keys)
     return SweepResult(
         layers._replace(counts=lay_counts, energy_terms=in_order(layers.energy_terms)),
@@ -403,117 +280,6 @@ def _batch_constants(model: energy_lib.EnergyModel, constants: Any, configs: Har
         shapes = sorted({v.shape for v in leaves})
         raise ValueError(f"energy_constants: need scalars or [{n}] per constant, got {shapes}")
     return type(constants)(*(np.broadcast_to(v.reshape(-1), (n,)).copy() for v in leaves))
-
-
-def _run(tables, shapes, facts, rates, uniq, inv, batch, mapping, n_cap, analysed, devices, model):
-    """One compiled call; shards the config axis when several devices are given.
-
-    The config axis is padded (repeating the last config) to a power of two >= 8, and to a
-    multiple of the device count, so sweeps of similar size reuse one compilation.
-    """
-    n = num_configs(batch[0])
-    d = len(devices)
-    size = max(8, _pow2(n))
-    size += (-size) % d
-    inv = np.asarray(inv, np.int32)
-    uniq = np.asarray(uniq, np.int32)
-    batch = (batch[0]._replace(mapping=None), batch[1])  # dispatched on already, not traced
-    batch = jax.tree.map(lambda f: np.concatenate([f, np.repeat(f[-1:], size - n)]), batch)
-    inv = np.concatenate([inv, np.repeat(inv[-1:], size - n)])
-    args = (tables, facts, rates, analysed, uniq)
-    if d > 1:
-        mesh = Mesh(np.asarray(devices), ("config",))
-        split = NamedSharding(mesh, PartitionSpec("config"))
-        repl = NamedSharding(mesh, PartitionSpec())
-        args = jax.device_put(args, repl)
-        inv, batch = jax.device_put((inv, batch), split)
-    out = _simulate_mapping(
-        *args, inv, *batch, mapping=mapping, shapes=shapes, n_cap=n_cap, model=model
-    )
-    return jax.tree.map(lambda x: _fetch(x)[:n], out)
-
-
-def _run_host(tables, shapes, facts, rates, uniq, inv, batch, mapping, analysed, model):
-    """`_run` on the host with numpy: the layer and network `Figures` of one mapping's configs.
-
-    The workload once per entry of `uniq` (`_host_workload`), gathered to the configs by `inv`,
-    then `_host_figures` for all configs at once.
-    """
-    wl, net = _host_workload(tables, shapes, np.asarray(uniq, np.int32), mapping, analysed)
-    inv = np.asarray(inv, np.intp)
-    wl, net = Metrics(*(x[inv] for x in wl)), Metrics(*(x[inv] for x in net))
-    configs, consts = batch
-    return _host_figures(wl, net, configs, consts, facts, rates, analysed, model)
-
-
-def _host_workload(tables, shapes, uniq: np.ndarray, mapping: wm.PEMapping, analysed: np.ndarray):
-    """`_workload` for every `n` of `uniq` `[U]`: per-layer `Metrics` `[U, L]`, network `[U]`.
-
-    Each layer's per-n group sums and maxima (`host_group_loads`, padded with zero groups to a
-    common width, which the metrics skip) go through `layer_metrics(..., xp=np)` for all `n` at
-    once; a layer left out of `analysed` enters `network_metrics` as a layer without work.
-    """
-    n = uniq[:, None]  # [U, 1] against the groups
-    per_layer = []
-    for t, shape in zip(tables, shapes, strict=True):
-        gsum, gmax = zip(*(mapping.host_group_loads(t, shape, int(k)) for k in uniq), strict=True)
-        lm = layer_metrics(_stack_groups(gsum), _stack_groups(gmax), n, xp=np)
-        per_layer.append(Metrics(*(np.asarray(x, dt) for x, dt in zip(lm, _DTYPES, strict=True))))
-    empty = (np.float32(np.nan), np.float32(np.nan), 0, 0, 0)
-    masked = [
-        Metrics(*(x if analysed[j] else np.full_like(x, e) for x, e in zip(m, empty, strict=True)))
-        for j, m in enumerate(per_layer)
-    ]
-    net = network_metrics(masked, xp=np)
-    net = Metrics(*(np.asarray(x, dt) for x, dt in zip(net, _DTYPES, strict=True)))
-    stacked = Metrics(*(np.stack(col, axis=1) for col in zip(*per_layer, strict=True)))
-    return stacked, net
-
-
-def _stack_groups(rows: Sequence[np.ndarray]) -> np.ndarray:
-    """`[U, B]` int32 from per-n group rows, padded with zero groups to the widest."""
-    width = max(len(r) for r in rows)
-    out = np.zeros((len(rows), width), np.int32)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
-
-
-# Metrics dtypes of the jax kernel (numpy sums of int32 give int64; the int32 check bounds them).
-_DTYPES = (np.float32, np.float32, np.int32, np.int32, np.int32)
-
-
-def _host_figures(wl: Metrics, net: Metrics, configs, consts, facts, rates, analysed, model):
-    """`_figures` of every config at once on the host: layers `[N, L]`, network `[N]`."""
-    col = lambda x: np.asarray(x)[:, None]  # noqa: E731 (one value per config, against layers)
-    cfg = HardwareConfig(*(col(f) for f in configs))
-    counts = _counts(wl, cfg, facts, rates, xp=np)
-    terms = energy_lib.apply_model(model, counts, type(consts)(*(col(c) for c in consts)))
-    total = energy_lib.total(terms)
-    layer = Figures(*wl, counts.cycles, counts.seconds, counts.pe_cycles_idle, None, terms, total)
-    add = lambda x: _sum_layers(x, analysed)  # noqa: E731
-    sums = [add(x) for x in (layer.cycles, layer.seconds, layer.wasted_pe_cycles)]
-    net_terms = {t: add(v) for t, v in terms.items()}
-    return layer, Figures(*net, *sums, None, net_terms, add(total))
-
-
-def _sum_layers(x: np.ndarray, analysed: np.ndarray) -> np.ndarray:
-    """float32 sum over the analysed layers of `x` `[N, L]`, left to right (XLA's order for up to
-    32 layers, so the numpy backend's network sums equal the kernel's)."""
-    out = np.zeros(x.shape[0], np.float32)
-    for j in np.flatnonzero(analysed):
-        out = out + x[:, j]
-    return out
-
-
-def _fetch(x: jax.Array) -> np.ndarray:
-    """A result on the host; a config axis sharded over other processes' devices is gathered
-    (every process then holds every config's figures)."""
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    from jax.experimental import multihost_utils  # multi-process runs only
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def simulate_masks(

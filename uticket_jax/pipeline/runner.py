@@ -33,7 +33,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from uticket_jax import data as data_lib
-from uticket_jax.pipeline import steps
+from uticket_jax.pipeline import records, steps
+from uticket_jax.pipeline import setup as setup_lib
 from uticket_jax.pipeline.config import LTHConfig, stage_at
 from uticket_jax.pipeline.state import Progress, RunState, StageRecord
 from uticket_jax.training import loop
@@ -61,7 +62,7 @@ def save(checkpointer: Checkpointer | None, state: RunState, progress: Progress)
 
 
 def run_stage(
-    setup: steps.RunSetup,
+    setup: setup_lib.RunSetup,
     dataset: data_lib.Dataset,
     state: RunState,
     progress: Progress,
@@ -74,7 +75,7 @@ def run_stage(
     """Runs (or finishes, after a resume) the stage at `progress.stage`.
 
     Args:
-      setup: from `steps.setup_run`.
+      setup: from `setup.setup_run`.
       dataset: the data.
       state: the run state before the stage (or as checkpointed inside it).
       progress: the run's progress.
@@ -104,13 +105,13 @@ def run_stage(
     state, et = steps.keep_trained(setup, dataset, state, stage, train_state, masks_flat)
     if et is not None:
         progress = progress.replace(et=et)
-    record = steps.stage_record(
+    record = records.stage_record(
         setup, dataset, stage, train_state, masks_flat, counts, progress, started=started
     )
     progress = progress.replace(records=(*progress.records, record))
-    log(steps.stage_line(record))
+    log(records.stage_line(record))
     if on_stage_end is not None:
-        weights = steps.weights_of(setup, train_state)
+        weights = records.weights_of(setup, train_state)
         on_stage_end(record, masks_flat, weights, progress.records)
     progress = progress.replace(stage=progress.stage + 1, epoch=0)
     return state, save(checkpointer, state, progress)
@@ -147,8 +148,8 @@ def run(
     dataset = data_lib.take_train_subset(dataset, cfg.train_subset)
     dp = loop.data_parallel() if dp is None else dp
     loop.check_batch_size(cfg.batch_size, dataset.train_images.shape[0], dp)
-    setup = steps.setup_run(cfg, dataset, dp)
-    state, prog = steps.initial_state(setup), Progress()
+    setup = setup_lib.setup_run(cfg, dataset, dp)
+    state, prog = setup_lib.initial_state(setup), Progress()
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, meta = checkpointer.restore(state)
         prog = Progress.from_json(meta)

@@ -24,12 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uticket_jax import trees
+
 PyTree = Any
 LAYOUTS = ("hwio", "oihw")
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def default_prunable(path: str, leaf: Any) -> bool:
@@ -38,63 +36,56 @@ def default_prunable(path: str, leaf: Any) -> bool:
 
 
 def flatten(tree: PyTree) -> dict[str, Any]:
-    """Flattens nested dicts to `{"a/b/kernel": leaf}`, keeping insertion order, dropping `None`.
+    """`{"a/b/kernel": leaf}` of nested dicts in their insertion order, `None` leaves dropped.
 
-    Unlike `jax.tree_util` (which sorts dict keys), this keeps the order in which the dicts were
-    built, so a Flax params tree fresh from `init` flattens in network order.
+    The path strings of files (`flax.traverse_util.flatten_dict`): a Flax params tree fresh from
+    `init` flattens in network order, and a flat `{path: array}` dict comes back as it is. The
+    library's transforms read pytrees by key path instead (`uticket_jax.trees`).
     """
-    out: dict[str, Any] = {}
+    if isinstance(tree, Mapping) and not any(isinstance(v, Mapping) for v in tree.values()):
+        return {str(k): v for k, v in tree.items() if v is not None}
+    from flax import traverse_util  # nested trees only: the mask-file tools never pay for flax
 
-    def visit(prefix: str, node: Any) -> None:
-        if node is None:
-            return
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                visit(f"{prefix}/{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = node
-
-    visit("", tree)
-    return out
+    flat = traverse_util.flatten_dict(dict(tree), sep="/")
+    return {k: v for k, v in flat.items() if v is not None}
 
 
 def unflatten(flat: Mapping[str, Any], like: PyTree) -> PyTree:
-    """Builds a tree shaped like the nested dicts `like`, leaves from `flat` and `None` elsewhere.
+    """A tree shaped like `like` with the leaves of `flat` by path, and `None` elsewhere.
 
     Raises:
       ValueError: if `flat` has a key that is not a leaf path of `like`.
     """
-    paths = flatten(like)
-    unknown = [k for k in flat if k not in paths]
+    names, _, _ = trees.named_leaves(like)
+    unknown = [k for k in flat if k not in set(names)]
     if unknown:
-        raise ValueError(f"flat: unknown layer paths {unknown[:3]}; known: {list(paths)[:6]}...")
-
-    def build(prefix: str, node: Any) -> Any:
-        if isinstance(node, Mapping):
-            return {k: build(f"{prefix}/{k}" if prefix else str(k), v) for k, v in node.items()}
-        return flat.get(prefix)
-
-    return build("", like)
+        raise ValueError(f"flat: unknown layer paths {unknown[:3]}; known: {list(names)[:6]}...")
+    return jax.tree_util.tree_map_with_path(lambda p, _: flat.get(trees.path_name(p)), like)
 
 
 def make_masks(params: PyTree, prunable: Callable[[str, Any], bool] = default_prunable) -> PyTree:
-    """All-true boolean masks for the prunable leaves of `params`, `None` for the others."""
+    """All-true boolean masks for the prunable leaves of `params`, `None` for the others.
 
-    def build(prefix: str, node: Any) -> Any:
-        if isinstance(node, Mapping):
-            return {k: build(f"{prefix}/{k}" if prefix else str(k), v) for k, v in node.items()}
-        return jnp.ones(jnp.shape(node), bool) if prunable(prefix, node) else None
+    `prunable(path, leaf)` decides per leaf, `path` its "/"-joined key path.
+    """
 
-    return build("", params)
+    def build(path, leaf):
+        return jnp.ones(jnp.shape(leaf), bool) if prunable(trees.path_name(path), leaf) else None
+
+    return jax.tree_util.tree_map_with_path(build, params)
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
-    """Zeroes the masked-out weights: `w * mask` on prunable leaves, other leaves unchanged."""
+    """Zeroes the masked-out weights: `w * mask` on prunable leaves, other leaves unchanged.
+
+    Also the lottery-ticket *rewind*: `apply_masks(params_at_rewind_epoch, masks)` is the ticket
+    a pruning round retrains from.
+    """
     return jax.tree.map(
         lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
         masks,
         params,
-        is_leaf=_is_none,
+        is_leaf=trees.is_none,
     )
 
 

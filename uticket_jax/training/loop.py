@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm.auto import tqdm
 
 from uticket_jax import data as data_lib
 from uticket_jax.models import spike_rates as rates_lib
@@ -38,6 +37,21 @@ class DataParallel(NamedTuple):
     @property
     def size(self) -> int:
         return self.mesh.devices.size
+
+
+def _bar(iterable, progress: bool, **kw):
+    """`iterable` under a tqdm progress bar when `progress` (tqdm comes with the launchers'
+    extra, `pip install uticket_jax[experiments]`), else as it is."""
+    if not progress:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ValueError(
+            "progress: bars need tqdm (pip install 'uticket_jax[experiments]'), or pass "
+            "progress=False"
+        ) from None
+    return tqdm(iterable, **kw)
 
 
 def data_parallel(devices: list[jax.Device] | None = None) -> DataParallel:
@@ -124,7 +138,7 @@ def train_epoch(
         epoch=epoch,
     )
     for step, (images, labels) in enumerate(
-        tqdm(it, total=steps, desc=desc, leave=False, disable=not progress)
+        _bar(it, progress, total=steps, desc=desc, leave=False)
     ):
         images, labels = shard(dp, images, labels)
         if dataset.augment:
@@ -303,7 +317,7 @@ def fit(
     check_batch_size(batch_size, dataset.train_images.shape[0], dp)
     state = replicate(dp, state)
     history = []
-    bar = tqdm(range(start_epoch, epochs), desc=desc, leave=False, disable=not progress)
+    bar = _bar(range(start_epoch, epochs), progress, desc=desc, leave=False)
     for epoch in bar:
         state, record = run_epoch(
             state,
@@ -320,7 +334,8 @@ def fit(
         shown = {"loss": f"{record['train_loss']:.3f}"}
         if record["test_accuracy"] is not None:
             shown["test_acc"] = f"{record['test_accuracy']:.3f}"
-        bar.set_postfix(**shown)
+        if progress:
+            bar.set_postfix(**shown)
         history.append(record)
         if on_epoch_end is not None:
             on_epoch_end(epoch, state, record)

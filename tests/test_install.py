@@ -1,0 +1,81 @@
+"""The library's own install brings only what the library imports.
+
+`pip install uticket_jax` installs jax, flax, optax, orbax-checkpoint and numpy; the launchers'
+packages (absl-py, matplotlib, scikit-learn, scipy, tqdm) come with the `experiments` extra. Here
+every library package is imported, and a rebalance, a sweep and a few training steps run, in a
+process where those packages cannot be imported.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# absl-py is not among them: optax itself depends on it.
+LAUNCHER_ONLY = ("matplotlib", "sklearn", "scipy", "tqdm")
+
+_PROBE = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {LAUNCHER_ONLY!r}:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+import numpy as np, jax, jax.numpy as jnp, optax
+import uticket_jax
+from uticket_jax import (configs, data, hardware, models, ops, pipeline, snn, sparsity, training,
+                         trees, workload)
+from uticket_jax.workload import synthetic
+masks, weights = synthetic.vgg16_sparse(seed=0, sparsity=0.95)
+new, rep = workload.rebalance_network(masks, weights, n_pe=8, backend="numpy")
+assert float(rep.after.utilization) == 1.0
+specs = hardware.specs_from_shapes({{k: v.shape for k, v in masks.items()}}, input_size=32)
+res = hardware.simulate_masks(new, specs, hardware.config_grid(n_pe=[8, 16]), backend="numpy")
+model = models.get_model("digits_snn", num_classes=10, timesteps=2)
+x = jnp.zeros((4, 8, 8, 1))
+variables = model.init(jax.random.key(0), x, train=False)
+tx = training.make_optimizer(total_steps=4)
+masks = sparsity.make_masks(variables["params"])
+state = training.create_train_state(model.apply, variables, tx, masks)
+state, metrics = training.train_step(state, x, jnp.zeros(4, jnp.int32))
+try:
+    data.load_dataset("digits")
+except ValueError as e:
+    assert "experiments" in str(e), e
+else:
+    raise AssertionError("digits loaded without scikit-learn")
+print("LIBRARY_OK", sorted(m for m in sys.modules if m.split(".")[0] in {LAUNCHER_ONLY!r}))
+"""
+
+
+def test_install_requires_is_the_library_only():
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    req = [
+        r.split(">")[0].split("=")[0].strip() for r in cfg["options"]["install_requires"].split()
+    ]
+    assert req == ["jax", "flax", "optax", "orbax-checkpoint", "numpy"]
+    extra = cfg["options.extras_require"]["experiments"].split()
+    assert sorted(r.split(">")[0] for r in extra) == [
+        "absl-py",
+        "matplotlib",
+        "scikit-learn",
+        "scipy",
+        "tqdm",
+    ]
+
+
+def test_the_library_runs_without_the_launchers_packages():
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "LIBRARY_OK []" in out.stdout, out.stdout
