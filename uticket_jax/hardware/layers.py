@@ -156,6 +156,40 @@ def _resnet_sizes(shapes: Mapping[str, tuple[int, ...]], input_hw: tuple[int, in
     return [size[k] for k in names]
 
 
+def _given_sizes(names: list[str], out_sizes) -> list[tuple[int, int]]:
+    """The `(h, w)` of each layer from `out_sizes` (a list in network order or a dict by path)."""
+    if isinstance(out_sizes, Mapping):
+        missing = [k for k in names if k not in out_sizes]
+        if missing:
+            raise ValueError(f"out_sizes: no size for layers {missing[:3]}")
+        sizes = [out_sizes[k] for k in names]
+    else:
+        sizes = list(out_sizes)
+        if len(sizes) != len(names):
+            raise ValueError(
+                f"out_sizes: got {len(sizes)} sizes for {len(names)} layers; give one per layer"
+            )
+    hw = [tuple(s) if isinstance(s, tuple | list) else (int(s), int(s)) for s in sizes]
+    if any(len(x) != 2 or min(x) < 1 for x in hw):
+        raise ValueError(f"out_sizes: sizes must be >= 1, got {sizes}")
+    return hw
+
+
+def _derived_sizes(shapes, input_size, arch: str) -> list[tuple[int, int]]:
+    """The `(h, w)` of each layer from the input size by the VGG or ResNet rule."""
+    if input_size is None:
+        raise ValueError("input_size: needed to derive output sizes (or pass out_sizes)")
+    in_hw = (input_size, input_size) if np.ndim(input_size) == 0 else tuple(input_size)
+    if len(in_hw) != 2 or min(in_hw) < 1:
+        raise ValueError(f"input_size: must be >= 1, got {input_size}")
+    if arch not in ARCHS:
+        raise ValueError(f"arch: unknown {arch!r}; allowed: {', '.join(ARCHS)}")
+    if arch == "auto":
+        arch = "resnet" if any(_BLOCK.search(k) for k in shapes) else "vgg"
+    sizes = _resnet_sizes if arch == "resnet" else _vgg_sizes
+    return sizes(shapes, (int(in_hw[0]), int(in_hw[1])))
+
+
 def specs_from_shapes(
     shapes: Mapping[str, Sequence[int]],
     *,
@@ -190,32 +224,9 @@ def specs_from_shapes(
             raise ValueError(f"masks: {k!r} has an empty dimension, shape {v}")
     names = list(shapes)
     if out_sizes is not None:
-        if isinstance(out_sizes, Mapping):
-            missing = [k for k in names if k not in out_sizes]
-            if missing:
-                raise ValueError(f"out_sizes: no size for layers {missing[:3]}")
-            sizes = [out_sizes[k] for k in names]
-        else:
-            sizes = list(out_sizes)
-            if len(sizes) != len(names):
-                raise ValueError(
-                    f"out_sizes: got {len(sizes)} sizes for {len(names)} layers; give one per layer"
-                )
-        hw = [tuple(s) if isinstance(s, tuple | list) else (int(s), int(s)) for s in sizes]
-        if any(len(x) != 2 or min(x) < 1 for x in hw):
-            raise ValueError(f"out_sizes: sizes must be >= 1, got {sizes}")
+        hw = _given_sizes(names, out_sizes)
     else:
-        if input_size is None:
-            raise ValueError("input_size: needed to derive output sizes (or pass out_sizes)")
-        in_hw = (input_size, input_size) if np.ndim(input_size) == 0 else tuple(input_size)
-        if len(in_hw) != 2 or min(in_hw) < 1:
-            raise ValueError(f"input_size: must be >= 1, got {input_size}")
-        if arch not in ARCHS:
-            raise ValueError(f"arch: unknown {arch!r}; allowed: {', '.join(ARCHS)}")
-        if arch == "auto":
-            arch = "resnet" if any(_BLOCK.search(k) for k in names) else "vgg"
-        derive = _resnet_sizes if arch == "resnet" else _vgg_sizes
-        hw = derive(shapes, (int(in_hw[0]), int(in_hw[1])))
+        hw = _derived_sizes(shapes, input_size, arch)
     analysed = analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first)
     return [
         LayerSpec(k, as_hwio4(shapes[k]), (int(s[0]), int(s[1])), bool(a))

@@ -243,32 +243,14 @@ def run_epoch(
       `(state, record)`, record `{"epoch", "train_loss", "train_accuracy", "test_loss",
       "test_accuracy"}` (and `"spike_rates"`).
     """
-    state, stats = train_epoch(
-        state,
-        dataset,
-        batch_size=batch_size,
-        key=key,
-        epoch=epoch,
-        dp=dp,
-        desc=desc,
-        progress=progress,
-    )
-    record: dict[str, Any] = {
-        "epoch": epoch,
-        "train_loss": stats["loss"],
-        "train_accuracy": stats["accuracy"],
-        "test_loss": None,
-        "test_accuracy": None,
-    }
+    kw = dict(batch_size=batch_size, key=key, epoch=epoch, dp=dp, desc=desc, progress=progress)
+    state, stats = train_epoch(state, dataset, **kw)
+    record: dict[str, Any] = {"epoch": epoch, "train_loss": stats["loss"]}
+    record.update(train_accuracy=stats["accuracy"], test_loss=None, test_accuracy=None)
     if test or spike_rates:
-        out = evaluate(
-            state,
-            dataset.test_images,
-            dataset.test_labels,
-            batch_size=eval_batch_size,
-            dp=dp,
-            spike_rates=spike_rates,
-        )
+        images, labels = dataset.test_images, dataset.test_labels
+        kw = dict(batch_size=eval_batch_size, dp=dp, spike_rates=spike_rates)
+        out = evaluate(state, images, labels, **kw)
         record.update(test_loss=out["loss"], test_accuracy=out["accuracy"])
         if spike_rates:
             record["spike_rates"] = out["spike_rates"]
@@ -318,23 +300,15 @@ def fit(
     state = replicate(dp, state)
     history = []
     bar = _bar(range(start_epoch, epochs), progress, desc=desc, leave=False)
+    kw = dict(batch_size=batch_size, key=key, dp=dp, eval_batch_size=eval_batch_size)
+    kw["progress"] = progress
     for epoch in bar:
-        state, record = run_epoch(
-            state,
-            dataset,
-            epoch=epoch,
-            batch_size=batch_size,
-            key=key,
-            dp=dp,
-            eval_batch_size=eval_batch_size,
-            test=eval_due(epoch, epochs, eval_every),
-            desc=f"{desc} epoch {epoch}",
-            progress=progress,
-        )
-        shown = {"loss": f"{record['train_loss']:.3f}"}
-        if record["test_accuracy"] is not None:
-            shown["test_acc"] = f"{record['test_accuracy']:.3f}"
+        test, name = eval_due(epoch, epochs, eval_every), f"{desc} epoch {epoch}"
+        state, record = run_epoch(state, dataset, epoch=epoch, test=test, desc=name, **kw)
         if progress:
+            shown = {"loss": f"{record['train_loss']:.3f}"}
+            if record["test_accuracy"] is not None:
+                shown["test_acc"] = f"{record['test_accuracy']:.3f}"
             bar.set_postfix(**shown)
         history.append(record)
         if on_epoch_end is not None:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uticket_jax import trees
+from uticket_jax.sparsity.masks import flatten
 from uticket_jax.workload.mapping import PEMapping
 from uticket_jax.workload.mappings import check_mask, check_n_pe, get_mapping
 from uticket_jax.workload.metrics import Metrics, analysed_layers, loads_metrics, network_metrics
@@ -27,14 +28,20 @@ from uticket_jax.workload.rebalance import NetworkReport, check_finite, check_se
 
 
 def _flat(masks: Any) -> dict[str, Any]:
-    """A flat `{path: mask}` dict in the dict's own order: nested dicts flatten depth first in
-    insertion order (`flax.traverse_util.flatten_dict`), `None` leaves dropped."""
-    from flax import traverse_util
-
+    """A flat `{path: mask}` dict in the dict's own order (`sparsity.masks.flatten`: nested dicts
+    depth first in insertion order, `None` leaves dropped)."""
     if not isinstance(masks, Mapping):
         raise ValueError(f"masks: must be a {{path: kernel}} dict, got {type(masks).__name__}")
-    flat = traverse_util.flatten_dict(dict(masks), sep="/", keep_empty_nodes=False)
-    return {k: v for k, v in flat.items() if v is not None}
+    return flatten(masks)
+
+
+def _weights_for(flat: Mapping[str, Any], weights: Mapping[str, Any]) -> collections.OrderedDict:
+    """The weights of the masks' paths, in the masks' order (ValueError naming missing ones)."""
+    wflat = _flat(weights)
+    missing = [k for k in flat if k not in wflat]
+    if missing:
+        raise ValueError(f"weights: no array for mask layers {missing[:3]}")
+    return collections.OrderedDict((k, wflat[k]) for k in flat)
 
 
 def rebalance_network(
@@ -72,13 +79,7 @@ def rebalance_network(
     if not flat:
         raise ValueError("masks: no layers (expected a {path: kernel} dict)")
     ordered = collections.OrderedDict(flat)
-    w = None
-    if weights is not None:
-        wflat = _flat(weights)
-        missing = [k for k in flat if k not in wflat]
-        if missing:
-            raise ValueError(f"weights: no array for mask layers {missing[:3]}")
-        w = collections.OrderedDict((k, wflat[k]) for k in flat)
+    w = None if weights is None else _weights_for(flat, weights)
     shapes = [np.shape(v) for v in flat.values()]
     keep = analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first)
     include = frozenset(k for k, a in zip(flat, keep, strict=True) if a)

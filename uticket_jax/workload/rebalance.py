@@ -289,6 +289,28 @@ def _host_arrays(xs, what: str):
     return tuple(None if x is None else np.asarray(x) for x in xs)
 
 
+def _layers_of(masks, weights, policy: str, include: Include, backend: str):
+    """`(names, treedef, Layers)` of a mask tree, every leaf and weight checked (ValueError
+    naming it)."""
+    names, leaves, treedef = trees.named_leaves(masks)
+    if not leaves:
+        raise ValueError("masks: no layers (expected a pytree of boolean hwio kernels)")
+    for name, x in zip(names, leaves, strict=True):
+        check_mask(x, f"masks[{name!r}]")
+    wl: list[Any] = [None] * len(leaves)
+    if weights is not None:
+        wl = trees.leaves_like(masks, weights, "weights")
+        for name, x, w in zip(names, leaves, wl, strict=True):
+            check_weights(f"weights[{name!r}]", x, w)
+    keep = _included(include, names, leaves)
+    magnitude = policy == "magnitude"
+    ranked = tuple(w if a and magnitude else None for w, a in zip(wl, keep, strict=True))
+    xs = tuple(leaves)
+    if backend == "numpy":
+        xs, ranked = _host_arrays(xs, "masks"), _host_arrays(ranked, "weights")
+    return names, treedef, Layers(xs, ranked, keep)
+
+
 def rebalance(
     masks: Any,
     weights: Any = None,
@@ -327,26 +349,10 @@ def rebalance(
     """
     n_pe, m = check_setup(n_pe, mapping, policy, target, backend)
     check_policy_inputs(policy, weights, key)
-    names, leaves, treedef = trees.named_leaves(masks)
-    if not leaves:
-        raise ValueError("masks: no layers (expected a pytree of boolean hwio kernels)")
-    for name, x in zip(names, leaves, strict=True):
-        check_mask(x, f"masks[{name!r}]")
-    wl: list[Any] = [None] * len(leaves)
-    if weights is not None:
-        wl = trees.leaves_like(masks, weights, "weights")
-        for name, x, w in zip(names, leaves, wl, strict=True):
-            check_weights(f"weights[{name!r}]", x, w)
-    keep = _included(include, names, leaves)
-    magnitude = policy == "magnitude"
-    ranked = tuple(w if a and magnitude else None for w, a in zip(wl, keep, strict=True))
-    xs = tuple(leaves)
-    if backend == "numpy":
-        xs, ranked = _host_arrays(xs, "masks"), _host_arrays(ranked, "weights")
-    layers = Layers(xs, ranked, keep)
+    names, treedef, layers = _layers_of(masks, weights, policy, include, backend)
     kw = dict(n_pe=n_pe, m=m, policy=policy, target=target, key=key, backend=backend)
     new, reports = run_layers(layers, fold=True, **kw)
-    xp = np if backend == "numpy" else jnp
+    xp, keep = np if backend == "numpy" else jnp, layers.keep
     before = network_metrics([r.before for r, a in zip(reports, keep, strict=True) if a], xp)
     after = network_metrics([r.after for r, a in zip(reports, keep, strict=True) if a], xp)
     report = NetworkReport(names, keep, reports, before, after)

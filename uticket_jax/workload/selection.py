@@ -218,6 +218,41 @@ def _group_columns(cls, n_cls: int, pad: int):
     return order, start, count
 
 
+def _pick_by_class(rank, need, t, words, cs, total, classes):
+    """Per PE column: the exact `|delta|`-th rank `v` and the slot of the last equal rank to take,
+    each PE in the narrowest row class that holds its candidates (a `fori_loop` per class over
+    its column tiles, as many steps as it has PEs)."""
+    p = rank.shape[1]
+    bounds = jnp.array([k.rows for k in classes], jnp.int32)
+    n_cls = len(classes)
+    cls = jnp.where(need > 0, (total[None] > bounds[:, None]).sum(0, dtype=jnp.int32), n_cls)
+    pad = max(k.cols for k in classes)
+    order, start, count = _group_columns(cls, n_cls, pad)
+    v = jnp.zeros((p,), jnp.int32)
+    thr_slot = jnp.full((p,), -1, jnp.int32)
+    for i, k in enumerate(classes):
+
+        def step(j, carry, i=i, k=k):
+            v, thr_slot = carry
+            off = start[i] + j * k.cols
+            cols = lax.dynamic_slice(order, (off,), (k.cols,))  # in bounds: order has `pad` more
+            live = off + lax.iota(jnp.int32, k.cols) < start[i] + count[i]
+            cols = jnp.where(live, cols, p)  # past the class: out of range, dropped below
+            col = jnp.minimum(cols, p - 1)
+            need_k = jnp.where(live, need[col], 0)  # padding columns move nothing
+            if k.direct:
+                crank = rank[:, col]  # [Cp, T]: every slot is a row
+                row = lax.broadcasted_iota(jnp.int32, crank.shape, 0)
+            else:
+                crank, row = _compact(rank, col, words[:, col], cs[:, col], total[col], k.rows)
+            v_k, thr_k = _pick(crank, row, t[col], need_k)
+            return v.at[cols].set(v_k, mode="drop"), thr_slot.at[cols].set(thr_k, mode="drop")
+
+        steps = (count[i] + k.cols - 1) // k.cols
+        v, thr_slot = lax.fori_loop(0, steps, step, (v, thr_slot))
+    return v, thr_slot
+
+
 def apply_layer(mask, prio, delta, *, m, n_pe: int):
     """Traced body: the rebalanced hwio mask of one layer (`delta: [G, n]` target - load).
 
@@ -247,34 +282,7 @@ def apply_layer(mask, prio, delta, *, m, n_pe: int):
     # inputs inside its own fusion.
     rank = lax.optimization_barrier(rank)  # [Cp, P]
     t, words, cs, total = _candidates(rank, need)
-    classes = row_classes(c, p)
-    bounds = jnp.array([k.rows for k in classes], jnp.int32)
-    n_cls = len(classes)
-    cls = jnp.where(need > 0, (total[None] > bounds[:, None]).sum(0, dtype=jnp.int32), n_cls)
-    pad = max(k.cols for k in classes)
-    order, start, count = _group_columns(cls, n_cls, pad)
-    v = jnp.zeros((p,), jnp.int32)
-    thr_slot = jnp.full((p,), -1, jnp.int32)
-    for i, k in enumerate(classes):
-
-        def step(j, carry, i=i, k=k):
-            v, thr_slot = carry
-            off = start[i] + j * k.cols
-            cols = lax.dynamic_slice(order, (off,), (k.cols,))  # in bounds: order has `pad` more
-            live = off + lax.iota(jnp.int32, k.cols) < start[i] + count[i]
-            cols = jnp.where(live, cols, p)  # past the class: out of range, dropped below
-            col = jnp.minimum(cols, p - 1)
-            need_k = jnp.where(live, need[col], 0)  # padding columns move nothing
-            if k.direct:
-                crank = rank[:, col]  # [Cp, T]: every slot is a row
-                row = lax.broadcasted_iota(jnp.int32, crank.shape, 0)
-            else:
-                crank, row = _compact(rank, col, words[:, col], cs[:, col], total[col], k.rows)
-            v_k, thr_k = _pick(crank, row, t[col], need_k)
-            return v.at[cols].set(v_k, mode="drop"), thr_slot.at[cols].set(thr_k, mode="drop")
-
-        steps = (count[i] + k.cols - 1) // k.cols
-        v, thr_slot = lax.fori_loop(0, steps, step, (v, thr_slot))
+    v, thr_slot = _pick_by_class(rank, need, t, words, cs, total, row_classes(c, p))
     rows = lax.broadcasted_iota(jnp.int32, (c, p), 0)
     rc = rank[:c]
     chosen = (rc > v[None]) | ((rc == v[None]) & (rows <= thr_slot[None]))
