@@ -110,6 +110,17 @@ ARCHS = (
 )
 
 
+def random_horowitz45(rng, n):
+    """`n` random sets of horowitz45's constants (`[n]` leaves), one per config."""
+    return hardware.make_constants(
+        "horowitz45",
+        e_acc_pj=rng.uniform(0, 1, n),
+        e_fetch_pj=rng.uniform(0, 10, n),
+        e_idle_pj=rng.uniform(0, 0.1, n),
+        leak_w=rng.uniform(0, 1e-4, n),
+    )
+
+
 @st.composite
 def networks(draw):
     """A small conv-conv-dense network with random masks, sizes and a batch of 6 configs."""
@@ -134,14 +145,8 @@ def networks(draw):
         )
         for _ in range(6)
     ]
-    consts = hardware.make_constants(
-        "horowitz45",
-        e_acc_pj=rng.uniform(0, 1, 6),
-        e_fetch_pj=rng.uniform(0, 10, 6),
-        e_idle_pj=rng.uniform(0, 0.1, 6),
-        leak_w=rng.uniform(0, 1e-4, 6),
-    )
     rates = rng.uniform(0, 1, size=3).astype(np.float32)
+    consts = random_horowitz45(rng, 6)
     return masks, specs, hardware.stack_configs(cfgs), rates, consts
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_hardware import _check_against_oracle
+from tests.test_hardware import _check_against_oracle, random_horowitz45
 from tests.test_mapping_registry import INTERLEAVED
 from uticket_jax import hardware, workload
 from uticket_jax.sparsity.masks import save_mask_file
@@ -147,14 +147,8 @@ def small_nets(draw):
         )
         for _ in range(6)
     ]
-    consts = hardware.make_constants(
-        "horowitz45",
-        e_acc_pj=rng.uniform(0, 1, 6),
-        e_fetch_pj=rng.uniform(0, 10, 6),
-        e_idle_pj=rng.uniform(0, 0.1, 6),
-        leak_w=rng.uniform(0, 1e-4, 6),
-    )
     rates = rng.uniform(0, 1, size=len(SHAPES)).astype(np.float32)
+    consts = random_horowitz45(rng, 6)
     return masks, specs, hardware.stack_configs(cfgs), rates, consts
 
 
