@@ -47,3 +47,6 @@ def leaves_like(masks: PyTree, other: PyTree, what: str) -> list[Any]:
     except (ValueError, TypeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(f"{what}: must have the masks' tree structure ({first})") from None
+
+
+__all__ = ["PyTree", "is_none", "leaves_like", "named_leaves", "path_name"]

@@ -37,7 +37,7 @@ class _MappingNames(Sequence[str]):
         return repr(tuple(wm.MAPPINGS))
 
 
-# The names of the ONE mapping registry (`workload.MAPPINGS`).
+#: The names of the ONE mapping registry (`workload.MAPPINGS`).
 MAPPINGS: Sequence[str] = _MappingNames()
 
 DEFAULTS: dict[str, Any] = {

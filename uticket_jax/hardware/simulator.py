@@ -72,7 +72,7 @@ from uticket_jax.hardware.layers import LayerSpec, spike_rate_vector
 from uticket_jax.hardware.tables import LayerTables, check_backend, network_tables
 from uticket_jax.workload import mappings as wm
 
-ENERGY_TERMS = energy_lib.HOROWITZ45.terms  # the default model's terms
+ENERGY_TERMS = energy_lib.HOROWITZ45.terms  #: the default model's terms
 _INT32_MAX = 2**31 - 1
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from uticket_jax.hardware.layers import LayerSpec, as_hwio4
 from uticket_jax.workload import mappings as wm
 
-# Count tables of one layer: `{mapping name: that mapping's count_table(mask)}`.
+#: Count tables of one layer: `{mapping name: that mapping's count_table(mask)}`.
 LayerTables = dict[str, Any]
 BACKENDS = ("jax", "numpy")
 

@@ -118,7 +118,7 @@ def check_weights(label: str, mask: Any, weights: Any) -> None:
 def check_finite(reports: Sequence[RebalanceReport], labels: Sequence[str]) -> None:
     """Raises ValueError naming the first layer whose ranked weights hold NaN or inf.
 
-    One host sync for all layers. The magnitude policy ranks by |w|, which orders non-finite
+    One host sync for all layers. The magnitude policy ranks by `|w|`, which orders non-finite
     weights arbitrarily: the checked entry points refuse them.
     """
     counts = jax.device_get([r.nonfinite for r in reports])
@@ -337,7 +337,7 @@ def rebalance(
       n_pe: PEs per group (static).
       target: "ceil_mean" (every PE at min(cap, L*), L* = ceil(mean) without caps) or
         "keep_count" (group totals unchanged, loads within 1); see `targets.py`.
-      policy: "magnitude" (regrow the largest |w|, drop the smallest) or "random".
+      policy: "magnitude" (regrow the largest `|w|`, drop the smallest) or "random".
       include: which leaves to rebalance: None (all), a predicate `(name, mask) -> bool` or a
         collection of names (leaf names are "/"-joined key paths, `uticket_jax.trees`); the
         others come back unchanged and stay out of the network figures.
