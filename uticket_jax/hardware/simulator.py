@@ -294,6 +294,22 @@ def simulate_masks(
 
     Only the tables of the mappings in `configs` are built, with `backend` ("jax" or "numpy",
     see `simulate`), which also evaluates them.
+
+    Example:
+      Two 3x3 convs on 8x8 images; the second has its first 4 output channels pruned away, so
+      with 8 PEs per group half of its PEs idle (4 PEs: one group idles, the other is full):
+
+      >>> import numpy as np
+      >>> from uticket_jax import hardware
+      >>> masks = {"conv1": np.ones((3, 3, 3, 8), bool), "conv2": np.ones((3, 3, 8, 8), bool)}
+      >>> masks["conv2"][..., :4] = False
+      >>> shapes = {name: m.shape for name, m in masks.items()}
+      >>> specs = hardware.specs_from_shapes(shapes, input_size=8, skip_first=False)
+      >>> result = hardware.simulate_masks(masks, specs, hardware.config_grid(n_pe=[4, 8]))
+      >>> result.layers.utilization.tolist()  # [N configs, L layers]
+      [[1.0, 1.0], [1.0, 0.5]]
+      >>> result.network.cycles.tolist()  # 8 PEs halve conv1's latency, not conv2's
+      [40320.0, 31680.0]
     """
     check_backend(backend)
     validate_config(configs)

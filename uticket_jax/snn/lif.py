@@ -179,6 +179,17 @@ def lif_multistep(
 
     Returns:
       Spikes `[T, ...]`, 0/1 in x's dtype, differentiable through the surrogate.
+
+    Example:
+      Two neurons (`tau = 4/3`, threshold 1, hard reset to 0) under constant currents: 1.2
+      charges the potential to 0.9, then past the threshold, and fires every other step; 0.6
+      never reaches it.
+
+      >>> import jax.numpy as jnp
+      >>> from uticket_jax import snn
+      >>> spikes = snn.lif_multistep(jnp.full((6, 2), jnp.array([1.2, 0.6])))  # [T, neurons]
+      >>> spikes.T.tolist()
+      [[0.0, 1.0, 0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
     """
     _check_x(x)
     _check_config(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate)

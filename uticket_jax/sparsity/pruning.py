@@ -61,6 +61,17 @@ def prune_magnitude(
 
     Returns:
       Masks of the same structure; every new mask is a subset of the old one.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from uticket_jax import sparsity
+      >>> params = {"w": jnp.array([[0.1, -2.0], [0.5, 3.0]]), "b": jnp.zeros(2)}
+      >>> masks = {"w": jnp.ones((2, 2), bool), "b": None}  # the bias is not prunable
+      >>> masks = sparsity.prune_magnitude(params, masks, 50.0)  # 2 of 4: the smallest |w|
+      >>> masks["w"].tolist(), masks["b"]
+      ([[False, True], [False, True]], None)
+      >>> sparsity.prune_magnitude(params, masks, 50.0)["w"].tolist()  # 1 of the 2 survivors
+      [[False, False], [False, True]]
     """
     fraction = jnp.float32(check_prune_args(percent, scope) / 100.0)
     names, leaves, treedef = trees.named_leaves(masks)

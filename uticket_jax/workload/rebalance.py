@@ -346,6 +346,22 @@ def rebalance(
 
     Returns:
       `(new_masks, report)`: the masks in the input's structure, and a `NetworkReport`.
+
+    Example:
+      A dense layer on one group of 4 PEs (output-channel mapping: PE `j` holds column `j`). PE 0
+      holds 6 non-zeros and the others 2, so the group takes 6 steps where 3 would do:
+
+      >>> import jax.numpy as jnp
+      >>> from uticket_jax import workload
+      >>> mask = jnp.array([[1, 1, 1, 1]] * 2 + [[1, 0, 0, 0]] * 4, bool)  # [c_in, c_out]
+      >>> weights = jnp.arange(24.0).reshape(6, 4)
+      >>> new, report = workload.rebalance({"fc": mask}, {"fc": weights}, n_pe=4)
+      >>> workload.pe_loads(new["fc"], 4).tolist()
+      [[3, 3, 3, 3]]
+      >>> float(report.before.utilization), float(report.after.utilization)
+      (0.5, 1.0)
+      >>> new["fc"][:, 0].astype(int).tolist()  # PE 0 kept its 3 largest weights
+      [0, 0, 0, 1, 1, 1]
     """
     n_pe, m = check_setup(n_pe, mapping, policy, target, backend)
     check_policy_inputs(policy, weights, key)
