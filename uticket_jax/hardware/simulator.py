@@ -1,17 +1,22 @@
 """Analytical PE-array simulator: masks -> latency, utilization and energy for many configs at once.
 
 Model (lock-step, weight-stationary array; Yin et al., IEEE TETCI 2024, Sec. on hardware):
+
   A layer's non-zero weights are spread over groups of `n_pe` PEs by a mapping (the workload
   model of `uticket_jax.workload`). Every non-zero weight is applied at each of the layer's `P`
-  output positions and `T` time steps, so with per-group loads `load[g, j]`:
+  output positions and `T` time steps, so with per-group loads `load[g, j]`::
+
     cycles            = sum_g max_j load[g, j] * P * T
     wasted PE-cycles  = sum_g sum_j (max_j load[g, j] - load[g, j]) * P * T
     accumulates       = nnz * P * T * (input spike rate if activity-aware else 1)
+
   These and the other counts of `hardware.energy.Counts` (LIF updates, busy/idle PE-cycles,
   buffer and DRAM accesses) go to an energy model (`hardware.energy`, chosen by name), which
-  returns the energy by term; the default `horowitz45` is
+  returns the energy by term; the default `horowitz45` is::
+
     Energy (J) = e_acc * accumulates + e_fetch * nnz + e_idle * wasted PE-cycles
                  + leak_w * n_pe * cycles / clock.
+
   Weights are fetched ONCE per layer: in a weight-stationary array a PE loads its non-zeros into
   its register file and keeps them while all positions and time steps stream past (that is what
   makes the latency formula above hold), so fetches do not scale with T or P.

@@ -1,8 +1,9 @@
 """Leaky integrate-and-fire (LIF) neurons as pure JAX functions, plus a Flax wrapper.
 
 Semantics are those of SpikingJelly's `LIFNode` (Fang et al., Science Advances 2023). With
-membrane potential `v[t-1]`, input `x[t]`, time constant `tau`, threshold `v_th`, reset `v_reset`
-(`None` selects a soft reset; `v_r` below is `v_reset`, or 0 in the charge equation for soft reset):
+membrane potential `v[t-1]`, input `x[t]`, time constant `tau`, threshold `v_th`, reset
+`v_reset` (`None` selects a soft reset; `v_r` below is `v_reset`, or 0 in the charge equation
+for soft reset)::
 
   charge   decay_input=True :  h[t] = v[t-1] + (x[t] - (v[t-1] - v_r)) / tau
            decay_input=False:  h[t] = v[t-1] - (v[t-1] - v_r) / tau + x[t]

@@ -1,7 +1,7 @@
 """Magnitude pruning for iterative magnitude pruning (IMP), global or per layer, on any pytree.
 
 Each call removes `percent` % of the *surviving* weights (those whose mask is True) with the
-smallest |w|, so after `r` rounds the density is `(1 - p/100)^r` (the lottery-ticket schedule of
+smallest `|w|`, so after `r` rounds the density is `(1 - p/100)^r` (the lottery-ticket schedule of
 Frankle & Carbin 2019, as in the u-Ticket code: 25 % per round). `global` scope ranks all prunable
 weights of the network together (one threshold); `layer` scope prunes each layer by `percent`.
 The count removed is exact (`round(p/100 * survivors)`), ties at the threshold are broken by

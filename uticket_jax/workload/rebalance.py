@@ -76,8 +76,8 @@ class RebalanceReport(NamedTuple):
 )
 @dataclasses.dataclass(frozen=True)
 class NetworkReport:
-    """Per-layer `RebalanceReport`s in the leaves' order, and the network `Metrics` over the
-    analysed layers before/after. A pytree (names and flags static), so jit can return it."""
+    """Per-layer reports (`RebalanceReport`) in the leaves' order, and the network `Metrics` over
+    the analysed layers before/after. A pytree (names and flags static), so jit can return it."""
 
     names: tuple[str, ...]
     analysed: tuple[bool, ...]
