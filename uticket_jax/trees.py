@@ -28,7 +28,14 @@ def path_name(path: tuple) -> str:
 
 
 def named_leaves(tree: PyTree) -> tuple[tuple[str, ...], list[Any], Any]:
-    """`(names, leaves, treedef)` of a tree's non-`None` leaves, in `jax.tree_util` order."""
+    """`(names, leaves, treedef)` of a tree's non-`None` leaves, in `jax.tree_util` order.
+
+    Example:
+      >>> from uticket_jax import trees
+      >>> names, leaves, _ = trees.named_leaves({"b": {"kernel": 1}, "a": [2, None]})
+      >>> names, leaves  # a dict's keys sorted, a list in its order, `None` skipped
+      (('a/0', 'b/kernel'), [2, 1])
+    """
     pairs, treedef = jax.tree_util.tree_flatten_with_path(tree)
     return tuple(path_name(p) for p, _ in pairs), [x for _, x in pairs], treedef
 
@@ -47,3 +54,6 @@ def leaves_like(masks: PyTree, other: PyTree, what: str) -> list[Any]:
     except (ValueError, TypeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(f"{what}: must have the masks' tree structure ({first})") from None
+
+
+__all__ = ["PyTree", "is_none", "leaves_like", "named_leaves", "path_name"]

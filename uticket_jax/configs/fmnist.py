@@ -14,11 +14,9 @@ epochs with a fresh schedule, `retrain="full"`, half as much training again); 16
 output-channel mapping, magnitude policy, `ceil_mean` target; the test set once per stage.
 
 Result (BUILD_NOTES.md, "Fashion-MNIST", has the table): dense 88.5 %; at round 11 (95.8 %)
-LTH 86.5 % at 67.8 % PE utilization, u-Ticket 86.7 % at 100 %, latency -29.2 %. Runtime:
-24.8 min on a 2-core AMD EPYC VM (cpuinfo family/model/stepping 26/2/1) with nothing else
-running. With `--retrain=full` the same run took 31.8 min on an earlier VM and 46.4 min on an Intel
-Xeon VM; this setting trains 47 epochs instead of 69, about 31 min expected on that Intel VM,
-not measured there.
+LTH 86.5 % at 67.8 % PE utilization, u-Ticket 86.7 % at 100 %, latency -29.2 %. Runtime: under
+an hour on 2 CPU cores (the measured times of this setting and of `--retrain=full`, with their
+machines: BUILD_NOTES.md, "Fashion-MNIST").
 """
 
 from __future__ import annotations

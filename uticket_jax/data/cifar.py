@@ -1,8 +1,10 @@
 """CIFAR-10 and CIFAR-100 from the "python version" files (pickled batches).
 
-Layout of the published archives (Krizhevsky, 2009):
+Layout of the published archives (Krizhevsky, 2009)::
+
   cifar-10-python.tar.gz  -> cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}
   cifar-100-python.tar.gz -> cifar-100-python/{train, test, meta}
+
 Each batch is a pickled dict with bytes keys: b"data" is [N, 3072] uint8, one row per image in
 channel-major order (1024 red, 1024 green, 1024 blue values, each row-major 32x32), b"labels"
 (CIFAR-10) or b"fine_labels" (CIFAR-100) a list of N ints.

@@ -10,7 +10,8 @@ below it; with no `data_dir`, the Debian package's location `DEBIAN_DIR`
 (/usr/share/datasets/fashion-mnist, `apt-get install dataset-fashion-mnist`). An uncompressed copy
 (the same name without `.gz`) is accepted when the `.gz` is absent.
 
-Two input pipelines (two dataset names):
+Two input pipelines (two dataset names)::
+
   fashion_mnist   the 28x28 images as they are, normalized by the training set's mean 0.2860 /
                   std 0.3530, no augmentation (the `fmnist` CPU preset);
   fashion_mnist32 the paper authors' pipeline (their `transforms.Resize(32)`, `RandomCrop(32,

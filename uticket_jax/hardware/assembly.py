@@ -1,6 +1,7 @@
 """The simulator's assembly, one code for both backends: group loads -> metrics -> counts -> energy.
 
-Everything here takes `xp` (`jax.numpy` inside the compiled, vmapped kernel; `numpy` on the host):
+Everything here takes `xp` (`jax.numpy` inside the compiled, vmapped kernel; `numpy` on the host)::
+
   workload_metrics  per-layer `Metrics` and the network `Metrics` of the analysed layers, from each
                     layer's per-group sums and maxima (`[..., B]`: one traced `n` in the kernel,
                     every distinct `n` at once on the host);
@@ -9,6 +10,7 @@ Everything here takes `xp` (`jax.numpy` inside the compiled, vmapped kernel; `nu
   figures           cycles, seconds, counts and energy by term, with the network sums taken by the
                     caller's `add` (XLA's sum in the kernel; left to right on the host, XLA's order
                     for up to 32 layers).
+
 Then the two runs: `run_jax` (one compiled call per mapping, configs vmapped and sharded over the
 devices) and `run_host` (numpy, every config at once, nothing compiled).
 """

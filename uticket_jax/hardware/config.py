@@ -37,7 +37,7 @@ class _MappingNames(Sequence[str]):
         return repr(tuple(wm.MAPPINGS))
 
 
-# The names of the ONE mapping registry (`workload.MAPPINGS`).
+#: The names of the ONE mapping registry (`workload.MAPPINGS`).
 MAPPINGS: Sequence[str] = _MappingNames()
 
 DEFAULTS: dict[str, Any] = {
@@ -135,6 +135,16 @@ def config_grid(**axes: Sequence[Any] | Any) -> HardwareConfig:
       **axes: field name -> list of values (mapping as names).
     Returns:
       A batch config with `N = prod(len(list))` configs.
+
+    Example:
+      >>> from uticket_jax import hardware
+      >>> configs = hardware.config_grid(n_pe=[4, 8], mapping=["output_channel", "input_split"])
+      >>> hardware.num_configs(configs)
+      4
+      >>> list(zip(configs.mapping.tolist(), configs.n_pe.tolist()))
+      [('output_channel', 4), ('output_channel', 8), ('input_split', 4), ('input_split', 8)]
+      >>> configs.timesteps.tolist() == [hardware.DEFAULTS["timesteps"]] * 4
+      True
     """
     unknown = set(axes) - set(HardwareConfig._fields)
     if unknown:

@@ -9,7 +9,8 @@ under `vmap`) into energies by term, in joules. Models are registered by name (`
 and the pipeline's `LTHConfig.energy_model`.
 
 Counts (per layer; a network's are the sums over its analysed layers), under the simulator's
-weight-stationary, lock-step dataflow (see BUILD_NOTES.md, "Energy models", for the assumptions):
+weight-stationary, lock-step dataflow (see BUILD_NOTES.md, "Energy models", for the assumptions)::
+
   n_pe                  PEs that clock every cycle (the config's `n_pe`; not summed)
   clock_hz              the config's clock (not summed)
   cycles, seconds       imbalance-aware latency: sum over groups of the busiest PE's load x P x T
@@ -24,7 +25,8 @@ weight-stationary, lock-step dataflow (see BUILD_NOTES.md, "Energy models", for 
   dram_input_reads      c_in x P x T (the layer's input spikes once; "same" convs and dense layers)
   dram_output_writes    c_out x P x T (the layer's output spikes once)
 
-Shipped models:
+Shipped models::
+
   horowitz45  45 nm, Horowitz ISSCC'14 accumulate / SRAM figures, an ASSUMED idle energy,
               leakage and clock; constants `e_acc_pj`, `e_fetch_pj`, `e_idle_pj`, `leak_w`
               (`Horowitz45`); terms accumulate, weight_fetch, idle, leakage.

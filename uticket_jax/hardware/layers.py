@@ -4,13 +4,15 @@ A layer is described (`LayerSpec`) by its kernel shape, its output height x widt
 positions each weight is applied at) and whether the workload analysis covers it; per-layer
 input spike rates (activity-aware configs) are given by layer path.
 
-Output sizes of masks read from a file are derived from the input size for two network families:
+Output sizes of masks read from a file are derived from the input size for two network families::
+
   VGG-style (a chain of 3x3 "same" convs, a 2x2 max-pool closing each stage, then dense layers):
     stages are runs of equal output channels; when the last run is twice as long as the one
     before it, it is split in two (VGG11/13/16/19 all end with two 512-channel stages).
   ResNet-style (keys `.../block{b}/conv1|conv2|shortcut_conv/kernel`, CIFAR ResNet19/18): a
     block whose conv1 changes the channel count has stride 2 (output ceil(H/2)); the shortcut
     conv has the block's output size.
+
 Any other network: pass the output sizes explicitly.
 """
 
@@ -241,7 +243,7 @@ def specs_from_layers(
 
     Args:
       layers: objects with `path`, `kernel_shape` and `out_hw` in network order, e.g. the
-        `LayerInfo`s of `uticket_jax.models.describe_layers(model, input_shape)`.
+        `LayerInfo` list of `uticket_jax.models.describe_layers(model, input_shape)`.
       conv_only, skip_first: which layers are analysed (`workload.metrics.analysed_layers`).
     """
     if not layers:

@@ -1,17 +1,22 @@
 """Analytical PE-array simulator: masks -> latency, utilization and energy for many configs at once.
 
 Model (lock-step, weight-stationary array; Yin et al., IEEE TETCI 2024, Sec. on hardware):
+
   A layer's non-zero weights are spread over groups of `n_pe` PEs by a mapping (the workload
   model of `uticket_jax.workload`). Every non-zero weight is applied at each of the layer's `P`
-  output positions and `T` time steps, so with per-group loads `load[g, j]`:
+  output positions and `T` time steps, so with per-group loads `load[g, j]`::
+
     cycles            = sum_g max_j load[g, j] * P * T
     wasted PE-cycles  = sum_g sum_j (max_j load[g, j] - load[g, j]) * P * T
     accumulates       = nnz * P * T * (input spike rate if activity-aware else 1)
+
   These and the other counts of `hardware.energy.Counts` (LIF updates, busy/idle PE-cycles,
   buffer and DRAM accesses) go to an energy model (`hardware.energy`, chosen by name), which
-  returns the energy by term; the default `horowitz45` is
+  returns the energy by term; the default `horowitz45` is::
+
     Energy (J) = e_acc * accumulates + e_fetch * nnz + e_idle * wasted PE-cycles
                  + leak_w * n_pe * cycles / clock.
+
   Weights are fetched ONCE per layer: in a weight-stationary array a PE loads its non-zeros into
   its register file and keeps them while all positions and time steps stream past (that is what
   makes the latency formula above hold), so fetches do not scale with T or P.
@@ -72,7 +77,7 @@ from uticket_jax.hardware.layers import LayerSpec, spike_rate_vector
 from uticket_jax.hardware.tables import LayerTables, check_backend, network_tables
 from uticket_jax.workload import mappings as wm
 
-ENERGY_TERMS = energy_lib.HOROWITZ45.terms  # the default model's terms
+ENERGY_TERMS = energy_lib.HOROWITZ45.terms  #: the default model's terms
 _INT32_MAX = 2**31 - 1
 
 
@@ -294,6 +299,22 @@ def simulate_masks(
 
     Only the tables of the mappings in `configs` are built, with `backend` ("jax" or "numpy",
     see `simulate`), which also evaluates them.
+
+    Example:
+      Two 3x3 convs on 8x8 images; the second has its first 4 output channels pruned away, so
+      with 8 PEs per group half of its PEs idle (4 PEs: one group idles, the other is full):
+
+      >>> import numpy as np
+      >>> from uticket_jax import hardware
+      >>> masks = {"conv1": np.ones((3, 3, 3, 8), bool), "conv2": np.ones((3, 3, 8, 8), bool)}
+      >>> masks["conv2"][..., :4] = False
+      >>> shapes = {name: m.shape for name, m in masks.items()}
+      >>> specs = hardware.specs_from_shapes(shapes, input_size=8, skip_first=False)
+      >>> result = hardware.simulate_masks(masks, specs, hardware.config_grid(n_pe=[4, 8]))
+      >>> result.layers.utilization.tolist()  # [N configs, L layers]
+      [[1.0, 1.0], [1.0, 0.5]]
+      >>> result.network.cycles.tolist()  # 8 PEs halve conv1's latency, not conv2's
+      [40320.0, 31680.0]
     """
     check_backend(backend)
     validate_config(configs)

@@ -2,11 +2,13 @@
 
 The simulator never touches a full mask: each layer is reduced once, for every mapping a sweep
 uses, to that mapping's small integer table (`PEMapping.count_table`), from which the mapping's
-`group_loads` gives the PE loads for any traced `n_pe` (see `simulator.py`). The built-ins:
+`group_loads` gives the PE loads for any traced `n_pe` (see `simulator.py`). The built-ins::
+
   output_channel: counts[o]  = non-zeros of output channel o over (kh, kw, c_in)        `[c_out]`
   input_split:    prefix[o, i] = non-zeros of output channel o over (kh, kw, input ch < i)
                   `[c_out, c_in + 1]`
   any other:      the mask summed over the axes its assignment does not read (`derive.py`).
+
 A layer's tables are a dict `{mapping name: table}` (`LayerTables`).
 
 Backends (`backend=`): "jax" (default) builds every layer's tables in one compiled call per layer
@@ -27,7 +29,7 @@ import numpy as np
 from uticket_jax.hardware.layers import LayerSpec, as_hwio4
 from uticket_jax.workload import mappings as wm
 
-# Count tables of one layer: `{mapping name: that mapping's count_table(mask)}`.
+#: Count tables of one layer: `{mapping name: that mapping's count_table(mask)}`.
 LayerTables = dict[str, Any]
 BACKENDS = ("jax", "numpy")
 

@@ -3,8 +3,8 @@
 XLA:CPU allocates a fresh block for a compiled program's temporaries on every execution: about
 0.9 GB for a VGG16 train step at batch 32 and T = 4. glibc serves blocks that large with `mmap`
 and hands them back with `munmap`. Every step therefore faults in about 240,000 fresh 4 KiB pages,
-and the kernel zeroes each one. On the 2-core development VM that cost 0.45-0.6 s of kernel time
-per step, out of ~1.1 s of wall time.
+and the kernel zeroes each one. On the 2-core development VM that kernel time was about half of
+a step's wall time (BUILD_NOTES.md, "Pitfalls" and "Training step").
 
 glibc's `glibc.malloc.hugetlb=1` tunable (glibc >= 2.35) makes malloc advise such blocks as
 transparent huge pages (`madvise(MADV_HUGEPAGE)`), so they fault in 2 MiB at a time. This only

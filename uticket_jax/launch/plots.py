@@ -6,8 +6,8 @@
 They are on the cold path of `experiments/sweep.py`, so they are cheap to write: matplotlib is
 imported on the first plot (the Agg canvas and `Figure` only, never pyplot), `sweep_plots` draws
 its three PNGs on one reused figure, tick labels are plain text (the default log-axis labels are
-mathtext, whose parser takes ~0.3 s to build), the margins are fixed (`tight_layout` draws every
-figure once more to measure it) and the resolution is a modest `DPI`.
+mathtext, whose parser is slow to build: BUILD_NOTES.md), the margins are fixed (`tight_layout`
+draws every figure once more to measure it) and the resolution is a modest `DPI`.
 """
 
 from __future__ import annotations

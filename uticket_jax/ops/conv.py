@@ -21,10 +21,10 @@ computed:
 Why: on XLA:CPU (jax 0.10, 2 cores) the weight-gradient convolution runs 2-3x slower than the
 forward convolution of the same layer, convolutions with 64 channels on 16x16 or 32x32 images
 run at a third to a half of the matmul rate, and convolutions with a 2x2 (or smaller) output and
-hundreds of channels hit a slow path (1.2-2.5 s for one of VGG16's 2x2x512 layers at batch 128,
-against ~12 ms as a matmul). `choose_impl` encodes those measurements; `impl="lax"` turns everything
-back into plain `lax.conv_general_dilated` + autodiff (the reference the tests compare to), and is
-what `impl="auto"` means on a GPU or TPU backend.
+hundreds of channels hit a slow path (two orders of magnitude slower than the same product as a
+matmul; BUILD_NOTES.md, "Training step"). `choose_impl` encodes those measurements; `impl="lax"`
+turns everything back into plain `lax.conv_general_dilated` + autodiff (the reference the tests
+compare to), and is what `impl="auto"` means on a GPU or TPU backend.
 """
 
 import functools
@@ -108,10 +108,12 @@ def _patch_matmul_wins(out_hw, c_in: int, c_out: int) -> bool:
 def choose_impl(x_shape, w_shape, strides, pads) -> ConvImpl:
     """The measured-fastest implementation on XLA:CPU for one static convolution shape.
 
-    Measured on 2 CPU cores, VGG16 at batch 4*32 (see benchmarks/bench_train.py --layers):
+    Measured by `python -m benchmarks.bench_train --layers` (its machine and per-layer times:
+    BUILD_NOTES.md, "Training step"):
+
     * forward: the chunked patch matmul for tiny outputs (Ho*Wo <= 4, where XLA is ~100x
       slower), for big images with 16 to 64 channels on the narrower side (Ho*Wo >= 256:
-      1.4-1.9x faster, e.g. 32x32x64 -> 64 in ~37 ms against ~70 ms) and for small images with
+      1.4-1.9x faster, e.g. 32x32x64 -> 64) and for small images with
       wider layers (Ho*Wo <= 64, > 64 channels on both sides: 1.0-1.25x faster); XLA's
       elsewhere (16x16 with 128 channels on both sides: up to 1.1x faster; 3 input channels: as
       fast; the digits net's 8x8 layers with 32-64 channels: the patch path made its training

@@ -49,8 +49,8 @@ def max_pool(x: jax.Array, window: int = 2) -> jax.Array:
     Same values as `flax.linen.max_pool(x, (k, k), strides=(k, k))` and the same gradient: each
     window's cotangent goes to its first maximum in row-major order (XLA's select-and-scatter and
     PyTorch's `max_pool2d` tie rule, which matters for binary spike inputs). XLA:CPU's
-    select-and-scatter is slow (211 ms for VGG16's first pool at [128, 32, 32, 64] on 2 cores);
-    this backward is a one-hot select over reshaped windows (~5x faster).
+    select-and-scatter is slow; this backward is a one-hot select over reshaped windows, several
+    times faster (BUILD_NOTES.md, "Training step").
 
     Args:
       x: [N, H, W, C].

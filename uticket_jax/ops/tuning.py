@@ -1,12 +1,12 @@
 """Measured thresholds of `ops.conv.choose_impl`: where the patch matmul beats XLA:CPU's conv.
 
-Every figure was measured on one machine: 2 CPU cores (AMD EPYC, AVX-512), jax 0.10, VGG16 at
-batch 4*32, by
+Every figure was measured on one machine (BUILD_NOTES.md, "Training step", names it and keeps
+the per-layer table) by
 
   python -m benchmarks.bench_train --layers
 
-which times every layer's forward, input gradient and weight gradient under each implementation
-(BUILD_NOTES.md keeps the per-layer table). They only steer speed, never results: every
+which times every layer's forward, input gradient and weight gradient under each implementation.
+They only steer speed, never results: every
 implementation computes the same convolution (tests/test_conv.py). On another CPU, rerun the
 benchmark and adjust them here; off the CPU backend `impl="auto"` uses XLA's own convolution and
 none of them applies.

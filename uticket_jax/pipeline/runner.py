@@ -1,7 +1,8 @@
 """The u-Ticket pipeline: lottery-ticket IMP with and without workload rebalancing, side by side.
 
 Procedure (Frankle & Carbin 2019 with late rewinding, Frankle et al. 2020; u-Ticket: Yin et al.,
-IEEE TETCI 2024, Alg. 1):
+IEEE TETCI 2024, Alg. 1)::
+
   round 0 ("dense"): train the dense SNN; keep the rewind point θ_k, the weights and BN
     statistics after `rewind_epoch` epochs (0 = the initialization).
   round r = 1..R, for each arm (`lth`, `uticket`), starting from that arm's round r-1:

@@ -3,6 +3,7 @@
 - `next_masks` / `stage_masks`: one IMP step of an arm (prune, and rebalance in the u-Ticket arm);
 - `start_state`, `train_epoch`, `keep_trained`: train a stage and keep its result;
 - `choose_et_timesteps`: the early-time ticket.
+
 What stays fixed for a run is `pipeline.setup`'s; what a stage reports is `pipeline.records`'.
 Masks travel as flat `{path: kernel}` dicts in network order (the mask files' format): pruning and
 u-Ticket are pytree transforms that take them as they are, and a mask tree over the params is

@@ -1,8 +1,9 @@
 """Leaky integrate-and-fire (LIF) neurons as pure JAX functions, plus a Flax wrapper.
 
 Semantics are those of SpikingJelly's `LIFNode` (Fang et al., Science Advances 2023). With
-membrane potential `v[t-1]`, input `x[t]`, time constant `tau`, threshold `v_th`, reset `v_reset`
-(`None` selects a soft reset; `v_r` below is `v_reset`, or 0 in the charge equation for soft reset):
+membrane potential `v[t-1]`, input `x[t]`, time constant `tau`, threshold `v_th`, reset
+`v_reset` (`None` selects a soft reset; `v_r` below is `v_reset`, or 0 in the charge equation
+for soft reset)::
 
   charge   decay_input=True :  h[t] = v[t-1] + (x[t] - (v[t-1] - v_r)) / tau
            decay_input=False:  h[t] = v[t-1] - (v[t-1] - v_r) / tau + x[t]
@@ -179,6 +180,17 @@ def lif_multistep(
 
     Returns:
       Spikes `[T, ...]`, 0/1 in x's dtype, differentiable through the surrogate.
+
+    Example:
+      Two neurons (`tau = 4/3`, threshold 1, hard reset to 0) under constant currents: 1.2
+      charges the potential to 0.9, then past the threshold, and fires every other step; 0.6
+      never reaches it.
+
+      >>> import jax.numpy as jnp
+      >>> from uticket_jax import snn
+      >>> spikes = snn.lif_multistep(jnp.full((6, 2), jnp.array([1.2, 0.6])))  # [T, neurons]
+      >>> spikes.T.tolist()
+      [[0.0, 1.0, 0.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
     """
     _check_x(x)
     _check_config(tau, v_threshold, v_reset, decay_input, detach_reset, surrogate)

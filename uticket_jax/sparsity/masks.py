@@ -67,6 +67,18 @@ def make_masks(params: PyTree, prunable: Callable[[str, Any], bool] = default_pr
     """All-true boolean masks for the prunable leaves of `params`, `None` for the others.
 
     `prunable(path, leaf)` decides per leaf, `path` its "/"-joined key path.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from uticket_jax import sparsity
+      >>> params = {"conv": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.zeros(4)},
+      ...           "dense": {"kernel": jnp.ones((36, 10)), "bias": jnp.zeros(10)}}
+      >>> masks = sparsity.make_masks(params)  # every conv and dense kernel
+      >>> masks["conv"]["kernel"].shape, masks["conv"]["kernel"].dtype, masks["conv"]["bias"]
+      ((3, 3, 1, 4), dtype('bool'), None)
+      >>> convs = sparsity.make_masks(params, lambda path, leaf: leaf.ndim == 4)
+      >>> convs["conv"]["kernel"].all().item(), convs["dense"]["kernel"]
+      (True, None)
     """
 
     def build(path, leaf):
@@ -80,6 +92,14 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
 
     Also the lottery-ticket *rewind*: `apply_masks(params_at_rewind_epoch, masks)` is the ticket
     a pruning round retrains from.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from uticket_jax import sparsity
+      >>> params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.ones(1)}
+      >>> ticket = sparsity.apply_masks(params, {"w": jnp.array([True, False, True]), "b": None})
+      >>> ticket["w"].tolist(), ticket["b"].tolist()
+      ([1.0, 0.0, 3.0], [1.0])
     """
     return jax.tree.map(
         lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),

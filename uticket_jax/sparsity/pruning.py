@@ -1,7 +1,7 @@
 """Magnitude pruning for iterative magnitude pruning (IMP), global or per layer, on any pytree.
 
 Each call removes `percent` % of the *surviving* weights (those whose mask is True) with the
-smallest |w|, so after `r` rounds the density is `(1 - p/100)^r` (the lottery-ticket schedule of
+smallest `|w|`, so after `r` rounds the density is `(1 - p/100)^r` (the lottery-ticket schedule of
 Frankle & Carbin 2019, as in the u-Ticket code: 25 % per round). `global` scope ranks all prunable
 weights of the network together (one threshold); `layer` scope prunes each layer by `percent`.
 The count removed is exact (`round(p/100 * survivors)`), ties at the threshold are broken by
@@ -61,6 +61,17 @@ def prune_magnitude(
 
     Returns:
       Masks of the same structure; every new mask is a subset of the old one.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from uticket_jax import sparsity
+      >>> params = {"w": jnp.array([[0.1, -2.0], [0.5, 3.0]]), "b": jnp.zeros(2)}
+      >>> masks = {"w": jnp.ones((2, 2), bool), "b": None}  # the bias is not prunable
+      >>> masks = sparsity.prune_magnitude(params, masks, 50.0)  # 2 of 4: the smallest |w|
+      >>> masks["w"].tolist(), masks["b"]
+      ([[False, True], [False, True]], None)
+      >>> sparsity.prune_magnitude(params, masks, 50.0)["w"].tolist()  # 1 of the 2 survivors
+      [[False, False], [False, True]]
     """
     fraction = jnp.float32(check_prune_args(percent, scope) / 100.0)
     names, leaves, treedef = trees.named_leaves(masks)

@@ -272,7 +272,7 @@ def fit(
     desc: str = "train",
     progress: bool = True,
 ) -> tuple[train_lib.TrainState, list[dict[str, Any]]]:
-    """Trains epochs `start_epoch .. epochs - 1`, evaluating on the test set as `eval_every` says.
+    """Trains epochs `start_epoch` to `epochs - 1`, evaluating on the test set as `eval_every` says.
 
     Args:
       state: the train state to start from (fresh, or restored from a checkpoint).

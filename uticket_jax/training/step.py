@@ -34,6 +34,17 @@ def masked(inner: optax.GradientTransformation) -> optax.GradientTransformationE
     The masks come as an extra argument, `tx.update(grads, state, params, masks=masks)`, so they
     stay traced (a new mask needs no recompilation) and the optimizer state stays the inner one.
     `masks=None`, or `None` leaves, leave the updates untouched.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import optax
+      >>> from uticket_jax import training
+      >>> tx = training.masked(optax.sgd(0.5))
+      >>> params = {"w": jnp.ones(3)}
+      >>> masks = {"w": jnp.array([True, False, True])}
+      >>> updates, _ = tx.update({"w": jnp.ones(3)}, tx.init(params), params, masks=masks)
+      >>> updates["w"].tolist()
+      [-0.5, 0.0, -0.5]
     """
 
     def update(updates, state, params=None, *, masks=None, **extra_args):

@@ -1,6 +1,7 @@
 """Every view of a PE mapping, derived from its assignment alone (see `mapping.PEMapping`).
 
-Given `assign(coords, shape, n) -> (group, pe)`:
+Given `assign(coords, shape, n) -> (group, pe)`::
+
   table shape   the broadcast shape of `(group, pe)` over the coordinate grids: the axes the
                 assignment reads keep their size, the others are 1;
   count table   the mask summed over the axes the assignment does not read, `[table shape]` int32
@@ -11,6 +12,7 @@ Given `assign(coords, shape, n) -> (group, pe)`:
                 as host index tables: `src [G*n, C]` (flat index, -1 in padding) and its inverse;
   group loads   for a TRACED `n <= n_cap`: the segments `group * n_cap + pe` over `B * n_cap`,
                 `B` the most groups of any `n <= n_cap` (host), then sums and maxima per group.
+
 Host tables depend on the mapping, the kernel shape and `n` only, and are cached.
 """
 

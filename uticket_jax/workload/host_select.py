@@ -3,12 +3,14 @@
 What must differ between the one-shot host path (`rebalance(..., backend="numpy")`) and the
 compiled kernels is only how the flips are chosen; loads, targets, priorities and reports are the
 same code over `xp` (`rebalance.py`, `targets.py`, `priorities.py`). Per PE that moves, in the
-slot layout `[G*n, C]` (`PEMapping.to_slots`, slots in increasing hwio flat index):
+slot layout `[G*n, C]` (`PEMapping.to_slots`, slots in increasing hwio flat index)::
+
   rank: the int32 preference of `selection.pref_ranks` (regrow: pruned valid slots by the float
     bits of the priority; drop: active slots by `0x7F800000 - bits`; -1 for no candidate);
   choice: per PE the `|delta|` largest ranks, ties to the lower slot: a `np.partition` to the
     `max |delta|` largest ranks of every row, a sort of those few, the `|delta|`-th value `v`,
     then every rank above `v` and the first `|delta| - #(rank > v)` equal to `v` in slot order.
+
 Exact integer arithmetic throughout, so the masks are bit-identical to the kernel's.
 """
 

@@ -109,6 +109,30 @@ class PEMapping:
     The methods are the views every consumer uses (the rebalance kernels, the host path, the
     simulator); each is the `fast` version when there is one, else the derived one. Shapes are
     hwio kernel shapes; `n` is static unless said; `xp` is `jax.numpy` or `numpy`.
+
+    Example:
+      Input channels interleaved over the PEs, one group per output channel: the assignment is
+      the whole declaration, and every view is derived from it.
+
+      >>> import jax.numpy as jnp
+      >>> from uticket_jax import workload
+      >>> interleaved = workload.PEMapping(
+      ...     "input_interleaved", lambda c, shape, n: (c.c_out, c.c_in % n)
+      ... )
+      >>> mask = jnp.zeros((3, 3, 8, 2), bool).at[:, :, :3, 0].set(True)  # c_in 0-2 of c_out 0
+      >>> interleaved.loads(mask, 4).tolist()  # [G, n]: groups are output channels
+      [[9, 9, 9, 0], [0, 0, 0, 0]]
+      >>> interleaved.capacity(mask.shape, 4).tolist()  # 3 * 3 * 2 weights per PE
+      [[18, 18, 18, 18], [18, 18, 18, 18]]
+
+      Registered, every consumer finds it by name (`check=True`, the default, first runs
+      `check_mapping` on small kernels):
+
+      >>> with workload.registered_mapping(interleaved, check=False):
+      ...     workload.pe_loads(mask, 4, "input_interleaved").tolist()
+      [[9, 9, 9, 0], [0, 0, 0, 0]]
+      >>> "input_interleaved" in workload.MAPPINGS  # unregistered when the block ends
+      False
     """
 
     name: str

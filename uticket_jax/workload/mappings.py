@@ -97,6 +97,18 @@ def pe_loads(mask, n_pe: int, mapping: str = "output_channel") -> jax.Array:
       `[G, n]` int32 loads; idle PEs (past `c_out`, or an empty input slice) hold 0.
       output_channel: `load[g, j] = sum_{kh,kw,i} mask[..., i, g*n+j]`, `G = ceil(c_out/n)`;
       input_split: `load[o, j] = sum_{kh,kw} sum_{i in slice j} mask[..., i, o]`, `G = c_out`.
+
+    Example:
+      >>> import numpy as np
+      >>> from uticket_jax import workload
+      >>> mask = np.zeros((3, 3, 4, 8), bool)  # [kh, kw, c_in, c_out]
+      >>> mask[..., 0] = True  # output channel 0: all 36 weights
+      >>> mask[:, :, :2, 5] = True  # output channel 5: its first 2 input channels, 18 weights
+      >>> workload.pe_loads(mask, 4).tolist()  # channel 4 * g + j on PE j of group g
+      [[36, 0, 0, 0], [0, 18, 0, 0]]
+      >>> loads = workload.pe_loads(mask, 4, "input_split")  # one group per output channel
+      >>> loads.shape, loads[0].tolist(), loads[5].tolist()  # input channel j on PE j
+      ((8, 4), [9, 9, 9, 9], [9, 9, 0, 0])
     """
     n_pe = check_n_pe(n_pe)
     m = get_mapping(mapping)

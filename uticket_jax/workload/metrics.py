@@ -6,11 +6,13 @@ maxima of the PE loads (load = non-zero weights held by a PE), so callers with a
 (a `[G, n]` load table) and callers with a traced `n` (segment reductions in the simulator) share
 the same formulas. `n` may be a traced array.
 
-Per group (idle PEs count as load 0, so `mean = sum / n`):
+Per group (idle PEs count as load 0, so `mean = sum / n`)::
+
   utilization            = mean / max                                   (physical)
   utilization_normalized = 1 - (max - ceil(mean)) / max * n / (n - 1)  (the paper code's figure;
                            1 when balanced, 0 when one PE does everything; 1 for n = 1)
   wasted                 = n * max - sum   (PE-slots idle while the busiest PE works)
+
 Per layer: utilizations are the mean over non-empty groups (max > 0); latency = sum of group max;
 wasted = sum over groups; dynamic = total non-zeros. A layer with no non-zero weight has NaN
 utilizations (undefined: there is no work), latency 0 and wasted 0.

@@ -5,8 +5,8 @@
 a `jax.random` key. Ties go to the lower hwio flat index (the selection's rule, not a priority's).
 
 Random priorities are a counter-based hash of the weight's hwio flat index, keyed by two uint32
-words drawn from the key (`jax.random.bits`): one fused elementwise pass, where threefry over the
-14.7M weights of VGG16 would cost ~0.4 s on 2 CPU cores. Same key, same priorities, independent
+words drawn from the key (`jax.random.bits`): one fused elementwise pass, far cheaper than
+threefry over the 14.7M weights of VGG16 (BUILD_NOTES.md). Same key, same priorities, independent
 of the mapping and `n_pe`. Every function takes `xp` (`jax.numpy`, traceable, or `numpy` for the
 host path): the same integer and float32 operations, so both give the same priorities bit for bit.
 """

@@ -76,8 +76,8 @@ class RebalanceReport(NamedTuple):
 )
 @dataclasses.dataclass(frozen=True)
 class NetworkReport:
-    """Per-layer `RebalanceReport`s in the leaves' order, and the network `Metrics` over the
-    analysed layers before/after. A pytree (names and flags static), so jit can return it."""
+    """Per-layer reports (`RebalanceReport`) in the leaves' order, and the network `Metrics` over
+    the analysed layers before/after. A pytree (names and flags static), so jit can return it."""
 
     names: tuple[str, ...]
     analysed: tuple[bool, ...]
@@ -118,7 +118,7 @@ def check_weights(label: str, mask: Any, weights: Any) -> None:
 def check_finite(reports: Sequence[RebalanceReport], labels: Sequence[str]) -> None:
     """Raises ValueError naming the first layer whose ranked weights hold NaN or inf.
 
-    One host sync for all layers. The magnitude policy ranks by |w|, which orders non-finite
+    One host sync for all layers. The magnitude policy ranks by `|w|`, which orders non-finite
     weights arbitrarily: the checked entry points refuse them.
     """
     counts = jax.device_get([r.nonfinite for r in reports])
@@ -337,7 +337,7 @@ def rebalance(
       n_pe: PEs per group (static).
       target: "ceil_mean" (every PE at min(cap, L*), L* = ceil(mean) without caps) or
         "keep_count" (group totals unchanged, loads within 1); see `targets.py`.
-      policy: "magnitude" (regrow the largest |w|, drop the smallest) or "random".
+      policy: "magnitude" (regrow the largest `|w|`, drop the smallest) or "random".
       include: which leaves to rebalance: None (all), a predicate `(name, mask) -> bool` or a
         collection of names (leaf names are "/"-joined key paths, `uticket_jax.trees`); the
         others come back unchanged and stay out of the network figures.
@@ -346,6 +346,22 @@ def rebalance(
 
     Returns:
       `(new_masks, report)`: the masks in the input's structure, and a `NetworkReport`.
+
+    Example:
+      A dense layer on one group of 4 PEs (output-channel mapping: PE `j` holds column `j`). PE 0
+      holds 6 non-zeros and the others 2, so the group takes 6 steps where 3 would do:
+
+      >>> import jax.numpy as jnp
+      >>> from uticket_jax import workload
+      >>> mask = jnp.array([[1, 1, 1, 1]] * 2 + [[1, 0, 0, 0]] * 4, bool)  # [c_in, c_out]
+      >>> weights = jnp.arange(24.0).reshape(6, 4)
+      >>> new, report = workload.rebalance({"fc": mask}, {"fc": weights}, n_pe=4)
+      >>> workload.pe_loads(new["fc"], 4).tolist()
+      [[3, 3, 3, 3]]
+      >>> float(report.before.utilization), float(report.after.utilization)
+      (0.5, 1.0)
+      >>> new["fc"][:, 0].astype(int).tolist()  # PE 0 kept its 3 largest weights
+      [0, 0, 0, 1, 1, 1]
     """
     n_pe, m = check_setup(n_pe, mapping, policy, target, backend)
     check_policy_inputs(policy, weights, key)

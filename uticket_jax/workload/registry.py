@@ -24,7 +24,7 @@ from uticket_jax.workload.mapping import PEMapping
 
 _REGISTRY: dict[str, PEMapping] = {m.name: m for m in BUILTINS}
 _BUILTIN = tuple(_REGISTRY)
-# The registry, read-only (change it with `register_mapping` / `unregister_mapping`).
+#: The registry, read-only (change it with `register_mapping` / `unregister_mapping`).
 MAPPINGS: Mapping[str, PEMapping] = types.MappingProxyType(_REGISTRY)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -20,7 +20,8 @@ four: 8, 64, 512 candidate rows and the direct class, each with its columns per 
 from the layer shape, `n_pe` and the mapping; the PEs are grouped into the classes at run time
 and each class runs as a `fori_loop` over its column tiles with a traced step count (none for an
 empty class). So one program per layer shape serves every mask of that shape. Each class is a
-loop body of its own in the program, ~0.6 s of XLA:CPU compile time, hence the few, wide classes.
+loop body of its own in the program, with its own XLA:CPU compile time (BUILD_NOTES.md), hence
+the few, wide classes.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _inclusive_cumsum0(x):
     """Cumulative sum over axis 0 (a parallel prefix scan; exact for integers).
 
     `lax.associative_scan` measured 2-4x faster on XLA:CPU than `jnp.cumsum` or a Hillis-Steele
-    loop of padded shifted adds (the latter cost ~7 ms on a `[32, 16384]` table inside a fusion).
+    loop of padded shifted adds (BUILD_NOTES.md has the figures).
     """
     return lax.associative_scan(jnp.add, x, axis=0)
 
@@ -112,7 +113,7 @@ def row_classes(c: int, p: int) -> tuple[RowClass, ...]:
     direct class of all `Cp` rows, which holds every PE (so no PE overflows its class). Each class
     takes `_TILE // rows` columns per loop step (at least 8, at most `p`). A function of the layer
     shape (through `c, p`: `n_pe` and the mapping) only; at most four classes, since each one is a
-    loop body of its own in the compiled program (~0.6 s of compile time on XLA:CPU).
+    loop body of its own in the compiled program (compile time on XLA:CPU: BUILD_NOTES.md).
     """
     cp = _cdiv(c, _WORD) * _WORD
     rows = [(r, False) for r in _ROWS if 2 * r <= cp] + [(cp, True)]

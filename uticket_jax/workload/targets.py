@@ -2,13 +2,15 @@
 
 With `f(L) = sum_j min(cap_j, L)` the load a group holds at level `L` when every PE `j` is filled up
 to `L` but never past its capacity `cap_j` (idle PEs have `cap_j = 0`) and `S` the group's current
-total:
+total::
+
   ceil_mean:  `L* = min{L : f(L) >= S}`, target_j = min(cap_j, L*). Without capacity limits
               `L* = ceil(S / n_active)` (`n_active` = PEs with a slot), the paper's target, so a
               full group ends at utilization 1.0; the count grows by `f(L*) - S < n`, never shrinks.
   keep_count: `L0 = max{L : f(L) <= S}`, target_j = min(cap_j, L0), plus one for the
               `r = S - f(L0)` PEs with `cap_j > L0` that have the largest current load (ties: lower
               PE index), so the group total is unchanged and uncapped loads lie within 1.
+
 A PE is *capacity-capped* when `0 < cap_j = target_j <` the group's largest target (a short input
 slice that cannot reach the level); the rebalance report counts them.
 
