@@ -148,9 +148,8 @@ def run() -> dict:
         i = int(np.flatnonzero(configs.n_pe == 16)[0])
         cfg = hardware.config_rows(configs)[i]
         t = time.perf_counter()
-        want = oracle(
-            masks, specs, cfg, constants={k: float(v[i]) for k, v in consts._asdict().items()}
-        )
+        picked = {k: float(np.broadcast_to(v, (n,))[i]) for k, v in consts._asdict().items()}
+        want = oracle(masks, specs, cfg, constants=picked)
         oracle_s = time.perf_counter() - t
         got = float(res.network.energy_total[i])
         if not math.isclose(got, want["network"]["energy_total"], rel_tol=1e-5):

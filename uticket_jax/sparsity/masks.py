@@ -50,41 +50,41 @@ def flatten(tree: PyTree) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if v is not None}
 
 
+def _map_paths(fn: Callable[[str, Any], Any], tree: PyTree) -> PyTree:
+    """`fn(path, leaf)` on every leaf; nested dicts keep their key order (the network order of a
+    Flax params tree, which files need), other pytrees are mapped by `jax.tree_util` key path."""
+    if not isinstance(tree, Mapping):
+        return jax.tree_util.tree_map_with_path(lambda p, x: fn(trees.path_name(p), x), tree)
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(dict(tree), sep="/", keep_empty_nodes=True)
+    empty = traverse_util.empty_node
+    out = {k: v if v is empty else fn(k, v) for k, v in flat.items()}
+    return traverse_util.unflatten_dict(out, sep="/")
+
+
 def unflatten(flat: Mapping[str, Any], like: PyTree) -> PyTree:
     """A tree shaped like `like` with the leaves of `flat` by path, and `None` elsewhere.
 
     Raises:
       ValueError: if `flat` has a key that is not a leaf path of `like`.
     """
-    names, _, _ = trees.named_leaves(like)
-    unknown = [k for k in flat if k not in set(names)]
+    names = set(trees.named_leaves(like)[0])
+    unknown = [k for k in flat if k not in names]
     if unknown:
-        raise ValueError(f"flat: unknown layer paths {unknown[:3]}; known: {list(names)[:6]}...")
-    return jax.tree_util.tree_map_with_path(lambda p, _: flat.get(trees.path_name(p)), like)
+        raise ValueError(f"flat: unknown layer paths {unknown[:3]}; known: {sorted(names)[:6]}...")
+    return _map_paths(lambda path, _: flat.get(path), like)
 
 
 def make_masks(params: PyTree, prunable: Callable[[str, Any], bool] = default_prunable) -> PyTree:
     """All-true boolean masks for the prunable leaves of `params`, `None` for the others.
 
-    `prunable(path, leaf)` decides per leaf, `path` its "/"-joined key path.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from uticket_jax import sparsity
-      >>> params = {"conv": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.zeros(4)},
-      ...           "dense": {"kernel": jnp.ones((36, 10)), "bias": jnp.zeros(10)}}
-      >>> masks = sparsity.make_masks(params)  # every conv and dense kernel
-      >>> masks["conv"]["kernel"].shape, masks["conv"]["kernel"].dtype, masks["conv"]["bias"]
-      ((3, 3, 1, 4), dtype('bool'), None)
-      >>> convs = sparsity.make_masks(params, lambda path, leaf: leaf.ndim == 4)
-      >>> convs["conv"]["kernel"].all().item(), convs["dense"]["kernel"]
-      (True, None)
+    `prunable(path, leaf)` decides per leaf, `path` its "/"-joined key path. Nested dicts keep
+    their order, so `flatten(make_masks(params))` lists a Flax model's kernels in network order.
     """
-
-    def build(path, leaf):
-        return jnp.ones(jnp.shape(leaf), bool) if prunable(trees.path_name(path), leaf) else None
-
-    return jax.tree_util.tree_map_with_path(build, params)
+    return _map_paths(
+        lambda path, x: jnp.ones(jnp.shape(x), bool) if prunable(path, x) else None, params
+    )
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:

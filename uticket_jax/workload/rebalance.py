@@ -204,9 +204,12 @@ def _select_program(n_pe: int, m: PEMapping, policy: str):
 
 @functools.lru_cache(maxsize=_CONFIGS_KEPT)
 def _report_program(n_pe: int, m: PEMapping):
-    """The jitted report step of one PE array (its load shapes; see `_plan_program`)."""
+    """The jitted report step of one PE array (its load shapes; see `_plan_program`).
+
+    A fresh `functools.partial`, never `report_layer` itself: JAX keys its caches by the function
+    object, so only a fresh callable's executables are freed with its jit object."""
     del n_pe, m  # cache keys only
-    return jax.jit(report_layer)
+    return jax.jit(functools.partial(report_layer))
 
 
 class Layers(NamedTuple):
