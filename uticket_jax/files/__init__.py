@@ -1,0 +1,31 @@
+"""The project's files, read and written safely: `.npz` arrays checked byte by byte before
+anything is allocated (`npz`), JSON with one-line errors (`jsonfile`), atomic writes with the
+user's umask and no temporary file left behind (`atomic`)."""
+
+from uticket_jax.files.atomic import (
+    WriteError,
+    current_umask,
+    file_mode,
+    make_dirs,
+    write_atomic,
+    write_bytes,
+    write_error,
+    write_npz,
+    write_text,
+)
+from uticket_jax.files.jsonfile import read_json
+from uticket_jax.files.npz import read_npz
+
+__all__ = [
+    "WriteError",
+    "current_umask",
+    "file_mode",
+    "make_dirs",
+    "read_json",
+    "read_npz",
+    "write_atomic",
+    "write_bytes",
+    "write_error",
+    "write_npz",
+    "write_text",
+]
