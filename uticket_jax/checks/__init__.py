@@ -8,6 +8,7 @@ from uticket_jax.checks.layout import check_layout, first_break, hwio_shape
 from uticket_jax.checks.masks import bool_mask, bool_masks, check_bool_mask, check_rank
 from uticket_jax.checks.numbers import (
     INT32_MAX,
+    MAX_N_PE,
     SEED_MAX,
     check_float,
     check_int,
@@ -22,10 +23,12 @@ from uticket_jax.checks.training import (
     check_optimizer_settings,
     check_run_sizes,
     check_seed_value,
+    check_total_steps,
 )
 
 __all__ = [
     "INT32_MAX",
+    "MAX_N_PE",
     "SEED_MAX",
     "bool_mask",
     "bool_masks",
@@ -42,6 +45,7 @@ __all__ = [
     "check_seed_value",
     "check_spec",
     "check_specs",
+    "check_total_steps",
     "first_break",
     "hwio_shape",
     "parse_int",

@@ -20,6 +20,11 @@ INT32_MAX = 2**31 - 1
 # `jax.random.key(seed)` keeps the low 32 bits of a seed (without x64): 2**32 and 0 give the same
 # key, and -1 the same as 2**32 - 1. Seeds are therefore the integers 0 .. 2**32 - 1.
 SEED_MAX = 2**32 - 1
+# PEs per lock-step group that the workload model (loads `[groups, n_pe]`) and the rebalance
+# kernels take: arrays grow with n_pe whatever the layer (n_pe = 10**7 took 6 GB and 18 s for a
+# 4-layer toy net); accelerators group 4 to a few hundred PEs. The simulator's sweeps, which
+# bound n_pe by their int32 load counts instead, are not limited by this.
+MAX_N_PE = 2**16
 
 
 def _is_int(value: Any) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from uticket_jax.checks.numbers import check_float, check_int, check_seed
+from uticket_jax.checks.numbers import INT32_MAX, check_float, check_int, check_seed
 
 # SGD momentum is a decay factor: 1 never forgets a gradient (the heavy ball never settles) and
 # beyond 1 the velocity grows without bound.
@@ -49,3 +49,14 @@ def check_run_sizes(prefix: str = "", **sizes: Any) -> dict[str, int]:
 def check_seed_value(seed: Any, prefix: str = "") -> int:
     """The run's seed (`--seed`): an integer in [0, 2**32 - 1]."""
     return check_seed(f"{prefix}seed", seed)
+
+
+def check_total_steps(epochs: int, batches_per_epoch: int, prefix: str = "") -> int:
+    """`epochs * batches_per_epoch` optimizer steps, which the step counter holds as int32."""
+    total = int(epochs) * int(batches_per_epoch)
+    if total > INT32_MAX:
+        raise ValueError(
+            f"{prefix}epochs: {epochs} epochs of {batches_per_epoch} batches are {total} optimizer"
+            f" steps; the step counter holds at most {INT32_MAX}"
+        )
+    return total

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from uticket_jax import checks
 from uticket_jax.workload import mappings as wm
 
 
@@ -103,10 +104,7 @@ def _field_array(name: str, values: Any) -> np.ndarray:
         ids = [mapping_id(v) if isinstance(v, str | wm.PEMapping) else int(v) for v in vals.ravel()]
         return np.asarray(ids, np.int32).reshape(np.shape(values))
     if name in _INT_FIELDS:
-        arr = np.asarray(values)
-        if not np.issubdtype(arr.dtype, np.integer) and not np.all(np.mod(arr, 1) == 0):
-            raise ValueError(f"{name}: must be whole numbers, got {values!r}")
-        return arr.astype(np.int32)
+        return checks.check_int_array(name, values, minimum=None)  # never wrapped to int32
     if name == "activity_aware":
         return np.asarray(values, bool)
     return np.asarray(values, np.float32)

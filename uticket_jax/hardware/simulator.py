@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from uticket_jax import checks
 from uticket_jax.hardware import energy as energy_lib
 from uticket_jax.hardware.config import (
     MAPPINGS,
@@ -318,6 +319,7 @@ def simulate(
       `SweepResult` of numpy arrays, layers `[N, L]`, network `[N]`, in the order of `configs`.
     """
     check_backend(backend)
+    checks.check_specs(specs)
     if backend == "numpy" and devices is not None:
         raise ValueError(
             "devices: the numpy backend runs on the host; leave devices None, or shard with "
@@ -522,6 +524,7 @@ def simulate_masks(
     see `simulate`), which also evaluates them.
     """
     check_backend(backend)
+    checks.check_specs(specs)
     validate_config(configs)
     ids = np.unique(np.atleast_1d(np.asarray(configs.mapping)))
     names = [MAPPINGS[int(i)] for i in ids]

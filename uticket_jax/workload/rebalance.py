@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from uticket_jax import checks
 from uticket_jax.sparsity import masks as masks_lib
 from uticket_jax.workload import host as host_lib
 from uticket_jax.workload import mappings as mp
@@ -84,9 +85,7 @@ def _flat(masks: Any, what: str = "masks") -> dict[str, Any]:
     flat = masks_lib.flatten(masks)
     if not flat:
         raise ValueError(f"{what}: no layers (expected a {{path: kernel}} dict or a mask tree)")
-    for name, m in flat.items():
-        mp.check_mask(m, f"{what}[{name!r}]")
-    return flat
+    return {name: checks.bool_mask(m, f"{what}[{name!r}]") for name, m in flat.items()}
 
 
 BACKENDS = ("jax", "numpy")
