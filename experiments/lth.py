@@ -108,7 +108,7 @@ def main() -> None:
     # Checked before the work directory is touched, so a bad batch size or subset writes nothing.
     data.check_train_subset(cfg.train_subset, dataset)
     n_train = cfg.train_subset or dataset.train_images.shape[0]
-    loop.check_batch_size(cfg.batch_size, n_train, loop.data_parallel())
+    loop.check_batch_size(cfg.batch_size, n_train, loop.data_parallel(), "--batch_size")
     checks.check_total_steps(cfg.epochs, data.num_batches(n_train, cfg.batch_size), "--")
     path, held = distributed.together(lambda: _prepare(cfg))
     try:

@@ -4,6 +4,7 @@ user's umask and no temporary file left behind (`atomic`)."""
 
 from uticket_jax.files.atomic import (
     WriteError,
+    check_writable,
     current_umask,
     file_mode,
     make_dirs,
@@ -14,12 +15,14 @@ from uticket_jax.files.atomic import (
     write_text,
 )
 from uticket_jax.files.jsonfile import read_json
-from uticket_jax.files.npz import read_npz
+from uticket_jax.files.npz import is_npz, read_npz
 
 __all__ = [
     "WriteError",
+    "check_writable",
     "current_umask",
     "file_mode",
+    "is_npz",
     "make_dirs",
     "read_json",
     "read_npz",

@@ -71,6 +71,26 @@ def make_dirs(directory: str) -> None:
         raise write_error(directory, e) from None
 
 
+def check_writable(path: str) -> None:
+    """Raises `WriteError` unless a file could be created at `path` now (nothing is left behind).
+
+    Probes the nearest existing folder on the way to `path` with a temporary file, so a
+    read-only file system or a missing permission is found before the work, not after it.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(directory):
+        parent = os.path.dirname(directory)
+        if parent == directory or (os.path.exists(directory) and not os.path.isdir(directory)):
+            raise WriteError(errno.ENOTDIR, f"cannot write {path}: {directory} is not a folder")
+        directory = parent
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=TMP_PREFIX)
+    except OSError as e:
+        raise write_error(path, e) from None
+    os.close(fd)
+    os.remove(tmp)
+
+
 def write_atomic(path: str, write: Callable[[IO[bytes]], Any]) -> None:
     """Writes `path` atomically: `write(f)` fills a temporary binary file that then replaces it.
 

@@ -181,3 +181,15 @@ def read_npz(
     if not arrays:
         raise ValueError(f"{where} holds no arrays; expected one per prunable layer")
     return arrays
+
+
+def is_npz(path: str) -> bool:
+    """Whether `path` is a zip whose members are all `.npy` files (read no further)."""
+    try:
+        with open(path, "rb") as f:
+            if sniff(f.read(16)) is not None:
+                return False
+        with zipfile.ZipFile(path) as z:
+            return all(n.endswith(".npy") for n in z.namelist())
+    except Exception:  # anything unreadable is not one
+        return False

@@ -18,11 +18,12 @@ preset): a launcher re-declares no setting by hand.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging as py_logging
 import sys
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
 from absl import app, flags, logging
@@ -54,6 +55,22 @@ def fail(name: str, message: Any, status: int = 2) -> NoReturn:
 def int_list(flag, maximum: int = checks.INT32_MAX) -> list[int]:
     """The integers in [1, maximum] of a comma-list string flag; ValueError naming the flag."""
     return checks.parse_int_list(f"--{flag.name}", flag.value, minimum=1, maximum=maximum)
+
+
+@contextlib.contextmanager
+def flag_errors(*names: str) -> Iterator[None]:
+    """Re-raises a library's `ValueError` that names argument `x` (`"x: ..."`) as flag `--x`.
+
+    The library names its arguments; around a call that takes them from flags of the same
+    names, the message then names the flag the user typed.
+    """
+    try:
+        yield
+    except ValueError as e:
+        text = str(e)
+        if text.split(":", 1)[0] in names:
+            raise ValueError(f"--{text}") from None
+        raise
 
 
 def _flag_kind(name: str, hint: Any) -> Any:
@@ -174,6 +191,19 @@ def quiet_async_debris() -> None:
     sys.unraisablehook = hook
 
 
+def parse_flags(name: str, argv: list[str]) -> list[str]:
+    """absl's parse of `argv` (`argv[0]`: the program); bad flags are `fail(name, ...)`."""
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.UnrecognizedFlagError as e:
+        fail(name, f"--{e.flagname}: unknown flag; --help lists this launcher's flags")
+    except flags.Error as e:
+        fail(name, e)
+    if len(rest) > 1:
+        fail(name, f"unexpected arguments {rest[1:]}; flags are --name=value")
+    return rest
+
+
 def run(main: Callable[[], object], *, name: str, on_stop: OnStop | None = None) -> None:
     """Runs a launcher's `main()` under absl with the project's error conventions.
 
@@ -186,17 +216,9 @@ def run(main: Callable[[], object], *, name: str, on_stop: OnStop | None = None)
     signals.install(name)  # until main starts: one line and exit, nothing is written yet
     quiet_async_debris()
 
-    def parse(argv: list[str]) -> list[str]:
-        try:
-            return flags.FLAGS(argv)
-        except flags.Error as e:
-            fail(name, e)
-
     def wrapped(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
-        if len(argv) > 1:
-            fail(name, f"unexpected arguments {argv[1:]}; flags are --name=value")
         signals.arm(name)  # from here a signal raises `Stopped` (handled by `guarded`)
         guarded(main, name, on_stop)()
 
-    app.run(wrapped, flags_parser=parse)
+    app.run(wrapped, flags_parser=lambda argv: parse_flags(name, argv))

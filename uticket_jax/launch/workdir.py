@@ -81,9 +81,18 @@ def classify(path: str, kind: RunKind) -> str:
 
 
 def prepare(
-    path: str, kind: RunKind, *, flag: str, overwrite: bool = False, resume: bool = False
+    path: str,
+    kind: RunKind,
+    *,
+    flag: str,
+    overwrite: bool = False,
+    resume: bool = False,
+    create: bool = True,
 ) -> tuple[str, str]:
     """Checks `path` for a new run (or `resume`), creates it; returns `(abs path, state)`.
+
+    With `create=False` it only checks (a launcher that computes before it writes checks first,
+    then calls again to create).
 
     Nothing else is written here: the caller locks the directory (`lock.acquire`), then sets
     the earlier run aside (`set_aside`) and writes.
@@ -116,7 +125,10 @@ def prepare(
             f"{flag}: {path} already holds results; {allow} to set them aside in"
             f" {REPLACED}<time>/, or choose another directory"
         )
-    files.make_dirs(path)
+    if create:
+        files.make_dirs(path)
+    else:
+        files.check_writable(os.path.join(path, kind.marker))
     return path, state
 
 
