@@ -22,6 +22,7 @@ from uticket_jax.launch import signals
 
 signals.install("lth.py", __name__)  # before the heavy imports: a Ctrl-C there is one line
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -115,6 +116,10 @@ def main() -> None:
         records = _run(cfg, dataset, path)
         if distributed.is_writer():
             _finish(records, path)
+    except files.WriteError as e:  # a full disk: the run continues from its checkpoint
+        raise files.WriteError(
+            e.errno, f"{e}; make room, then resume with: {signals.resume_command()}"
+        ) from None
     finally:
         if held is not None:
             held.release()
@@ -130,18 +135,20 @@ def _prepare(cfg: lth.LTHConfig) -> tuple[str, lock.WorkdirLock | None]:
     path, _ = workdirs.prepare(
         path, workdirs.LTH, flag="--workdir", overwrite=_OVERWRITE.value, resume=_RESUME.value
     )
+    # Everything that can refuse a resume is read before the lock file is made or written.
+    starts = _machine_starts(path) if _RESUME.value else []
+    if _RESUME.value:
+        _check_resume(path, cfg)
     held = lock.acquire(path)  # a second run here, fresh or --resume, is refused
     try:
         if held.taken_over():
             print(f"--workdir: {held.taken_over()}")
-        if _RESUME.value:
-            _check_resume(path, cfg)
-        else:
+        if not _RESUME.value:
             moved = workdirs.set_aside(path)
             if moved:
                 print(f"--overwrite: moved the earlier results to {moved}")
             results.write_json(os.path.join(path, "config.json"), _config_json(cfg))
-        _record_machine(path)
+        _record_machine(path, starts)
     except BaseException:
         held.release()
         raise
@@ -175,23 +182,28 @@ def _rerun() -> str:
     return signals.resume_command(drop=(), add=())
 
 
-def _record_machine(workdir: str) -> None:
+def _machine_starts(path: str) -> list[dict]:
+    """The machine entries of the run's earlier starts (WORKDIR/machine.json; none: [])."""
+    path = os.path.join(path, "machine.json")
+    if not os.path.exists(path):
+        return []
+    try:
+        starts = files.read_json(path, "--resume")
+    except ValueError:
+        starts = None
+    if not isinstance(starts, list) or not all(isinstance(s, dict) for s in starts):
+        raise ValueError(
+            f"--resume: {path} is not a list of machine entries; move it away to resume"
+        )
+    return starts
+
+
+def _record_machine(workdir: str, starts: list[dict]) -> None:
     """Appends this start's `machine.describe()` to WORKDIR/machine.json and prints it.
 
     A resumed run also says which facts differ from the run's first start: its figures from
     here on are then not bit-identical to an uninterrupted run's.
     """
-    path = os.path.join(workdir, "machine.json")
-    starts = []
-    if _RESUME.value and os.path.exists(path):
-        try:
-            starts = files.read_json(path, "--resume")
-        except ValueError:
-            starts = None
-        if not isinstance(starts, list) or not all(isinstance(s, dict) for s in starts):
-            raise ValueError(
-                f"--resume: {path} is not a list of machine entries; move it away to resume"
-            )
     now = machine.describe(resume=_RESUME.value)
     print(f"machine: {machine.summary(now)}")
     if starts:
@@ -202,7 +214,15 @@ def _record_machine(workdir: str) -> None:
                 " the stages run from here on may differ from an uninterrupted run in their last"
                 " digits"
             )
-    results.write_json(path, [*starts, now])
+    results.write_json(os.path.join(workdir, "machine.json"), [*starts, now])
+
+
+@contextlib.contextmanager
+def _saving():
+    """A checkpoint save: SIGINT/SIGTERM held until it is complete (orbax writes from other
+    threads), orbax's own error logs off stderr (a failed save comes back as one line)."""
+    with signals.deferred(), cli.quiet_logs():
+        yield
 
 
 def _run(cfg, dataset, workdir):
@@ -217,22 +237,16 @@ def _run(cfg, dataset, workdir):
 
     start = time.perf_counter()
     writer = distributed.is_writer()  # process 0 alone writes files, logs and progress bars
-    # Saves hold SIGINT/SIGTERM until they are complete (orbax writes from other threads).
-    with Checkpointer(os.path.join(workdir, "checkpoints"), guard=signals.deferred) as ckpt:
+    with Checkpointer(os.path.join(workdir, "checkpoints"), guard=_saving) as ckpt:
         _RUN["checkpointer"] = ckpt
-        try:
-            records = lth.run(
-                cfg,
-                dataset,
-                checkpointer=ckpt,
-                on_stage_end=on_stage_end if writer else None,
-                progress=_PROGRESS.value and writer,
-                log=print if writer else lambda line: None,
-            )
-        except files.WriteError as e:  # a full disk: the run continues from its checkpoint
-            raise files.WriteError(
-                e.errno, f"{e}; make room, then resume with: {signals.resume_command()}"
-            ) from None
+        records = lth.run(
+            cfg,
+            dataset,
+            checkpointer=ckpt,
+            on_stage_end=on_stage_end if writer else None,
+            progress=_PROGRESS.value and writer,
+            log=print if writer else lambda line: None,
+        )
     if writer:
         print(f"run finished in {time.perf_counter() - start:.1f} s (this process)")
     return records

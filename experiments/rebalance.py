@@ -91,6 +91,21 @@ def _check_paths() -> tuple[str, str, str | None]:
     return masks, out, _WEIGHTS.value
 
 
+def _rebalance(masks, weights, policy, n_pe, mapping, target, seed, backend):
+    return rebalance_network(
+        masks,
+        weights if policy == "magnitude" else None,
+        n_pe=n_pe,
+        mapping=mapping,
+        policy=policy,
+        target=target,
+        key=jax.random.key(seed),
+        conv_only=_CONV_ONLY.value,
+        skip_first=_SKIP_FIRST.value,
+        backend=backend,
+    )
+
+
 def run() -> dict:
     """Parses the flags, rebalances the masks, writes --out; returns the JSON report."""
     t0 = time.perf_counter()
@@ -108,18 +123,8 @@ def run() -> dict:
     weights = load_weight_file(weights_path, layout) if weights_path else None
     files.check_writable(out)  # a read-only --out fails now, not after the work
     t_load = time.perf_counter()
-    new, report = rebalance_network(
-        masks,
-        weights if policy == "magnitude" else None,
-        n_pe=n_pe,
-        mapping=mapping,
-        policy=policy,
-        target=target,
-        key=jax.random.key(seed),
-        conv_only=_CONV_ONLY.value,
-        skip_first=_SKIP_FIRST.value,
-        backend=backend,
-    )
+    with cli.flag_errors("n_pe", "mapping", "policy", "target", "backend"):
+        new, report = _rebalance(masks, weights, policy, n_pe, mapping, target, seed, backend)
     new = jax.block_until_ready(new)
     t_rebalance = time.perf_counter()
     out_json = report_to_json(report)

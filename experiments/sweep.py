@@ -252,13 +252,6 @@ def _table(rows: list[dict], limit: int) -> str:
     return text + (f"\n... {more} more rows in sweep.csv" if more > 0 else "")
 
 
-def _stored_shape(hwio: tuple[int, ...]) -> tuple[int, ...]:
-    """A kernel's shape as the file stores it in `--layout` (hwio, or oihw)."""
-    if _LAYOUT.value == "hwio":
-        return tuple(hwio)
-    return (hwio[3], hwio[2], hwio[0], hwio[1]) if len(hwio) == 4 else (hwio[1], hwio[0])
-
-
 def _model_specs(masks: dict) -> list[hardware.LayerSpec]:
     """Layer descriptions from the project's model of that name, checked against the masks."""
     from uticket_jax import models  # imported on demand: flax is only needed here
@@ -281,9 +274,8 @@ def _model_specs(masks: dict) -> list[hardware.LayerSpec]:
     if got != want:
         diff = [k for k in want if got.get(k) != want[k]] or list(got)
         other = LAYOUTS[1 - LAYOUTS.index(_LAYOUT.value)]
-        # The file read back in its stored layout, then as the other one.
-        stored = {k: checks.hwio_shape(_stored_shape(v.shape), other) for k, v in masks.items()}
-        hint = f"; they fit it read with --layout {other}" if stored == got else ""
+        reread = {k: checks.other_reading(v.shape, _LAYOUT.value) for k, v in masks.items()}
+        hint = f"; they fit it read with --layout {other}" if reread == got else ""
         raise ValueError(
             f"--model: {_MODEL.value} at input {_INPUT_SIZE.value} does not have "
             f"the masks' layers (first mismatch: {diff[0]!r}){hint}"

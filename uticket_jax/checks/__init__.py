@@ -1,10 +1,17 @@
 """One place that checks each kind of input at the public boundary, with one-line `ValueError`s
 naming the argument (or flag) and what is allowed: integers against the int32 / 32-bit-seed
-ranges the kernels hold (`numbers`), training hyper-parameters (`training`), masks (`masks`:
-boolean or exactly 0/1), layer specs (`specs`), kernel layouts against the network's geometry
-(`layout`). Files are read by `uticket_jax.files` (which uses these checks)."""
+ranges the kernels hold and training hyper-parameters (`numbers`), masks (`masks`: boolean or
+exactly 0/1), layer specs and kernel layouts against the network's geometry (`geometry`).
+Files are read by `uticket_jax.files` (which uses these checks)."""
 
-from uticket_jax.checks.layout import check_layout, first_break, hwio_shape
+from uticket_jax.checks.geometry import (
+    check_layout,
+    check_spec,
+    check_specs,
+    first_break,
+    hwio_shape,
+    other_reading,
+)
 from uticket_jax.checks.masks import bool_mask, bool_masks, check_bool_mask, check_rank
 from uticket_jax.checks.numbers import (
     INT32_MAX,
@@ -14,16 +21,13 @@ from uticket_jax.checks.numbers import (
     check_int,
     check_int_array,
     check_int_tuple,
-    check_seed,
-    parse_int,
-    parse_int_list,
-)
-from uticket_jax.checks.specs import check_spec, check_specs
-from uticket_jax.checks.training import (
     check_optimizer_settings,
     check_run_sizes,
+    check_seed,
     check_seed_value,
     check_total_steps,
+    parse_int,
+    parse_int_list,
 )
 
 __all__ = [
@@ -48,6 +52,7 @@ __all__ = [
     "check_total_steps",
     "first_break",
     "hwio_shape",
+    "other_reading",
     "parse_int",
     "parse_int_list",
 ]

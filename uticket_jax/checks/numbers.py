@@ -1,10 +1,15 @@
-"""Integers and floats at the boundary: range-checked, never wrapped, never NaN.
+"""Integers and floats at the boundary (run settings included): range-checked, never wrapped.
 
 The kernels hold counts, sizes and PE numbers as int32 and JAX keeps a 32-bit seed, so a Python
 integer that does not fit would be wrapped silently by `np.int32(...)` / `astype(np.int32)`
 (`4294967312 -> 16`) or by `jax.random.key` (`2**32 -> key(0)`). Every integer a user can give is
 checked here against the range its consumer holds, and every float against being finite and in
 its range, with a one-line `ValueError` naming the argument (`n_pe`, or the flag `--n_pe`).
+
+Training settings are checked here too, before anything runs: a NaN or negative learning rate
+would otherwise surface only after a whole epoch, as a diverged loss blamed on that epoch, after
+the work directory was written (`LTHConfig.validate`, `experiments/train.py` and
+`training.step.make_optimizer` share these rules).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import numpy as np
 
 INT32_MAX = 2**31 - 1
+INT32_MIN = -(2**31)
 # `jax.random.key(seed)` keeps the low 32 bits of a seed (without x64): 2**32 and 0 give the same
 # key, and -1 the same as 2**32 - 1. Seeds are therefore the integers 0 .. 2**32 - 1.
 SEED_MAX = 2**32 - 1
@@ -111,10 +117,9 @@ def check_int_array(
             v = int(v)
         if not _is_int(v):
             raise ValueError(f"{name}: must be whole numbers, got {values!r}")
-        if (minimum is not None and v < minimum) or v > maximum:
-            raise ValueError(
-                f"{name}: must be integers {_range_text(minimum, maximum)}, got {int(v)}"
-            )
+        low = INT32_MIN if minimum is None else minimum
+        if not low <= v <= maximum:
+            raise ValueError(f"{name}: must be integers {_range_text(low, maximum)}, got {int(v)}")
     return np.asarray([int(v) for v in flat], np.int32).reshape(np.shape(values))
 
 
@@ -155,3 +160,56 @@ def check_int_tuple(
 ) -> tuple[int, ...]:
     """Each element checked as `check_int` does; the tuple of Python ints."""
     return tuple(check_int(name, v, minimum=minimum, maximum=maximum) for v in values)
+
+
+# ---- training settings ----------------------------------------------------------------------
+
+# SGD momentum is a decay factor: 1 never forgets a gradient (the heavy ball never settles) and
+# beyond 1 the velocity grows without bound.
+MOMENTUM_MAX = 1.0
+
+
+def check_optimizer_settings(
+    *, lr: Any, momentum: Any, weight_decay: Any, prefix: str = ""
+) -> tuple[float, float, float]:
+    """`(lr, momentum, weight_decay)` as floats, checked.
+
+    lr: finite and > 0; momentum: finite, in [0, 1); weight_decay: finite and >= 0.
+
+    Args:
+      lr, momentum, weight_decay: the values.
+      prefix: put before each name in a message (`"--"` where they are flags).
+
+    Raises:
+      ValueError: naming the first bad value and its allowed range.
+    """
+    lr = check_float(f"{prefix}lr", lr, minimum=0.0, open_min=True)
+    momentum = check_float(
+        f"{prefix}momentum", momentum, minimum=0.0, maximum=MOMENTUM_MAX, open_max=True
+    )
+    weight_decay = check_float(f"{prefix}weight_decay", weight_decay, minimum=0.0)
+    return lr, momentum, weight_decay
+
+
+def check_run_sizes(prefix: str = "", **sizes: Any) -> dict[str, int]:
+    """Positive int32 counts (epochs, timesteps, batch sizes, ...) by name, checked.
+
+    Example: `check_run_sizes("--", epochs=cfg.epochs, timesteps=cfg.timesteps)`.
+    """
+    return {k: check_int(f"{prefix}{k}", v, minimum=1) for k, v in sizes.items()}
+
+
+def check_seed_value(seed: Any, prefix: str = "") -> int:
+    """The run's seed (`--seed`): an integer in [0, 2**32 - 1]."""
+    return check_seed(f"{prefix}seed", seed)
+
+
+def check_total_steps(epochs: int, batches_per_epoch: int, prefix: str = "") -> int:
+    """`epochs * batches_per_epoch` optimizer steps, which the step counter holds as int32."""
+    total = int(epochs) * int(batches_per_epoch)
+    if total > INT32_MAX:
+        raise ValueError(
+            f"{prefix}epochs: {epochs} epochs of {batches_per_epoch} batches are {total} optimizer"
+            f" steps; the step counter holds at most {INT32_MAX}"
+        )
+    return total

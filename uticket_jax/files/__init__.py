@@ -1,5 +1,5 @@
 """The project's files, read and written safely: `.npz` arrays checked byte by byte before
-anything is allocated (`npz`), JSON with one-line errors (`jsonfile`), atomic writes with the
+anything is allocated and JSON with one-line errors (`readers`), atomic writes with the
 user's umask and no temporary file left behind (`atomic`)."""
 
 from uticket_jax.files.atomic import (
@@ -14,8 +14,7 @@ from uticket_jax.files.atomic import (
     write_npz,
     write_text,
 )
-from uticket_jax.files.jsonfile import read_json
-from uticket_jax.files.npz import is_npz, read_npz
+from uticket_jax.files.readers import is_npz, read_json, read_npz
 
 __all__ = [
     "WriteError",

@@ -175,6 +175,18 @@ def guarded(
     return call
 
 
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """absl logging off (but FATAL) while the block runs: orbax logs a failed save's traceback
+    from each of its threads before the failure comes back as the one line a launcher prints."""
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.FATAL)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
 def quiet_async_debris() -> None:
     """Keeps stderr to the one line: orbax's failed reads of a damaged checkpoint leave asyncio
     tasks whose errors were already reported (as a `CheckpointError`) and tensorstore callbacks for
