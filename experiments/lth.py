@@ -131,6 +131,7 @@ def _prepare(cfg: lth.LTHConfig) -> tuple[str, lock.WorkdirLock | None]:
     if not distributed.is_writer():
         if _RESUME.value:
             _check_resume(path, cfg)
+        _RUN["workdir"] = path
         return path, None
     path, _ = workdirs.prepare(
         path, workdirs.LTH, flag="--workdir", overwrite=_OVERWRITE.value, resume=_RESUME.value

@@ -276,8 +276,14 @@ def run_case(mod, kind: str, argv: list[str], cwd: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def judge(kind: str, code: int, stderr: str, named: list[str], before, after) -> str | None:
-    """What is wrong with a case's outcome, or None."""
+def judge(
+    kind: str, code: int, stderr: str, named: list[str], before, after, values: tuple = ()
+) -> str | None:
+    """What is wrong with a case's outcome, or None.
+
+    `named`: the paths a line may name; `values`: the path flags' values, which it may name
+    quoted (`--data_dir=dense` as `'dense'`).
+    """
     lines = stderr.strip().splitlines()
     if code == 0:
         return None
@@ -290,8 +296,10 @@ def judge(kind: str, code: int, stderr: str, named: list[str], before, after) ->
         return "the line does not start with the launcher's name"
     body = line[len(NAMES[kind]) + 2 :]
     names_flag = re.search(r"--[a-z][a-z_0-9]*", body) is not None
-    names_file = any(p and p in body for p in named) or re.match(
-        r"^(masks|weights|spike_rates)\b", body
+    names_file = (
+        any(p and p in body for p in named)
+        or any(repr(v) in body for v in values)
+        or re.match(r"^(masks|weights|spike_rates)\b", body)
     )
     if not (names_flag or names_file):
         return "the line names no flag and no file"
@@ -369,9 +377,13 @@ def campaign(kind: str, cases: int, seed: int | None = None) -> dict:
         before = _snapshot(scratch)
         try:
             code, _, err = run_case(mod, kind, argv, scratch)
-            problem = judge(
-                kind, code, err, [*inputs.values(), *targets.values()], before, _snapshot(scratch)
+            given = tuple(  # the files and folders the case names (quoted in a message)
+                a.split("=", 1)[1]
+                for a in argv
+                if a.startswith("--") and a[2:].split("=")[0] in (*INPUT_FLAGS, "workdir", "out")
             )
+            named = [*inputs.values(), *targets.values()]
+            problem = judge(kind, code, err, named, before, _snapshot(scratch), given)
         except Exception as e:  # a traceback: the one thing a case must never give
             code, err = "traceback", "".join(traceback.format_exception(e))[-1500:]
             problem = f"traceback: {type(e).__name__}: {e}"
