@@ -842,3 +842,14 @@ def test_pad_value_is_black_pixel(tmp_path):
     ds = data.load_dataset("svhn", data_dir=tmp_path)
     black = data.normalize(np.zeros((1, 1, 1, 3), np.uint8), ds.mean, ds.std)[0, 0, 0]
     np.testing.assert_allclose(ds.pad_value, black, rtol=1e-6)
+
+
+def test_fashion_mnist_reads_no_more_than_a_file_can_hold(tmp_path, monkeypatch):
+    """A gzip that expands beyond any Fashion-MNIST file is refused before it is all read."""
+    from uticket_jax.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "MAX_IDX_BYTES", 1000)
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(b"\0" * 5000)
+    with pytest.raises(data.DataError, match="holds more than 1000 bytes"):
+        fashion_mnist._read(str(tmp_path), "train-images-idx3-ubyte.gz", 3)
