@@ -18,7 +18,7 @@ import pytest
 from tests import fuzz_launchers as fz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASES = {"lth": 40, "train": 40, "rebalance": 60, "sweep": 60}
+CASES = {"lth": 30, "train": 30, "rebalance": 40, "sweep": 40}
 
 
 @pytest.mark.parametrize("launcher", sorted(CASES))
