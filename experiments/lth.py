@@ -137,9 +137,9 @@ def _prepare(cfg: lth.LTHConfig) -> tuple[str, lock.WorkdirLock | None]:
         path, workdirs.LTH, flag="--workdir", overwrite=_OVERWRITE.value, resume=_RESUME.value
     )
     # Everything that can refuse a resume is read before the lock file is made or written.
-    starts = _machine_starts(path) if _RESUME.value else []
     if _RESUME.value:
         _check_resume(path, cfg)
+    starts = _machine_starts(path) if _RESUME.value else []
     held = lock.acquire(path)  # a second run here, fresh or --resume, is refused
     try:
         if held.taken_over():

@@ -85,11 +85,11 @@ def parse_int_list(
         values = [int(p) for p in parts if p]
     except ValueError:
         raise ValueError(f"{name}: expected a comma list of integers, got {text!r}") from None
-    for v in values:
-        if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
-            raise ValueError(
-                f"{name}: must be integers {_range_text(minimum, maximum)}, got {text!r}"
-            )
+    for v in values:  # the bound that is broken, as in "--n_pe: must be integers >= 1"
+        if minimum is not None and v < minimum:
+            raise ValueError(f"{name}: must be integers >= {minimum}, got {text!r}")
+        if maximum is not None and v > maximum:
+            raise ValueError(f"{name}: must be integers <= {maximum}, got {text!r}")
     return values
 
 
