@@ -18,6 +18,11 @@ uticket_jax/configs/).
 
 from __future__ import annotations
 
+from uticket_jax.launch import signals
+
+signals.install("lth.py", __name__)  # before the heavy imports: a Ctrl-C there is one line
+
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,9 +30,10 @@ import time
 
 from absl import flags
 
-from uticket_jax import configs, data
+from uticket_jax import checks, configs, data, files
 from uticket_jax import pipeline as lth
-from uticket_jax.launch import cli, distributed, hostmem, machine, report, results
+from uticket_jax.launch import cli, distributed, hostmem, lock, machine, report, results
+from uticket_jax.launch import workdir as workdirs
 from uticket_jax.sparsity.masks import save_mask_file, save_npz_atomic
 from uticket_jax.training import loop
 from uticket_jax.training.checkpoint import Checkpointer
@@ -68,26 +74,29 @@ def _workdir() -> str:
     return _WORKDIR.value or os.path.join("runs", f"lth_{_PRESET.value}")
 
 
-def _check_resume(workdir: str, cfg: lth.LTHConfig) -> None:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise ValueError(f"--resume: {workdir} has no config.json; nothing to resume")
-    with open(path) as f:
-        stored = json.load(f)
+def _check_resume(path: str, cfg: lth.LTHConfig) -> None:
+    stored = files.read_json(os.path.join(path, "config.json"), "--resume")
+    if not isinstance(stored, dict):
+        raise ValueError(f"--resume: {path}/config.json is not a run's configuration")
     stored.pop("preset", None)
     now = _config_json(cfg)
     now.pop("preset")
     diff = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
     if diff:
         raise ValueError(
-            f"--resume: flags differ from the run in {workdir} ({', '.join(diff)}); pass the same"
+            f"--resume: flags differ from the run in {path} ({', '.join(diff)}); pass the same"
             " flags, or use another --workdir"
         )
+
+
+# What a SIGINT/SIGTERM handler needs to say where the run stopped (set as the run goes).
+_RUN: dict = {"cfg": None, "workdir": None, "checkpointer": None}
 
 
 def main() -> None:
     distributed.initialize()
     cfg = build_config()
+    _RUN["cfg"] = cfg
     if _RESUME.value and _OVERWRITE.value:
         raise ValueError("--resume and --overwrite: choose one")
     # Every process must run the same configuration (checked on all of them at once).
@@ -100,48 +109,102 @@ def main() -> None:
     # Checked before the work directory is touched, so a bad batch size or subset writes nothing.
     data.check_train_subset(cfg.train_subset, dataset)
     n_train = cfg.train_subset or dataset.train_images.shape[0]
-    loop.check_batch_size(cfg.batch_size, n_train, loop.data_parallel())
-    workdir = distributed.together(lambda: _prepare(cfg))
-    records = _run(cfg, dataset, workdir)
-    if distributed.is_writer():
-        _finish(records, workdir)
+    loop.check_batch_size(cfg.batch_size, n_train, loop.data_parallel(), "--batch_size")
+    checks.check_total_steps(cfg.epochs, data.num_batches(n_train, cfg.batch_size), "--")
+    path, held = distributed.together(lambda: _prepare(cfg))
+    try:
+        records = _run(cfg, dataset, path)
+        if distributed.is_writer():
+            _finish(records, path)
+    except files.WriteError as e:  # a full disk: the run continues from its checkpoint
+        raise files.WriteError(
+            e.errno, f"{e}; make room, then resume with: {signals.resume_command()}"
+        ) from None
+    finally:
+        if held is not None:
+            held.release()
 
 
-def _prepare(cfg: lth.LTHConfig) -> str:
-    """The work directory, checked (and on process 0 created, with config.json)."""
-    workdir = os.path.abspath(_workdir())
-    if _RESUME.value:
-        _check_resume(workdir, cfg)
+def _prepare(cfg: lth.LTHConfig) -> tuple[str, lock.WorkdirLock | None]:
+    """The work directory, checked (on process 0 created, locked, with config.json) and lock."""
+    path = os.path.abspath(_workdir())
     if not distributed.is_writer():
-        return workdir
-    workdir = results.prepare_workdir(_workdir(), overwrite=_OVERWRITE.value, resume=_RESUME.value)
-    if not _RESUME.value:
-        moved = results.set_aside(workdir)
-        if moved:
-            print(f"--overwrite: moved the earlier results to {moved}")
-        results.write_json(os.path.join(workdir, "config.json"), _config_json(cfg))
-    _record_machine(workdir)
-    return workdir
+        if _RESUME.value:
+            _check_resume(path, cfg)
+        _RUN["workdir"] = path
+        return path, None
+    path, _ = workdirs.prepare(
+        path, workdirs.LTH, flag="--workdir", overwrite=_OVERWRITE.value, resume=_RESUME.value
+    )
+    # Everything that can refuse a resume is read before the lock file is made or written.
+    if _RESUME.value:
+        _check_resume(path, cfg)
+    starts = _machine_starts(path) if _RESUME.value else []
+    held = lock.acquire(path)  # a second run here, fresh or --resume, is refused
+    try:
+        if held.taken_over():
+            print(f"--workdir: {held.taken_over()}")
+        if not _RESUME.value:
+            moved = workdirs.set_aside(path)
+            if moved:
+                print(f"--overwrite: moved the earlier results to {moved}")
+            results.write_json(os.path.join(path, "config.json"), _config_json(cfg))
+        _record_machine(path, starts)
+    except BaseException:
+        held.release()
+        raise
+    _RUN["workdir"] = path
+    return path, held
 
 
-def _record_machine(workdir: str) -> None:
+def _on_stop(stop: signals.Stopped) -> str:
+    """Where the run stopped and the command that continues it (after "stopped by SIG...")."""
+    if _RUN["workdir"] is None:
+        return f" before the run started; nothing was written: rerun with: {_rerun()}"
+    ckpt, cfg = _RUN["checkpointer"], _RUN["cfg"]
+    meta = ckpt.last_meta if ckpt is not None else None
+    if meta is None:
+        where = "before its first checkpoint"
+    else:
+        prog = lth.Progress.from_json(meta)
+        stages = cfg.stages()
+        if prog.stage >= len(stages):
+            where = f"after its last stage (checkpoint {prog.saves}), before the summary"
+        else:
+            rnd, arm = stages[prog.stage]
+            done = f"before round {rnd} ({arm})"
+            if prog.epoch:
+                done = f"after {prog.epoch} epoch(s) of round {rnd} ({arm})"
+            where = f"at checkpoint {prog.saves}, {done}"
+    return f" {where}; resume with: {signals.resume_command()}"
+
+
+def _rerun() -> str:
+    return signals.resume_command(drop=(), add=())
+
+
+def _machine_starts(path: str) -> list[dict]:
+    """The machine entries of the run's earlier starts (WORKDIR/machine.json; none: [])."""
+    path = os.path.join(path, "machine.json")
+    if not os.path.exists(path):
+        return []
+    try:
+        starts = files.read_json(path, "--resume")
+    except ValueError:
+        starts = None
+    if not isinstance(starts, list) or not all(isinstance(s, dict) for s in starts):
+        raise ValueError(
+            f"--resume: {path} is not a list of machine entries; move it away to resume"
+        )
+    return starts
+
+
+def _record_machine(workdir: str, starts: list[dict]) -> None:
     """Appends this start's `machine.describe()` to WORKDIR/machine.json and prints it.
 
     A resumed run also says which facts differ from the run's first start: its figures from
     here on are then not bit-identical to an uninterrupted run's.
     """
-    path = os.path.join(workdir, "machine.json")
-    starts = []
-    if _RESUME.value and os.path.exists(path):
-        try:
-            with open(path) as f:
-                starts = json.load(f)
-        except json.JSONDecodeError:
-            starts = None
-        if not isinstance(starts, list) or not all(isinstance(s, dict) for s in starts):
-            raise ValueError(
-                f"--resume: {path} is not a list of machine entries; move it away to resume"
-            )
     now = machine.describe(resume=_RESUME.value)
     print(f"machine: {machine.summary(now)}")
     if starts:
@@ -152,7 +215,15 @@ def _record_machine(workdir: str) -> None:
                 " the stages run from here on may differ from an uninterrupted run in their last"
                 " digits"
             )
-    results.write_json(path, [*starts, now])
+    results.write_json(os.path.join(workdir, "machine.json"), [*starts, now])
+
+
+@contextlib.contextmanager
+def _saving():
+    """A checkpoint save: SIGINT/SIGTERM held until it is complete (orbax writes from other
+    threads), orbax's own error logs off stderr (a failed save comes back as one line)."""
+    with signals.deferred(), cli.quiet_logs():
+        yield
 
 
 def _run(cfg, dataset, workdir):
@@ -167,7 +238,8 @@ def _run(cfg, dataset, workdir):
 
     start = time.perf_counter()
     writer = distributed.is_writer()  # process 0 alone writes files, logs and progress bars
-    with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    with Checkpointer(os.path.join(workdir, "checkpoints"), guard=_saving) as ckpt:
+        _RUN["checkpointer"] = ckpt
         records = lth.run(
             cfg,
             dataset,
@@ -197,4 +269,4 @@ def _finish(records, workdir):
 
 if __name__ == "__main__":
     hostmem.reexec_with_hugepages()  # XLA:CPU's per-step buffers on huge pages
-    cli.run(main, name="lth.py")
+    cli.run(main, name="lth.py", on_stop=_on_stop)

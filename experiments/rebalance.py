@@ -21,6 +21,10 @@ line on stderr, exit status 2, nothing written.
 
 from __future__ import annotations
 
+from uticket_jax.launch import signals
+
+signals.install("rebalance.py", __name__)  # before the heavy imports: a Ctrl-C there is one line
+
 import json
 import os
 import time
@@ -28,6 +32,7 @@ import time
 import jax
 from absl import flags
 
+from uticket_jax import checks, files
 from uticket_jax.launch import cli
 from uticket_jax.sparsity.masks import LAYOUTS, load_mask_file, load_weight_file, save_mask_file
 from uticket_jax.workload import MAPPINGS, POLICIES, TARGETS, rebalance_network, report_to_json
@@ -36,18 +41,22 @@ from uticket_jax.workload.rebalance import BACKENDS
 _MASKS = flags.DEFINE_string("masks", None, "Mask .npz file (one array per prunable layer).")
 _WEIGHTS = flags.DEFINE_string("weights", None, "Weights .npz (same keys); needed for magnitude.")
 _LAYOUT = flags.DEFINE_string("layout", "hwio", f"Layout of the files: {', '.join(LAYOUTS)}.")
-_N_PE = flags.DEFINE_string("n_pe", "16", "PEs per group (integer >= 1).")
+_N_PE = flags.DEFINE_string("n_pe", "16", f"PEs per group (integer in [1, {checks.MAX_N_PE}]).")
 _MAPPING = flags.DEFINE_string("mapping", "output_channel", f"One of: {', '.join(MAPPINGS)}.")
 _POLICY = flags.DEFINE_string("policy", "magnitude", f"One of: {', '.join(POLICIES)}.")
 _TARGET = flags.DEFINE_string("target", "ceil_mean", f"One of: {', '.join(TARGETS)}.")
-_SEED = flags.DEFINE_string("seed", "0", "Seed of the random policy (integer).")
+_SEED = flags.DEFINE_string(
+    "seed", "0", f"Seed of the random policy (integer in [0, {checks.SEED_MAX}])."
+)
 _CONV_ONLY = flags.DEFINE_bool("conv_only", True, "Rebalance conv layers only (paper).")
 _SKIP_FIRST = flags.DEFINE_bool("skip_first_layer", True, "Leave the first conv out (paper).")
 _BACKEND = flags.DEFINE_string(
     "backend", "numpy", f"One of: {', '.join(BACKENDS)} (numpy: on the host; same masks)."
 )
 _OUT = flags.DEFINE_string("out", None, "Output mask .npz.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --out file.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace an existing --out file (only a mask .npz is ever replaced)."
+)
 
 
 def _choice(flag, allowed) -> str:
@@ -56,14 +65,8 @@ def _choice(flag, allowed) -> str:
     return flag.value
 
 
-def _int(flag, minimum: int | None = None) -> int:
-    try:
-        value = int(flag.value)
-    except ValueError:
-        raise ValueError(f"--{flag.name}: expected an integer, got {flag.value!r}") from None
-    if minimum is not None and value < minimum:
-        raise ValueError(f"--{flag.name}: must be >= {minimum}, got {value}")
-    return value
+def _same_file(a: str, b: str) -> bool:
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
 def _check_paths() -> tuple[str, str, str | None]:
@@ -72,32 +75,24 @@ def _check_paths() -> tuple[str, str, str | None]:
     if not _OUT.value:
         raise ValueError("--out: required (the output mask .npz file)")
     masks, out = _MASKS.value, _OUT.value
-    if os.path.exists(out) and os.path.samefile(out, masks):
+    if os.path.isdir(out):
+        raise ValueError(f"--out: {out!r} is a directory; give the path of the output .npz file")
+    if _same_file(out, masks):
         raise ValueError(f"--out: {out!r} is the input --masks file; choose another path")
-    if _WEIGHTS.value and os.path.exists(out) and os.path.samefile(out, _WEIGHTS.value):
+    if _WEIGHTS.value and _same_file(out, _WEIGHTS.value):
         raise ValueError(f"--out: {out!r} is the --weights file; choose another path")
     if os.path.exists(out) and not _OVERWRITE.value:
         raise ValueError(f"--out: {out!r} exists; pass --overwrite to replace it")
+    if os.path.exists(out) and not files.is_npz(out):
+        raise ValueError(
+            f"--overwrite: {out!r} is not an .npz array file; it is left alone: choose another"
+            " --out"
+        )
     return masks, out, _WEIGHTS.value
 
 
-def run() -> dict:
-    """Parses the flags, rebalances the masks, writes --out; returns the JSON report."""
-    t0 = time.perf_counter()
-    layout = _choice(_LAYOUT, LAYOUTS)
-    mapping = _choice(_MAPPING, tuple(MAPPINGS))
-    policy = _choice(_POLICY, POLICIES)
-    target = _choice(_TARGET, TARGETS)
-    backend = _choice(_BACKEND, BACKENDS)
-    n_pe = _int(_N_PE, minimum=1)
-    seed = _int(_SEED)
-    masks_path, out, weights_path = _check_paths()
-    if policy == "magnitude" and not weights_path:
-        raise ValueError("--weights: required for --policy magnitude (or use --policy random)")
-    masks = load_mask_file(masks_path, layout)
-    weights = load_weight_file(weights_path, layout) if weights_path else None
-    t_load = time.perf_counter()
-    new, report = rebalance_network(
+def _rebalance(masks, weights, policy, n_pe, mapping, target, seed, backend):
+    return rebalance_network(
         masks,
         weights if policy == "magnitude" else None,
         n_pe=n_pe,
@@ -109,10 +104,32 @@ def run() -> dict:
         skip_first=_SKIP_FIRST.value,
         backend=backend,
     )
+
+
+def run() -> dict:
+    """Parses the flags, rebalances the masks, writes --out; returns the JSON report."""
+    t0 = time.perf_counter()
+    layout = _choice(_LAYOUT, LAYOUTS)
+    mapping = _choice(_MAPPING, tuple(MAPPINGS))
+    policy = _choice(_POLICY, POLICIES)
+    target = _choice(_TARGET, TARGETS)
+    backend = _choice(_BACKEND, BACKENDS)
+    n_pe = checks.parse_int("--n_pe", _N_PE.value, minimum=1, maximum=checks.MAX_N_PE)
+    seed = checks.parse_int("--seed", _SEED.value, minimum=0, maximum=checks.SEED_MAX)
+    masks_path, out, weights_path = _check_paths()
+    if policy == "magnitude" and not weights_path:
+        raise ValueError("--weights: required for --policy magnitude (or use --policy random)")
+    masks = load_mask_file(masks_path, layout)
+    weights = load_weight_file(weights_path, layout) if weights_path else None
+    files.check_writable(out)  # a read-only --out fails now, not after the work
+    t_load = time.perf_counter()
+    with cli.flag_errors("n_pe", "mapping", "policy", "target", "backend"):
+        new, report = _rebalance(masks, weights, policy, n_pe, mapping, target, seed, backend)
     new = jax.block_until_ready(new)
     t_rebalance = time.perf_counter()
     out_json = report_to_json(report)
     save_mask_file(out, new, layout)
+    _WROTE.append(out)
     t_end = time.perf_counter()
     out_json["seconds"] = {
         "load": round(t_load - t0, 4),
@@ -123,9 +140,21 @@ def run() -> dict:
     return out_json
 
 
+_WROTE: list[str] = []  # --out, once written
+
+
+def _on_stop(stop: signals.Stopped) -> str:
+    done = f"after writing {_WROTE[0]}" if _WROTE else "before writing --out"
+    return f" {done}; rerun with: {signals.resume_command(drop=(), add=())}"
+
+
 def main() -> None:
     print(json.dumps(run()))
 
 
 if __name__ == "__main__":
-    cli.run(main, name="rebalance.py")
+    cli.run(
+        main,
+        name="rebalance.py",
+        on_stop=_on_stop,
+    )

@@ -22,6 +22,10 @@ run of one VGG16 masks file x 100 configs takes ~1.8 s on a 2-core CPU, JAX's im
 
 from __future__ import annotations
 
+from uticket_jax.launch import signals
+
+signals.install("sweep.py", __name__)  # before the heavy imports: a Ctrl-C there is one line
+
 import csv
 import io
 import json
@@ -30,9 +34,10 @@ import os
 import numpy as np
 from absl import flags
 
-from uticket_jax import hardware
+from uticket_jax import checks, files, hardware
 from uticket_jax.hardware import energy
-from uticket_jax.launch import cli, distributed, plots
+from uticket_jax.launch import cli, distributed, lock, plots
+from uticket_jax.launch import workdir as workdirs
 from uticket_jax.sparsity.masks import LAYOUTS, load_mask_file
 
 _MASKS = flags.DEFINE_string("masks", None, "Mask .npz file (one array per prunable layer).")
@@ -90,7 +95,9 @@ _BACKEND = flags.DEFINE_string(
 _LAYER_ROWS = flags.DEFINE_bool("layer_rows", True, "Per-layer figures in sweep.json.")
 _MAX_PRINT = flags.DEFINE_integer("print_rows", 40, "Table rows printed (0: none).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into a non-empty --out directory.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace an earlier sweep in --out (it moves to OUT/replaced-<time>/)."
+)
 
 GRID_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -189,21 +196,21 @@ def _backend() -> str:
     return _BACKEND.value
 
 
+_HELD: list[lock.WorkdirLock] = []  # the --out lock, held until the process ends
+
+
 def _prepare_out(path: str) -> None:
-    if os.path.isdir(path) and os.listdir(path) and not _OVERWRITE.value:
-        raise ValueError(
-            f"--out: {path!r} exists and is not empty; pass --overwrite to write there"
-        )
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--out: {path!r} is a file, not a directory")
-    os.makedirs(path, exist_ok=True)
+    """--out checked, created and locked; an earlier sweep there set aside (--overwrite)."""
+    path, _ = workdirs.prepare(path, workdirs.SWEEP, flag="--out", overwrite=_OVERWRITE.value)
+    held = lock.acquire(path, flag="--out")
+    _HELD.append(held)
+    moved = workdirs.set_aside(path)
+    if moved:
+        print(f"--overwrite: moved the earlier sweep to {moved}")
 
 
 def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    files.write_text(path, text)
 
 
 def _fmt(v) -> str:
@@ -251,9 +258,12 @@ def _model_specs(masks: dict) -> list[hardware.LayerSpec]:
     want = {k: tuple(v.shape) for k, v in masks.items()}
     if got != want:
         diff = [k for k in want if got.get(k) != want[k]] or list(got)
+        other = LAYOUTS[1 - LAYOUTS.index(_LAYOUT.value)]
+        reread = {k: checks.other_reading(v.shape, _LAYOUT.value) for k, v in masks.items()}
+        hint = f"; they fit it read with --layout {other}" if reread == got else ""
         raise ValueError(
             f"--model: {_MODEL.value} at input {_INPUT_SIZE.value} does not have "
-            f"the masks' layers (first mismatch: {diff[0]!r})"
+            f"the masks' layers (first mismatch: {diff[0]!r}){hint}"
         )
     return hardware.specs_from_layers(
         layers, conv_only=_CONV_ONLY.value, skip_first=_SKIP_FIRST.value
@@ -266,8 +276,12 @@ def _inputs() -> tuple:
         raise ValueError("--masks: required (a mask .npz file)")
     if not _OUT.value:
         raise ValueError("--out: required (an output directory)")
-    if _INPUT_SIZE.value <= 0:
-        raise ValueError(f"--input_size: must be >= 1, got {_INPUT_SIZE.value}")
+    checks.check_int("--input_size", _INPUT_SIZE.value, minimum=1)
+    checks.check_int("--print_rows", _MAX_PRINT.value, minimum=0)
+    if _ARCH.value not in hardware.layers.ARCHS:
+        raise ValueError(
+            f"--arch: unknown {_ARCH.value!r}; allowed: {', '.join(hardware.layers.ARCHS)}"
+        )
     if _LAYOUT.value not in LAYOUTS:
         raise ValueError(f"--layout: unknown {_LAYOUT.value!r}; allowed: {', '.join(LAYOUTS)}")
     configs, model, consts = _configs()
@@ -282,19 +296,34 @@ def _inputs() -> tuple:
     if _MODEL.value:
         specs = _model_specs(masks)
     else:
-        specs = hardware.specs_from_shapes(
-            {k: v.shape for k, v in masks.items()},
-            input_size=_INPUT_SIZE.value,
-            out_sizes=cli.int_list(_OUT_SIZES) if _OUT_SIZES.value else None,
-            arch=_ARCH.value,
-            conv_only=_CONV_ONLY.value,
-            skip_first=_SKIP_FIRST.value,
-        )
+        with cli.flag_errors("input_size", "out_sizes", "arch"):
+            specs = _specs(masks)
+    checks.check_specs(specs, "--input_size/--out_sizes")
     rates = hardware.load_spike_rates(_RATES.value) if _RATES.value else None
     hardware.spike_rate_vector(rates, specs)  # validates before anything is written
-    if distributed.is_writer():
-        _prepare_out(_OUT.value)
+    if distributed.is_writer():  # checked now, created after the sweep (it may still refuse)
+        workdirs.prepare(
+            _OUT.value, workdirs.SWEEP, flag="--out", overwrite=_OVERWRITE.value, create=False
+        )
     return configs, model, consts, networks, specs, rates
+
+
+def _specs(masks: dict) -> list[hardware.LayerSpec]:
+    """Layer descriptions from the masks' shapes and --input_size / --out_sizes / --arch."""
+    return hardware.specs_from_shapes(
+        {k: v.shape for k, v in masks.items()},
+        input_size=_INPUT_SIZE.value,
+        out_sizes=cli.int_list(_OUT_SIZES) if _OUT_SIZES.value else None,
+        arch=_ARCH.value,
+        conv_only=_CONV_ONLY.value,
+        skip_first=_SKIP_FIRST.value,
+    )
+
+
+def _on_stop(stop: signals.Stopped) -> str:
+    written = _HELD and os.path.exists(os.path.join(_OUT.value, "sweep.json"))
+    rerun = signals.resume_command(drop=(), add=("--overwrite",) if written else ())
+    return f"{'' if written else ' before writing'}; rerun with: {rerun}"
 
 
 def run() -> list[dict]:
@@ -302,10 +331,22 @@ def run() -> list[dict]:
     distributed.initialize()
     # Every process checks the inputs; a failure on one is a one-line failure on all.
     configs, model, consts, networks, specs, rates = distributed.together(_inputs)
-    baseline = _COMPARE.value if _COMPARE.value else None
     # With several processes (jax backend) the configs are sharded over all of their devices;
     # every process gets every row back, and process 0 writes them.
-    rows = hardware.sweep_networks(
+    with cli.flag_errors("n_pe"):  # e.g. too many PEs for the exact int32 load counts
+        rows = _sweep(networks, specs, configs, rates, model, consts, backend)
+    if distributed.is_writer():
+        try:
+            _write(rows, len(networks), configs, model.name, backend)
+        finally:
+            for held in _HELD:
+                held.release()
+    return rows
+
+
+def _sweep(networks, specs, configs, rates, model, consts, backend) -> list[dict]:
+    baseline = _COMPARE.value if _COMPARE.value else None
+    return hardware.sweep_networks(
         networks,
         specs,
         configs,
@@ -316,13 +357,11 @@ def run() -> list[dict]:
         energy_constants=consts,
         backend=backend,
     )
-    if distributed.is_writer():
-        _write(rows, len(networks), configs, model.name, backend)
-    return rows
 
 
 def _write(rows: list[dict], n_networks: int, configs, model_name: str, backend: str) -> None:
-    """sweep.json, sweep.csv, the plots and the printed table."""
+    """sweep.json, sweep.csv, the plots and the printed table (in --out, prepared here)."""
+    _prepare_out(_OUT.value)
     _write_atomic(os.path.join(_OUT.value, "sweep.json"), json.dumps(rows))
     flat = [hardware.flat_row(r) for r in rows]
     fields = list(dict.fromkeys(k for r in flat for k in r))
@@ -341,4 +380,4 @@ def _write(rows: list[dict], n_networks: int, configs, model_name: str, backend:
 
 
 if __name__ == "__main__":
-    cli.run(run, name="sweep")
+    cli.run(run, name="sweep", on_stop=_on_stop)

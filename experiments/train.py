@@ -13,14 +13,19 @@ Real data from files you have:
 
 from __future__ import annotations
 
+from uticket_jax.launch import signals
+
+signals.install("train.py", __name__)  # before the heavy imports: a Ctrl-C there is one line
+
 import os
 import time
 
 import jax
 from absl import flags
 
-from uticket_jax import data, models
-from uticket_jax.launch import cli, hostmem, machine, results
+from uticket_jax import checks, data, models
+from uticket_jax.launch import cli, hostmem, lock, machine, results
+from uticket_jax.launch import workdir as workdirs
 from uticket_jax.pipeline import setup as pipeline_setup
 from uticket_jax.training import loop
 from uticket_jax.training import step as train
@@ -54,27 +59,63 @@ _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 _WD = flags.DEFINE_float("weight_decay", 5e-4, "L2 weight decay.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the init, batch order and augmentation.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/train", "Where results.json goes.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace results in an existing --workdir.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Start afresh; earlier results move to WORKDIR/replaced-<time>/."
+)
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 
 
 _DEFAULT_ARCH = {"digits": "digits_snn", "fashion_mnist": "fmnist_snn"}
 
 
+def _choice(flag, allowed) -> str:
+    if flag.value not in allowed:
+        raise ValueError(f"--{flag.name}: unknown {flag.value!r}; allowed: {', '.join(allowed)}")
+    return flag.value
+
+
 def _check_flags() -> str:
-    if _DATASET.value not in data.DATASET_NAMES:
-        raise ValueError(
-            f"--dataset: unknown {_DATASET.value!r}; allowed: {', '.join(data.DATASET_NAMES)}"
-        )
+    """Every flag checked before anything is read or written; returns the architecture."""
+    _choice(_DATASET, data.DATASET_NAMES)
     arch = _ARCH.value or _DEFAULT_ARCH.get(_DATASET.value, "vgg16")
     if arch not in models.MODEL_NAMES:
         raise ValueError(f"--arch: unknown {arch!r}; allowed: {', '.join(models.MODEL_NAMES)}")
-    for flag in (_TIMESTEPS, _EPOCHS, _BATCH):
-        if flag.value <= 0:
-            raise ValueError(f"--{flag.name}: must be a positive integer, got {flag.value}")
-    if _SUBSET.value < 0:
-        raise ValueError(f"--train_subset: must be >= 0 (0: all), got {_SUBSET.value}")
+    _choice(_OPT, train.OPTIMIZERS)
+    _choice(_SCHEDULE, train.SCHEDULES)
+    checks.check_run_sizes(
+        "--", timesteps=_TIMESTEPS.value, epochs=_EPOCHS.value, batch_size=_BATCH.value
+    )
+    checks.check_int("--train_subset", _SUBSET.value, minimum=0)
+    checks.check_seed_value(_SEED.value, "--")
+    checks.check_optimizer_settings(
+        lr=_LR.value, momentum=_MOMENTUM.value, weight_decay=_WD.value, prefix="--"
+    )
     return arch
+
+
+def _prepare() -> tuple[str, lock.WorkdirLock]:
+    """The work directory: checked, created, locked; an earlier run set aside (--overwrite)."""
+    path, _ = workdirs.prepare(
+        _WORKDIR.value, workdirs.TRAIN, flag="--workdir", overwrite=_OVERWRITE.value
+    )
+    held = lock.acquire(path)
+    try:
+        if held.taken_over():
+            print(f"--workdir: {held.taken_over()}")
+        moved = workdirs.set_aside(path)
+        if moved:
+            print(f"--overwrite: moved the earlier results to {moved}")
+    except BaseException:
+        held.release()
+        raise
+    return path, held
+
+
+def _on_stop(stop: signals.Stopped) -> str:
+    return (
+        " before results.json was written (train.py has no --resume); rerun with:"
+        f" {signals.resume_command(drop=(), add=())}"
+    )
 
 
 def run() -> dict:
@@ -84,8 +125,17 @@ def run() -> dict:
         print(f"{dataset.name}: read from {dataset.source}")
     dataset = data.take_train_subset(dataset, _SUBSET.value)
     dp = loop.data_parallel()
-    loop.check_batch_size(_BATCH.value, dataset.train_images.shape[0], dp)
-    workdir = results.prepare_workdir(_WORKDIR.value, overwrite=_OVERWRITE.value)
+    loop.check_batch_size(_BATCH.value, dataset.train_images.shape[0], dp, "--batch_size")
+    steps_per_epoch = data.num_batches(dataset.train_images.shape[0], _BATCH.value)
+    checks.check_total_steps(_EPOCHS.value, steps_per_epoch, "--")
+    workdir, held = _prepare()
+    try:
+        return _train(arch, dataset, dp, workdir)
+    finally:
+        held.release()
+
+
+def _train(arch: str, dataset, dp, workdir: str) -> dict:
     init_key, data_key = jax.random.split(jax.random.key(_SEED.value))
     trainer = pipeline_setup.make_trainer(
         arch=arch,
@@ -145,4 +195,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     hostmem.reexec_with_hugepages()  # XLA:CPU's per-step buffers on huge pages
-    cli.run(main, name="train.py")
+    cli.run(main, name="train.py", on_stop=_on_stop)

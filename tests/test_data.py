@@ -176,6 +176,33 @@ def test_cifar_corrupt_files(tmp_path):
         data.load_dataset("cifar10", data_dir=bad)
 
 
+class _RunsCode:
+    """A pickle that would call os.system on load."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_pickles_call_nothing_but_numpy(tmp_path, protocol, monkeypatch):
+    files, _ = _cifar_files(10)
+    for n, obj in files.items():
+        (tmp_path / n).write_bytes(pickle.dumps(obj, protocol=protocol))
+    ds = data.load_dataset("cifar10", data_dir=tmp_path)  # every protocol numpy writes reads
+    assert ds.train_images.shape[0] == sum(
+        len(o[b"labels"]) for k, o in files.items() if k.startswith("data_batch")
+    )
+    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": _RunsCode()}, protocol=protocol))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        data.DataError, match="test_batch.*names (posix|os).system, which is refused"
+    ):
+        data.load_dataset("cifar10", data_dir=tmp_path)
+    assert not (tmp_path / "pwned.txt").exists()
+
+
 @pytest.mark.parametrize(
     "patch, message",
     [
@@ -815,3 +842,14 @@ def test_pad_value_is_black_pixel(tmp_path):
     ds = data.load_dataset("svhn", data_dir=tmp_path)
     black = data.normalize(np.zeros((1, 1, 1, 3), np.uint8), ds.mean, ds.std)[0, 0, 0]
     np.testing.assert_allclose(ds.pad_value, black, rtol=1e-6)
+
+
+def test_fashion_mnist_reads_no_more_than_a_file_can_hold(tmp_path, monkeypatch):
+    """A gzip that expands beyond any Fashion-MNIST file is refused before it is all read."""
+    from uticket_jax.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "MAX_IDX_BYTES", 1000)
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(b"\0" * 5000)
+    with pytest.raises(data.DataError, match="holds more than 1000 bytes"):
+        fashion_mnist._read(str(tmp_path), "train-images-idx3-ubyte.gz", 3)

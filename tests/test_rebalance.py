@@ -357,6 +357,14 @@ def test_network_errors_name_the_layer():
     weights["features/conv1/kernel"] = weights["features/conv1/kernel"].astype(np.int32)
     with pytest.raises(ValueError, match=r"weights\['features/conv1/kernel'\]: must be floating"):
         rebalance_network(masks, weights, n_pe=4)
+    # Masks are boolean or exactly 0/1 (`checks.bool_mask`, the rule of every tool): 0/1 floats
+    # give the boolean masks' result, any other value is refused naming the layer.
+    key = jax.random.key(0)
+    want, _ = rebalance_network(masks, n_pe=4, policy="random", key=key)
     masks["features/conv2/kernel"] = masks["features/conv2/kernel"].astype(np.float32)
-    with pytest.raises(ValueError, match=r"masks\['features/conv2/kernel'\]: must be boolean"):
-        rebalance_network(masks, n_pe=4, policy="random", key=jax.random.key(0))
+    got, _ = rebalance_network(masks, n_pe=4, policy="random", key=key)
+    for k in want:
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
+    masks["features/conv2/kernel"][0, 0, 0, 0] = 0.5
+    with pytest.raises(ValueError, match=r"masks\['features/conv2/kernel'\]: not boolean"):
+        rebalance_network(masks, n_pe=4, policy="random", key=key)

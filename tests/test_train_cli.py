@@ -30,7 +30,9 @@ def test_train_writes_accuracy_and_refuses_to_overwrite(tmp_path):
     assert out["arch"] == "digits_snn" and len(out["history"]) == 2
     assert out["machine"]["backend"] == "cpu" and out["machine"]["packages"]["jaxlib"]
     assert 0.5 < out["test_accuracy"] <= 1.0  # two epochs already learn the digits
-    assert os.listdir(work) == ["results.json"]  # nothing else is written
+    # Nothing else is written but the (released, empty) lock of the work directory.
+    assert sorted(os.listdir(work)) == [".lock", "results.json"]
+    assert (work / ".lock").read_text() == ""
     again = _train("--workdir", str(work), "--epochs", "1")
     assert again.returncode == 2 and "--workdir" in again.stderr
     with open(work / "results.json") as f:

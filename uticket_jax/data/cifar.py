@@ -13,10 +13,11 @@ The files are found under `data_dir` in this order: the extracted folder
 (`data_dir/cifar-10-batches-py/`), the files directly in `data_dir`, the original .tar.gz in
 `data_dir` (read with `tarfile`, nothing extracted to disk).
 
-Security: this format can only be read by unpickling, and unpickling runs code chosen by whoever
-made the file. Only point `--data_dir` at CIFAR files from a trusted source (the official
-archive). `pickle.load(..., encoding="bytes")` is used because the files were written by
-Python 2.
+Security: this format can only be read by unpickling, and a pickle can name any function for the
+unpickler to call. The files are read by an unpickler that calls only what CIFAR's pickles need
+(numpy's array and dtype constructors, `_codecs.encode` for Python 2 byte strings) and refuses
+anything else as a corrupt file, so a crafted file cannot run code; still, use the official
+archive. `encoding="bytes"` because the files were written by Python 2.
 """
 
 import io
@@ -95,10 +96,29 @@ def expected_files(spec: _Spec) -> str:
     )
 
 
+# The only callables CIFAR's pickles name (numpy 1.x wrote `numpy.core`, 2.x `numpy._core`).
+_ALLOWED = {
+    ("_codecs", "encode"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    *((f"numpy.{c}.multiarray", n) for c in ("core", "_core") for n in ("_reconstruct", "scalar")),
+    *((f"numpy.{c}.numeric", "_frombuffer") for c in ("core", "_core")),
+}
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that calls numpy's constructors and nothing else (see the module doc)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which is refused")
+        return super().find_class(module, name)
+
+
 def _unpickle(f, what: str, where: str) -> dict:
-    """Load one bytes-keyed pickle (trusted files only, see the module docstring)."""
+    """Load one bytes-keyed pickle, calling nothing but numpy's constructors."""
     try:
-        obj = pickle.load(f, encoding="bytes")
+        obj = _ArraysOnly(f, encoding="bytes").load()
     except Exception as e:  # any unpickling failure means a corrupt or foreign file
         raise DataError(f"{what} in {where} is not a readable CIFAR pickle ({e})") from None
     if not isinstance(obj, dict):

@@ -54,6 +54,8 @@ _SIDE = 28
 _SIDE32 = 32
 # Pillow's fixed-point precision for 8-bit resampling (32 - 8 - 2 bits, libImaging/Resample.c).
 _PRECISION_BITS = 22
+# The largest Fashion-MNIST file is 47,040,016 bytes uncompressed (60,000 28x28 images).
+MAX_IDX_BYTES = 256 * 2**20
 
 
 def parse_idx(raw: bytes, *, ndim: int, what: str = "IDX data") -> np.ndarray:
@@ -141,13 +143,15 @@ def _read(folder: str, name: str, ndim: int) -> np.ndarray:
     try:
         if os.path.isfile(path):
             with gzip.open(path, "rb") as f:
-                raw = f.read()
+                raw = f.read(MAX_IDX_BYTES + 1)
         else:
             what = f"{name[:-3]} in {folder}"
             with open(path[:-3], "rb") as f:
-                raw = f.read()
+                raw = f.read(MAX_IDX_BYTES + 1)
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
         raise DataError(f"{what} is not a readable gzip file ({e})") from None
+    if len(raw) > MAX_IDX_BYTES:  # a gzip of zeros expands ~1000-fold: never read it all
+        raise DataError(f"{what} holds more than {MAX_IDX_BYTES} bytes; not a Fashion-MNIST file")
     return parse_idx(raw, ndim=ndim, what=what)
 
 

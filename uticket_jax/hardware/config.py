@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from uticket_jax import checks
 from uticket_jax.workload import mappings as wm
 
 
@@ -50,7 +51,6 @@ DEFAULTS: dict[str, Any] = {
 
 _INT_FIELDS = ("n_pe", "timesteps")
 _FLOAT_FIELDS = ("clock_hz",)
-_INT32_MAX = 2**31 - 1
 
 
 class HardwareConfig(NamedTuple):
@@ -78,16 +78,7 @@ def _field_array(name: str, values: Any) -> np.ndarray:
         names = [wm.get_mapping(v).name for v in vals.ravel()]
         return np.asarray(names, dtype=str).reshape(np.shape(values))
     if name in _INT_FIELDS:
-        arr = np.asarray(values)
-        if arr.dtype == bool or not (
-            np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-        ):
-            raise ValueError(f"{name}: must be whole numbers, got {values!r}")
-        if not np.all(np.isfinite(arr)) or not np.all(np.mod(arr, 1) == 0):
-            raise ValueError(f"{name}: must be whole numbers, got {values!r}")
-        if np.any((arr < 1) | (arr > _INT32_MAX)):
-            raise ValueError(f"{name}: must be in [1, {_INT32_MAX}], got {values!r}")
-        return arr.astype(np.int32)
+        return checks.check_int_array(name, values, minimum=None)  # never wrapped to int32
     if name == "activity_aware":
         return np.asarray(values, bool)
     return np.asarray(values, np.float32)

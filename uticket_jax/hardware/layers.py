@@ -18,14 +18,13 @@ Any other network: pass the output sizes explicitly.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
+from uticket_jax import files
 from uticket_jax.workload import mappings
 from uticket_jax.workload.metrics import analysed_layers
 
@@ -280,13 +279,7 @@ def spike_rate_vector(rates: Mapping[str, float] | None, specs: Sequence[LayerSp
 
 def load_spike_rates(path: str) -> dict[str, float]:
     """Reads a spike-rate JSON file `{layer_path: rate}`; ValueError when unreadable."""
-    if not os.path.isfile(path):
-        raise ValueError(f"spike_rates: no such file {path!r}")
-    try:
-        with open(path) as f:
-            rates = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"spike_rates: {path!r} is not valid JSON ({e})") from None
+    rates = files.read_json(path, "spike_rates")
     if not isinstance(rates, dict):
         raise ValueError(f"spike_rates: {path!r} must hold a JSON object {{layer_path: rate}}")
     return rates

@@ -64,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uticket_jax import checks
 from uticket_jax.hardware import assembly
 from uticket_jax.hardware import energy as energy_lib
 from uticket_jax.hardware.config import (
@@ -219,6 +220,7 @@ class _Net(NamedTuple):
 def _checked(tables, specs, configs, spike_rates, devices, backend):
     """`simulate`'s inputs checked: the configs as `[N]` batches and the rates `[L]`."""
     check_backend(backend)
+    checks.check_specs(specs)
     if backend == "numpy" and devices is not None:
         raise ValueError(
             "devices: the numpy backend runs on the host; leave devices None, or shard with "
@@ -317,6 +319,7 @@ def simulate_masks(
       [40320.0, 31680.0]
     """
     check_backend(backend)
+    checks.check_specs(specs)
     validate_config(configs)
     names = [str(x) for x in np.unique(np.atleast_1d(np.asarray(configs.mapping)))]
     tables = network_tables(masks, specs, names, backend=backend)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uticket_jax import checks
 from uticket_jax.hardware.layers import LayerSpec, as_hwio4
 from uticket_jax.workload import mappings as wm
 
@@ -68,6 +69,7 @@ def count_tables(
       `{mapping name: table}`; output_channel's is `[c_out]`, input_split's `[c_out, c_in + 1]`.
     """
     check_backend(backend)
+    mask = checks.bool_mask(mask, "mask")  # boolean or exactly 0/1, never 0.3 "kept"
     ms = _resolve(mappings)
     if backend == "numpy":
         mask = np.asarray(mask)
@@ -109,5 +111,6 @@ def network_tables(
                 f"masks: {spec.name!r} has shape {np.shape(masks[spec.name])}, "
                 f"the layer description says {spec.kernel_shape}"
             )
-        out.append(count_tables(masks[spec.name], ms, backend=backend))
+        mask = checks.bool_mask(masks[spec.name], f"masks[{spec.name!r}]")
+        out.append(count_tables(mask, ms, backend=backend))
     return out

@@ -2,9 +2,14 @@
 
 `run(main, name=...)` parses absl flags (a malformed or unknown flag is one line on stderr and
 exit status 2, not absl's usage dump), sets absl logging to WARNING (JAX's backend probing and
-orbax's INFO chatter would otherwise fill stderr), calls `main()` and turns the errors a user can
-cause (`ValueError` and its subclasses: bad flag values, missing files, a diverged run, a foreign
-checkpoint) into one line on stderr and exit status 2.
+orbax's INFO chatter would otherwise fill stderr), calls `main()` and turns what can go wrong into
+one line on stderr:
+
+  bad input (`ValueError` and its subclasses: flag values, files, a diverged run, a foreign
+    checkpoint, a work directory in use)                                      exit status 2;
+  a file that cannot be written (`OSError`: a full disk, a read-only file system)   exit 1;
+  SIGINT / SIGTERM (`signals.Stopped`): where the run stopped and the command
+    that continues it (the launcher's `on_stop`)                              exit 130 / 143.
 
 `define_config_flags(cls)` makes one flag per field of a config dataclass (name, type and help
 from the field), and `config_from_flags` applies the flags the user set to a base config (a
@@ -13,13 +18,20 @@ preset): a launcher re-declares no setting by hand.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging as py_logging
 import sys
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
 from absl import app, flags, logging
+
+from uticket_jax import checks, files
+from uticket_jax.launch import signals
+
+OnStop = Callable[[signals.Stopped], "str | None"]
 
 # Flags this module defines for a launcher (`define_config_flags`) are the launcher's key flags
 # (listed by its --help), not this module's.
@@ -33,23 +45,32 @@ _SCALAR_FLAGS = {
 }
 
 
-def fail(name: str, message: str) -> NoReturn:
-    """Prints `name: message` as one line on stderr and exits with status 2."""
+def fail(name: str, message: Any, status: int = 2) -> NoReturn:
+    """Prints `name: message` as one line on stderr and exits with `status` (2: bad input)."""
     first = str(message).strip().splitlines()[0] if str(message).strip() else "error"
     print(f"{name}: {first}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
-def int_list(flag) -> list[int]:
-    """The integers >= 1 of a comma-list string flag; ValueError naming the flag otherwise."""
+def int_list(flag, maximum: int = checks.INT32_MAX) -> list[int]:
+    """The integers in [1, maximum] of a comma-list string flag; ValueError naming the flag."""
+    return checks.parse_int_list(f"--{flag.name}", flag.value, minimum=1, maximum=maximum)
+
+
+@contextlib.contextmanager
+def flag_errors(*names: str) -> Iterator[None]:
+    """Re-raises a library's `ValueError` that names argument `x` (`"x: ..."`) as flag `--x`.
+
+    The library names its arguments; around a call that takes them from flags of the same
+    names, the message then names the flag the user typed.
+    """
     try:
-        vals = [int(v) for v in flag.value.split(",") if v.strip()]
-    except ValueError:
-        msg = f"--{flag.name}: expected a comma list of integers, got {flag.value!r}"
-        raise ValueError(msg) from None
-    if not vals or min(vals) <= 0:
-        raise ValueError(f"--{flag.name}: must be integers >= 1, got {flag.value!r}")
-    return vals
+        yield
+    except ValueError as e:
+        text = str(e)
+        if text.split(":", 1)[0] in names:
+            raise ValueError(f"--{text}") from None
+        raise
 
 
 def _flag_kind(name: str, hint: Any) -> Any:
@@ -123,31 +144,93 @@ def config_from_flags(base: Any, holders: Mapping[str, flags.FlagHolder]) -> Any
     return dataclasses.replace(base, **changes)
 
 
-def guarded(main: Callable[[], object], name: str) -> Callable[[], None]:
-    """`main` with user errors (`ValueError`) turned into `fail(name, ...)`; flags parsed."""
+def _stopped_line(name: str, stop: signals.Stopped, on_stop: OnStop | None) -> str:
+    tail = on_stop(stop) if on_stop is not None else None
+    if tail is None:
+        tail = f"; rerun with: {signals.resume_command(add=())}"
+    return f"stopped by {signals.signal_name(stop.signum)}{tail}"
+
+
+def _os_error_line(e: OSError) -> str:
+    if e.filename and e.strerror and not isinstance(e, files.WriteError):
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
+
+
+def guarded(
+    main: Callable[[], object], name: str, on_stop: OnStop | None = None
+) -> Callable[[], None]:
+    """`main` with its failures turned into one line on stderr (see the module docstring)."""
 
     def call() -> None:
         try:
             main()
         except ValueError as e:
             fail(name, e)
+        except OSError as e:
+            fail(name, _os_error_line(e), status=1)
+        except signals.Stopped as stop:
+            fail(name, _stopped_line(name, stop, on_stop), status=stop.exit_status)
 
     return call
 
 
-def run(main: Callable[[], object], *, name: str) -> None:
-    """Runs a launcher's `main()` under absl with the project's error conventions."""
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """absl logging off (but FATAL) while the block runs: orbax logs a failed save's traceback
+    from each of its threads before the failure comes back as the one line a launcher prints."""
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.FATAL)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
-    def parse(argv: list[str]) -> list[str]:
-        try:
-            return flags.FLAGS(argv)
-        except flags.Error as e:
-            fail(name, e)
+
+def quiet_async_debris() -> None:
+    """Keeps stderr to the one line: orbax's failed reads of a damaged checkpoint leave asyncio
+    tasks whose errors were already reported (as a `CheckpointError`) and tensorstore callbacks for
+    a closed event loop; both would otherwise print tracebacks when garbage-collected."""
+    py_logging.getLogger("asyncio").setLevel(py_logging.CRITICAL)
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
+
+
+def parse_flags(name: str, argv: list[str]) -> list[str]:
+    """absl's parse of `argv` (`argv[0]`: the program); bad flags are `fail(name, ...)`."""
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.UnrecognizedFlagError as e:
+        fail(name, f"--{e.flagname}: unknown flag; --help lists this launcher's flags")
+    except flags.Error as e:
+        fail(name, e)
+    if len(rest) > 1:
+        fail(name, f"unexpected arguments {rest[1:]}; flags are --name=value")
+    return rest
+
+
+def run(main: Callable[[], object], *, name: str, on_stop: OnStop | None = None) -> None:
+    """Runs a launcher's `main()` under absl with the project's error conventions.
+
+    Args:
+      main: the launcher's work.
+      name: its name in messages (`lth.py`).
+      on_stop: on SIGINT/SIGTERM, the rest of the line after "stopped by SIGTERM" (where the run
+        stopped, the command that continues it); None: "rerun with: <the same command>".
+    """
+    signals.install(name)  # until main starts: one line and exit, nothing is written yet
+    quiet_async_debris()
 
     def wrapped(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
-        if len(argv) > 1:
-            fail(name, f"unexpected arguments {argv[1:]}; flags are --name=value")
-        guarded(main, name)()
+        signals.arm(name)  # from here a signal raises `Stopped` (handled by `guarded`)
+        guarded(main, name, on_stop)()
 
-    app.run(wrapped, flags_parser=parse)
+    app.run(wrapped, flags_parser=lambda argv: parse_flags(name, argv))

@@ -18,6 +18,8 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from uticket_jax import files
+
 FIGSIZE = (6.4, 4.2)  # inches
 DPI = 100
 _TITLE_PT = 8  # title font size, points
@@ -89,9 +91,13 @@ def line_plot(
     height_pt = FIGSIZE[1] * 72
     top = 1 - (lines * 1.25 * _TITLE_PT + 10) / height_pt
     fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=min(0.96, top))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
+
+
+def save_figure(fig: Any, path: str) -> None:
+    """Writes `fig` as PNG to `path` atomically, with the user's umask (`files.write_atomic`)."""
+    files.write_atomic(path, lambda f: fig.savefig(f, format="png"))
 
 
 # (file stem, network field, axis label, log y)

@@ -8,6 +8,7 @@ from typing import Any
 
 import matplotlib
 
+from uticket_jax.launch import plots
 from uticket_jax.pipeline.state import StageRecord
 
 matplotlib.use("Agg")
@@ -217,7 +218,7 @@ def plot_run(rows: Sequence[dict[str, Any]], outdir: str) -> list[str]:
         ax.legend()
         fig.tight_layout()
         path = os.path.join(outdir, fname)
-        fig.savefig(path)
+        plots.save_figure(fig, path)
         plt.close(fig)
         paths.append(path)
     terms_path = plot_energy_terms(rows, os.path.join(outdir, "energy_terms_by_round.png"))
@@ -267,6 +268,6 @@ def plot_energy_terms(rows: Sequence[dict[str, Any]], path: str) -> str | None:
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    plots.save_figure(fig, path)
     plt.close(fig)
     return path

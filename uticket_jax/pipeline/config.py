@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
+from uticket_jax import checks, models, workload
 from uticket_jax import data as data_lib
-from uticket_jax import models, workload
 from uticket_jax.hardware import energy as hw_energy
 from uticket_jax.sparsity import pruning
 from uticket_jax.training import step as train_lib
@@ -78,36 +78,54 @@ class LTHConfig:
     )
 
     def validate(self) -> None:
-        """Raises ValueError naming the field (as its flag) when a value is out of range."""
-        for name in (
-            "timesteps",
-            "epochs",
-            "batch_size",
-            "rounds",
-            "n_pe",
-            "eval_batch_size",
-            "eval_every",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name}: must be a positive integer, got {getattr(self, name)}")
-        if self.train_subset < 0:
-            raise ValueError(
-                f"--train_subset: must be >= 0 (0: the whole training set), got {self.train_subset}"
-            )
-        if not 0.0 < self.prune_percent < 100.0:
-            raise ValueError(f"--prune_percent: must be in (0, 100), got {self.prune_percent}")
-        if not 0 <= self.rewind_epoch < self.epochs:
+        """Raises ValueError naming the field (as its flag) when a value is out of range.
+
+        Every number is checked against the range its consumer holds (`uticket_jax.checks`):
+        counts are int32, the seed 32 bits, floats finite; nothing is wrapped or found out late.
+        """
+        checks.check_run_sizes(
+            "--",
+            timesteps=self.timesteps,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            rounds=self.rounds,
+            eval_batch_size=self.eval_batch_size,
+            eval_every=self.eval_every,
+        )
+        checks.check_int("--n_pe", self.n_pe, minimum=1, maximum=checks.MAX_N_PE)
+        checks.check_int("--train_subset", self.train_subset, minimum=0)
+        checks.check_seed_value(self.seed, "--")
+        checks.check_optimizer_settings(
+            lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, prefix="--"
+        )
+        checks.check_float(
+            "--prune_percent",
+            self.prune_percent,
+            minimum=0.0,
+            maximum=100.0,
+            open_min=True,
+            open_max=True,
+        )
+        checks.check_int("--rewind_epoch", self.rewind_epoch, minimum=0)
+        if not self.rewind_epoch < self.epochs:
             raise ValueError(
                 f"--rewind_epoch: must be in [0, --epochs={self.epochs}), got {self.rewind_epoch}"
             )
         if not self.arms or any(a not in ARMS for a in self.arms):
-            raise ValueError(f"--arms: {','.join(self.arms)!r}; allowed: lth, uticket, or both")
+            raise ValueError(
+                f"--arms: {','.join(map(str, self.arms))!r}; allowed: lth, uticket, or both"
+            )
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"--arms: {','.join(self.arms)!r} names an arm twice")
         if self.prunable not in PRUNABLE:
             raise ValueError(f"--prunable: unknown {self.prunable!r}; allowed: {PRUNABLE}")
-        if self.et and (not self.et_candidates or min(self.et_candidates) <= 0):
+        checks.check_int_tuple("--et_candidates", self.et_candidates)
+        if self.et and not self.et_candidates:
             raise ValueError("--et_candidates: need positive timesteps")
-        if self.et_threshold <= 0:
-            raise ValueError(f"--et_threshold: must be > 0, got {self.et_threshold}")
+        checks.check_float("--et_threshold", self.et_threshold, minimum=0.0, open_min=True)
+        for name in ("et", "skip_first_layer"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"--{name}: must be true or false, got {getattr(self, name)!r}")
         choices = {
             "dataset": data_lib.DATASET_NAMES,
             "arch": models.MODEL_NAMES,

@@ -134,7 +134,7 @@ def run(
       cfg: the run's configuration (validated here).
       dataset: the data (the whole training set: `cfg.train_subset` is taken here).
       checkpointer: where to save after every epoch and stage; a run resumes from its newest
-        checkpoint. None: no checkpoints.
+        checkpoint that can be restored (`Checkpointer.restore_newest`). None: no checkpoints.
       on_stage_end: `f(record, masks_flat, weights_flat, records_so_far)` after each stage, before
         its checkpoint, with the stage's masks and trained kernels of the prunable layers in
         network order (the launcher writes files there; it must be idempotent).
@@ -152,7 +152,8 @@ def run(
     setup = setup_lib.setup_run(cfg, dataset, dp)
     state, prog = setup_lib.initial_state(setup), Progress()
     if checkpointer is not None and checkpointer.latest_step() is not None:
-        state, meta = checkpointer.restore(state)
+        # The newest step that restores: damaged newer ones are reported and skipped.
+        state, meta = checkpointer.restore_newest(state, check_meta=Progress.from_json, log=log)
         prog = Progress.from_json(meta)
         log(f"resumed from checkpoint {prog.saves}: stage {prog.stage}, epoch {prog.epoch}")
     while prog.stage < len(cfg.stages()):

@@ -14,9 +14,6 @@ save when `layout="oihw"` is given. Weight files use the same keys and layouts.
 
 from __future__ import annotations
 
-import os
-import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uticket_jax import trees
+from uticket_jax import checks, files, trees
 
 PyTree = Any
 LAYOUTS = ("hwio", "oihw")
@@ -151,64 +148,45 @@ def _check_layout(layout: str) -> None:
         raise ValueError(f"layout: unknown layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
 
 
-def _read_npz(path: str, what: str) -> dict[str, np.ndarray]:
-    if not os.path.isfile(path):
-        raise ValueError(f"{what}: no such file {path!r}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise ValueError(f"{what}: {path!r} is not a readable .npz file ({e})") from None
-    if not arrays:
-        raise ValueError(f"{what}: {path!r} holds no arrays; expected one per prunable layer")
-    for k, a in arrays.items():
-        if a.ndim not in (2, 4):
-            raise ValueError(
-                f"{what}: array {k!r} in {path!r} has shape {a.shape}; allowed: 4-D conv, 2-D dense"
-            )
+def _read_npz(path: str, what: str, kinds: str, layout: str) -> dict[str, np.ndarray]:
+    """The 2-D/4-D arrays of `path` (checked byte by byte, `files.read_npz`), their layout too."""
+    arrays = files.read_npz(path, what, kinds=kinds, ranks=(2, 4))
+    checks.check_layout({k: a.shape for k, a in arrays.items()}, layout, f"{what}: {path!r}")
     return arrays
 
 
 def load_mask_file(path: str, layout: str = "hwio") -> dict[str, np.ndarray]:
     """Reads a mask `.npz` (boolean or 0/1 arrays) into `{path: bool hwio array}` in file order.
 
+    The file is checked before anything is allocated (`files.read_npz`: a zip of `.npy` arrays,
+    no pickles, headers whose shapes the data hold) and its kernels against the network's
+    geometry (`checks.check_layout`: a file that fits only the other layout is refused).
+
     Raises:
-      ValueError: missing/unreadable/empty file, arrays of the wrong rank, values other than 0/1.
+      ValueError: missing/unreadable/empty file, arrays of the wrong rank or dtype, values other
+        than 0/1, kernels that fit only the other layout.
     """
     _check_layout(layout)
-    out = {}
-    for k, a in _read_npz(path, "masks").items():
-        if a.dtype != bool:
-            if not (np.issubdtype(a.dtype, np.number) and np.isin(a, (0, 1)).all()):
-                raise ValueError(
-                    f"masks: array {k!r} in {path!r} is not boolean; allowed: bool or 0/1 values"
-                )
-            a = a.astype(bool)
-        out[k] = to_hwio(a, layout)
-    return out
+    arrays = _read_npz(path, "masks", "biuf", layout)
+    return {
+        k: to_hwio(checks.bool_mask(a, f"masks: array {k!r} in {path!r}"), layout)
+        for k, a in arrays.items()
+    }
 
 
 def load_weight_file(path: str, layout: str = "hwio") -> dict[str, np.ndarray]:
     """Reads a weights `.npz` (float arrays, same keys as the masks) into hwio float32 arrays."""
     _check_layout(layout)
     return {
-        k: to_hwio(np.asarray(a, np.float32), layout) for k, a in _read_npz(path, "weights").items()
+        k: to_hwio(np.asarray(a, np.float32), layout)
+        for k, a in _read_npz(path, "weights", "iuf", layout).items()
     }
 
 
 def save_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-    """Writes `arrays` to `path` in order, atomically (a reader never sees a half-written file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Writes `arrays` to `path` in order, atomically (a reader never sees a half-written file),
+    with the permissions of the user's umask; `files.WriteError` naming the path on failure."""
+    files.write_npz(path, arrays)
 
 
 def save_mask_file(path: str, masks: Mapping[str, Any] | PyTree, layout: str = "hwio") -> None:

@@ -63,16 +63,15 @@ def data_parallel(devices: list[jax.Device] | None = None) -> DataParallel:
     )
 
 
-def check_batch_size(batch_size: int, n: int, dp: DataParallel) -> None:
-    """Raises ValueError unless `batch_size` fits the data and splits evenly over the devices."""
+def check_batch_size(batch_size: int, n: int, dp: DataParallel, name: str = "batch_size") -> None:
+    """Raises ValueError (naming `name`, e.g. `--batch_size`) unless `batch_size` fits the data
+    and splits evenly over the devices."""
     if batch_size <= 0 or batch_size > n:
-        raise ValueError(
-            f"batch_size: must be in [1, {n}] (the training set size), got {batch_size}"
-        )
+        raise ValueError(f"{name}: must be in [1, {n}] (the training set size), got {batch_size}")
     per_process = dp.size // jax.process_count()
     if batch_size % dp.size:
         raise ValueError(
-            f"batch_size: {batch_size} does not split over {dp.size} devices; use a multiple of"
+            f"{name}: {batch_size} does not split over {dp.size} devices; use a multiple of"
             f" {dp.size} ({per_process} per process)"
         )
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from uticket_jax import checks
 from uticket_jax.models import spike_rates
 from uticket_jax.sparsity.masks import apply_masks
 
@@ -76,10 +77,8 @@ def make_schedule(
       step_every: for `step`, multiply the rate by `step_gamma` every `step_every` steps
         (default: a third of the run).
     """
-    if lr <= 0:
-        raise ValueError(f"lr: must be > 0, got {lr}")
-    if total_steps <= 0:
-        raise ValueError(f"total_steps: must be > 0, got {total_steps}")
+    lr = checks.check_float("lr", lr, minimum=0.0, open_min=True)
+    total_steps = checks.check_int("total_steps", total_steps, minimum=1)  # an int32 step count
     if name == "cosine":
         return optax.cosine_decay_schedule(lr, total_steps)
     if name == "step":
@@ -112,8 +111,9 @@ def make_optimizer(
       weight_decay: L2 coefficient, >= 0.
       schedule: one of `SCHEDULES`.
     """
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay: must be >= 0, got {weight_decay}")
+    lr, momentum, weight_decay = checks.check_optimizer_settings(
+        lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
     sched = make_schedule(schedule, lr, total_steps)
     if name == "sgd":
         opt = optax.sgd(sched, momentum=momentum if momentum > 0 else None)

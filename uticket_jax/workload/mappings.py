@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uticket_jax import checks
 from uticket_jax.workload.builtin_mappings import INPUT_SPLIT, OUTPUT_CHANNEL
 from uticket_jax.workload.kernel import Coords, Hwio, as_hwio4, kernel_dims
 from uticket_jax.workload.mapping import ColPaths, FastPaths, PEMapping, SlotPaths, TablePaths
@@ -61,22 +62,13 @@ __all__ = [
 
 
 def check_n_pe(n_pe: Any) -> int:
-    """Returns `n_pe` as an int, or raises ValueError unless it is an integer >= 1."""
-    if isinstance(n_pe, bool) or not isinstance(n_pe, int | np.integer) or n_pe < 1:
-        raise ValueError(f"n_pe: must be an integer >= 1 (PEs per group), got {n_pe!r}")
-    return int(n_pe)
+    """Returns `n_pe` as an int, or raises ValueError unless an integer in [1, `MAX_N_PE`]."""
+    return checks.check_int("n_pe", n_pe, minimum=1, maximum=checks.MAX_N_PE)
 
 
 def check_mask(mask: Any, name: str = "mask") -> None:
     """Raises ValueError unless `mask` is a boolean 2-D or 4-D hwio kernel (array or tracer)."""
-    ndim = np.ndim(mask)
-    if ndim not in (2, 4):
-        raise ValueError(
-            f"{name}: must be a 4-D conv [kh, kw, c_in, c_out] or 2-D dense [c_in, c_out] kernel, "
-            f"got shape {np.shape(mask)}"
-        )
-    if jnp.result_type(mask) != jnp.bool_:
-        raise ValueError(f"{name}: must be boolean, got dtype {jnp.result_type(mask)}")
+    checks.check_bool_mask(mask, name)
 
 
 @functools.partial(jax.jit, static_argnames=("n_pe", "m"))

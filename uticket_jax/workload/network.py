@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uticket_jax import trees
+from uticket_jax import checks, trees
 from uticket_jax.sparsity.masks import flatten
 from uticket_jax.workload.mapping import PEMapping
 from uticket_jax.workload.mappings import check_mask, check_n_pe, get_mapping
@@ -75,7 +75,7 @@ def rebalance_network(
       backend="numpy") and the `NetworkReport`, whose network `Metrics` cover the analysed layers.
     """
     check_setup(n_pe, mapping, policy, target, backend)
-    flat = _flat(masks)
+    flat = checks.bool_masks(_flat(masks))  # 0/1 numbers allowed, nothing else
     if not flat:
         raise ValueError("masks: no layers (expected a {path: kernel} dict)")
     ordered = collections.OrderedDict(flat)

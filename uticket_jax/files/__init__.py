@@ -1,0 +1,33 @@
+"""The project's files, read and written safely: `.npz` arrays checked byte by byte before
+anything is allocated and JSON with one-line errors (`readers`), atomic writes with the
+user's umask and no temporary file left behind (`atomic`)."""
+
+from uticket_jax.files.atomic import (
+    WriteError,
+    check_writable,
+    current_umask,
+    file_mode,
+    make_dirs,
+    write_atomic,
+    write_bytes,
+    write_error,
+    write_npz,
+    write_text,
+)
+from uticket_jax.files.readers import is_npz, read_json, read_npz
+
+__all__ = [
+    "WriteError",
+    "check_writable",
+    "current_umask",
+    "file_mode",
+    "is_npz",
+    "make_dirs",
+    "read_json",
+    "read_npz",
+    "write_atomic",
+    "write_bytes",
+    "write_error",
+    "write_npz",
+    "write_text",
+]
