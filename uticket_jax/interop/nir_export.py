@@ -6,7 +6,9 @@ each part of the model becomes:
 
 - conv + BN: one `Conv2d` whose weight is the masked kernel with the BN folded in, and whose
   bias is the folded BN shift (exact at inference: `interop.arrays`).
-- LIF: a `LIF` node whose forward-Euler step with `dt = 1` is our update (`lif_parameters`).
+- LIF: a `LIF` node whose forward-Euler step with `dt = 1` is our update (`lif_parameters`;
+  `firing` says how its `v_threshold` is read: NIR's strict `v > v_threshold`, the default, or
+  `v >= v_threshold` as SpikingJelly reads and writes NIR files).
 - direct encoding: the graph's input is the image at every one of the `T` steps; the first conv
   sees the same image each step, so its LIF layer gets the same current each step, which is what
   our model computes once and repeats.
@@ -32,7 +34,7 @@ its residual sums are not part of this exporter).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import nir
 import numpy as np
@@ -46,42 +48,52 @@ from uticket_jax.snn import LIFConfig
 from uticket_jax.sparsity.masks import flatten
 
 POOLINGS = ("if", "threshold")
+FIRINGS = ("strict", "inclusive")
 POOL_WINDOW = 2  # the models' max_pool(y, 2): window 2, stride 2, no padding (floor)
 FORMAT = "uticket_jax ticket"
 
 
-def lif_parameters(neuron: LIFConfig) -> dict[str, float]:
+def lif_parameters(neuron: LIFConfig, firing: str = "strict") -> dict[str, float]:
     r"""NIR `LIF` parameters whose forward-Euler step with `dt = 1` is our (SpikingJelly's) LIF.
 
-    NIR's LIF is `tau dv/dt = (v_leak - v) + r I`, it fires `z = [v > v_threshold]` and then sets
-    `v = v_reset`. One Euler step of length `dt`:
+    NIR's LIF is `tau dv/dt = (v_leak - v) + r I`; it fires `z = [v > v_threshold]` and then
+    sets `v = v_reset`. One Euler step of length `dt`:
 
       v[t] = v[t-1] + (dt / tau) * ((v_leak - v[t-1]) + r * I[t])
 
-    With `dt = 1`, `tau = neuron.tau` and `v_leak = v_reset`:
-      r = 1   (decay_input=True):  h[t] = v[t-1] + (I[t] - (v[t-1] - v_reset)) / tau
-      r = tau (decay_input=False): h[t] = v[t-1] - (v[t-1] - v_reset) / tau + I[t]
-    which are our (and SpikingJelly's `LIFNode`) charge equations term for term, followed by
-    the same hard reset to `v_reset`; both start from `v = v_reset`.
+    With `dt = 1`, `tau = neuron.tau`, `v_leak = v_reset` and
+      r = 1   (decay_input=True):  h[t] = v[t-1] + ((v_reset - v[t-1]) + I[t]) / tau
+      r = tau (decay_input=False): h[t] = v[t-1] + ((v_reset - v[t-1]) + tau * I[t]) / tau
+    which are our (and SpikingJelly's `LIFNode`) charge equations,
+    `h = v + (I - (v - v_reset)) / tau` and `h = v - (v - v_reset) / tau + I`: for `r = 1` the
+    same float32 operations (`a - (b - c)` is `(c - b) + a` exactly), for `r = tau` equal in exact
+    arithmetic. Then the same hard reset to `v_reset`; both start from `v = v_reset`.
 
-    Firing: ours (and SpikingJelly's) is `s = [h >= v_th]`, NIR's is strict, `[v > v_threshold]`.
-    For float32 potentials, `h >= v_th` holds exactly when `h > pred(v_th)`, `pred` the next
-    float32 towards minus infinity, so `v_threshold = pred(v_th)` (0.99999994 for `v_th = 1`).
-    A reader that fires on `>=` (SpikingJelly's importer does) then also fires when `h` equals
-    `pred(v_th)` exactly, and nowhere else.
+    Firing: ours (and SpikingJelly's) is `s = [h >= v_th]`; NIR's is strict, `[v > v_threshold]`.
+    For float32 potentials `h >= v_th` holds exactly when `h > pred(v_th)`, `pred` the next
+    float32 towards minus infinity, so `firing="strict"` writes `v_threshold = pred(v_th)`
+    (0.99999994 for `v_th = 1`): a reader that follows NIR's definition fires where we do. A
+    reader that fires on `>=` instead (SpikingJelly's importer: `spike = h >= threshold` in
+    `spikingjelly/_ops/lif/cpu.py`) then also fires where `h == pred(v_th)` exactly; for such
+    readers `firing="inclusive"` writes `v_threshold = v_th`, as SpikingJelly's own exporter does.
 
     Args:
       neuron: the model's LIF hyperparameters; NIR's LIF resets hard, so `v_reset` must be a
         number (not None, the soft reset).
+      firing: "strict" (NIR's `v > v_threshold`) or "inclusive" (`v >= v_threshold`).
 
     Returns:
       `{"tau", "r", "v_leak", "v_threshold", "v_reset"}` as float32-representable floats.
     """
+    if firing not in FIRINGS:
+        raise ValueError(f"firing: got {firing!r}; allowed: {', '.join(FIRINGS)}")
     if neuron.v_reset is None:
         raise ValueError("neuron: NIR's LIF resets to v_reset (hard reset); got a soft reset")
     tau = float(np.float32(neuron.tau))
     v_reset = float(np.float32(neuron.v_reset))
-    threshold = np.nextafter(np.float32(neuron.v_threshold), np.float32(-np.inf))
+    threshold = np.float32(neuron.v_threshold)
+    if firing == "strict":
+        threshold = np.nextafter(threshold, np.float32(-np.inf))
     return {
         "tau": tau,
         "r": 1.0 if neuron.decay_input else tau,
@@ -108,36 +120,31 @@ def layer_plan(model: Any) -> tuple[int | str, ...]:
     )
 
 
+class _Settings(NamedTuple):
+    """What every node of one export needs besides its own layer."""
+
+    params: dict[str, Any]
+    stats: dict[str, Any]
+    masks: dict[str, Any]
+    analysed: dict[str, bool]
+    n_pe: int | None
+    mapping: str
+    pooling: str
+    firing: str
+    neuron: LIFConfig
+
+
+class _Layer(NamedTuple):
+    """One conv/dense layer, masked, with its BN folded in."""
+
+    kernel: np.ndarray  # hwio
+    bias: np.ndarray  # [c_out]
+    kept_zero: int
+    bn: bool
+
+
 def _full(shape: tuple[int, ...], value: float) -> np.ndarray:
     return np.full(shape, value, np.float32)
-
-
-def _lif_node(neuron: LIFConfig, shape: tuple[int, ...]) -> nir.LIF:
-    p = lif_parameters(neuron)
-    return nir.LIF(**{k: _full(shape, v) for k, v in p.items()})
-
-
-def _pool_nodes(chw: tuple[int, int, int], pooling: str) -> tuple[nir.NIRNode, nir.NIRNode]:
-    """`SumPool2d` and the node firing on a positive window sum (see the module docstring)."""
-    c, h, w = chw
-    out = (c, h // POOL_WINDOW, w // POOL_WINDOW)
-    pool = nir.SumPool2d(
-        kernel_size=np.array([POOL_WINDOW, POOL_WINDOW]),
-        stride=np.array([POOL_WINDOW, POOL_WINDOW]),
-        padding=np.array([0, 0]),
-    )
-    if pooling == "threshold":
-        return pool, nir.Threshold(threshold=_full(out, 0.5))
-    return pool, nir.IF(r=_full(out, 1.0), v_threshold=_full(out, 0.5), v_reset=_full(out, 0.0))
-
-
-def _padding(in_hw, out_hw, k, s) -> tuple[int, int]:
-    """Symmetric padding that maps `in_hw` to `out_hw` (the models pad PyTorch-style)."""
-    pads = []
-    for i, o, kk, ss in zip(in_hw, out_hw, k, s, strict=True):
-        total = (o - 1) * ss + kk - i
-        pads.append(max(0, (total + 1) // 2))
-    return pads[0], pads[1]
 
 
 class _Builder:
@@ -147,11 +154,12 @@ class _Builder:
         self.nodes: dict[str, nir.NIRNode] = {"input": nir.Input({"input": np.array(shape)})}
         self.order = ["input"]
         self.shape = shape
+        self.pools = 0
 
     def add(self, name: str, node: nir.NIRNode, shape: tuple[int, ...]) -> None:
         self.nodes[name] = node
         self.order.append(name)
-        self.shape = shape
+        self.shape = tuple(int(d) for d in shape)
 
     def graph(self, metadata: dict[str, Any]) -> nir.NIRGraph:
         self.add("output", nir.Output({"output": np.array(self.shape)}), self.shape)
@@ -159,48 +167,95 @@ class _Builder:
         return nir.NIRGraph(nodes=self.nodes, edges=edges, metadata=metadata)
 
 
-def _layer_meta(path, mask, n_pe, mapping, analysed, folded) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "param_path": path,
-        "bn_folded": int(folded.bn),
-        "analysed": int(analysed),
-        "pruned": int(mask is not None),
-    }
-    if mask is not None:
-        meta["kept_zero"] = folded.kept_zero
-        if n_pe is not None:
-            loads = workload.pe_loads(np.asarray(mask, bool), n_pe, mapping)  # [G, n]
-            meta.update(mapping=mapping, n_pe=int(n_pe), loads=np.asarray(loads, np.int32))
-    return meta
-
-
-class _FoldedLayer:
-    """One conv/dense layer's folded arrays and whether a BN went into them."""
-
-    def __init__(self, kernel, bias, kept_zero, bn):
-        self.kernel, self.bias, self.kept_zero, self.bn = kernel, bias, kept_zero, bn
-
-
-def _fold(path: str, params: Mapping, stats: Mapping, masks: Mapping) -> _FoldedLayer:
+def _fold(path: str, s: _Settings) -> _Layer:
     """The layer at `path` (a kernel path), masked, with its BN (sibling `bn{i}`) folded in."""
     parent = path.rsplit("/", 1)[0]  # the module, e.g. features/conv3 or classifier
     module = parent.rsplit("/", 1)[-1]
     bn = None
     if module.startswith("conv"):
         b = f"{parent[: -len(module)]}bn{module[4:]}"
-        names = {"scale": f"{b}/scale", "bias": f"{b}/bias"}
-        names.update(mean=f"{b}/mean", var=f"{b}/var")
-        src = {**params, **stats}
+        src = {**s.params, **s.stats}
+        names = {k: f"{b}/{k}" for k in ("scale", "bias", "mean", "var")}
         missing = [v for v in names.values() if v not in src]
         if missing:
             raise ValueError(f"variables: no {missing[0]!r} (the BN after {path!r})")
         bn = {k: np.asarray(src[v]) for k, v in names.items()}
-    bias_path = f"{parent}/bias"
-    bias = np.asarray(params[bias_path]) if bias_path in params else None
+    bias = s.params.get(f"{parent}/bias")
     f = arrays.fold_batch_norm(
-        np.asarray(params[path]), masks.get(path), bias=bias, bn=bn, epsilon=BN_EPSILON
+        np.asarray(s.params[path]), s.masks.get(path), bias=bias, bn=bn, epsilon=BN_EPSILON
     )
-    return _FoldedLayer(f.kernel, f.bias, f.kept_zero, bn is not None)
+    return _Layer(f.kernel, f.bias, f.kept_zero, bn is not None)
+
+
+def _layer_meta(path: str, layer: _Layer, s: _Settings) -> dict[str, Any]:
+    """A conv/dense node's metadata: param path, folding, analysis, PE mapping and loads."""
+    mask = s.masks.get(path)
+    meta: dict[str, Any] = {
+        "param_path": path,
+        "bn_folded": int(layer.bn),
+        "analysed": int(s.analysed[path]),
+        "pruned": int(mask is not None),
+    }
+    if mask is not None:
+        meta["kept_zero"] = layer.kept_zero
+        if s.n_pe is not None:
+            loads = workload.pe_loads(np.asarray(mask, bool), s.n_pe, s.mapping)  # [G, n]
+            meta.update(mapping=s.mapping, n_pe=int(s.n_pe), loads=np.asarray(loads, np.int32))
+    return meta
+
+
+def _add_pool(b: _Builder, s: _Settings) -> None:
+    """`SumPool2d` and the node firing on a positive window sum (see the module docstring)."""
+    c, h, w = b.shape
+    out = (c, h // POOL_WINDOW, w // POOL_WINDOW)
+    two = np.array([POOL_WINDOW, POOL_WINDOW])
+    b.add(
+        f"pool{b.pools}", nir.SumPool2d(kernel_size=two, stride=two, padding=np.array([0, 0])), out
+    )
+    if s.pooling == "threshold":
+        fire = nir.Threshold(threshold=_full(out, 0.5))
+    else:
+        fire = nir.IF(r=_full(out, 1.0), v_threshold=_full(out, 0.5), v_reset=_full(out, 0.0))
+    b.add(f"pool{b.pools}_or", fire, out)
+    b.pools += 1
+
+
+def _add_conv(b: _Builder, x: Any, s: _Settings) -> None:
+    """The conv (BN folded) and its LIF layer."""
+    layer = _fold(x.path, s)
+    pads = [
+        ((o - 1) * st + k - i + 1) // 2
+        for i, o, k, st in zip(x.in_hw, x.out_hw, x.kernel_shape[:2], x.strides, strict=True)
+    ]
+    node = nir.Conv2d(
+        input_shape=tuple(x.in_hw),
+        weight=arrays.conv_to_oihw(layer.kernel),
+        stride=tuple(x.strides),
+        padding=tuple(max(0, p) for p in pads),  # the models pad symmetrically, PyTorch-style
+        dilation=(1, 1),
+        groups=1,
+        bias=layer.bias,
+        metadata=_layer_meta(x.path, layer, s),
+    )
+    name = x.path.split("/")[-2]
+    out = (x.kernel_shape[3], *x.out_hw)
+    b.add(name, node, out)
+    p = lif_parameters(s.neuron, s.firing)
+    b.add(f"lif{name[4:]}", nir.LIF(**{k: _full(out, v) for k, v in p.items()}), out)
+
+
+def _add_classifier(b: _Builder, x: Any, s: _Settings) -> None:
+    """`Flatten` of the `(C, H, W)` map and the classifier as `Affine` (CHW column order)."""
+    chw = b.shape
+    flat = nir.Flatten({"input": np.array(chw)}, start_dim=0, end_dim=-1)
+    b.add("flatten", flat, (int(np.prod(chw)),))
+    layer = _fold(x.path, s)
+    node = nir.Affine(
+        weight=arrays.dense_to_nir(layer.kernel, chw),
+        bias=layer.bias,
+        metadata=_layer_meta(x.path, layer, s),
+    )
+    b.add(x.path.split("/")[-2], node, (x.kernel_shape[1],))
 
 
 def _check_inputs(layers, params, masks, pooling) -> None:
@@ -220,6 +275,8 @@ def _check_inputs(layers, params, masks, pooling) -> None:
             raise ValueError(f"masks: {k!r} is not a conv or dense layer of the model")
         if tuple(np.shape(m)) != tuple(known[k]):
             raise ValueError(f"masks: {k!r} has shape {np.shape(m)}, the layer has {known[k]}")
+    if sum(x.kind == "dense" for x in layers) != 1:
+        raise ValueError("model: expected exactly one dense layer (the classifier)")
 
 
 def export_nir(
@@ -231,6 +288,7 @@ def export_nir(
     n_pe: int | None = None,
     mapping: str = "output_channel",
     pooling: str = "if",
+    firing: str = "strict",
     conv_only: bool = True,
     skip_first: bool = True,
     metadata: Mapping[str, Any] | None = None,
@@ -240,79 +298,48 @@ def export_nir(
     Args:
       model: the Flax model (`digits_snn`, `fmnist_snn` or `vgg16`), as `models.get_model`
         builds it; its `timesteps` and `neuron` go into the graph.
-      variables: `{"params": ..., "batch_stats": ...}` of the trained model.
+      variables: `{"params": ..., "batch_stats": ...}` of the trained model (nested or flat).
       masks: `{kernel path: bool hwio mask}` (a mask file's content, or a mask tree); layers
         without a mask are exported unpruned.
       input_shape: one image `(H, W, C)`.
       n_pe, mapping: the ticket's PE array, for the loads in each pruned layer's metadata
         (`n_pe=None`: no loads).
       pooling: "if" or "threshold", the node after each `SumPool2d` (module docstring).
+      firing: "strict" or "inclusive", how readers compare with `v_threshold` (`lif_parameters`).
       conv_only, skip_first: which layers the metadata marks as analysed
         (`workload.metrics.analysed_layers`).
       metadata: extra graph metadata (flat: str, int, float or arrays).
 
     Returns:
-      The `nir.NIRGraph` (write it with `nir.write`).
+      The `nir.NIRGraph` (write it with `write_nir` or `nir.write`).
     """
     plan = layer_plan(model)
+    lif_parameters(model.neuron, firing)  # checks firing and the reset before any work
     h, w, c = (int(d) for d in input_shape)
     layers = describe_layers(model, (h, w, c))
-    params = flatten(variables["params"])
-    stats = flatten(variables.get("batch_stats", {}))
-    masks = flatten(masks)
+    params, masks = flatten(variables["params"]), flatten(masks)
     _check_inputs(layers, params, masks, pooling)
     shapes = {x.path: x.kernel_shape for x in layers}
-    analysed = dict(
-        zip(
-            shapes,
-            workload.analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first),
-            strict=True,
-        )
+    analysed = workload.analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first)
+    s = _Settings(
+        params,
+        flatten(variables.get("batch_stats", {})),
+        masks,
+        dict(zip(shapes, analysed, strict=True)),
+        n_pe,
+        mapping,
+        pooling,
+        firing,
+        model.neuron,
     )
     convs = iter([x for x in layers if x.kind == "conv"])
     b = _Builder((c, h, w))
     for item in plan:
         if item == "M":
-            i = sum(1 for n in b.order if n.startswith("pool") and not n.endswith("_or"))
-            pool, fire = _pool_nodes(b.shape, pooling)
-            out = fire.output_type["output"]
-            b.add(f"pool{i}", pool, tuple(int(d) for d in out))
-            b.add(f"pool{i}_or", fire, tuple(int(d) for d in out))
-            continue
-        x = next(convs)
-        f = _fold(x.path, params, stats, masks)
-        name = x.path.split("/")[-2]
-        pad = _padding(x.in_hw, x.out_hw, x.kernel_shape[:2], x.strides)
-        node = nir.Conv2d(
-            input_shape=tuple(x.in_hw),
-            weight=arrays.conv_to_oihw(f.kernel),
-            stride=tuple(x.strides),
-            padding=pad,
-            dilation=(1, 1),
-            groups=1,
-            bias=f.bias,
-            metadata=_layer_meta(x.path, masks.get(x.path), n_pe, mapping, analysed[x.path], f),
-        )
-        out = (x.kernel_shape[3], *x.out_hw)
-        b.add(name, node, out)
-        b.add(f"lif{name[4:]}", _lif_node(model.neuron, out), out)
-    dense = [x for x in layers if x.kind == "dense"]
-    if len(dense) != 1:
-        raise ValueError(f"model: expected one classifier layer, found {len(dense)}")
-    chw = b.shape
-    b.add(
-        "flatten",
-        nir.Flatten({"input": np.array(chw)}, start_dim=0, end_dim=-1),
-        (int(np.prod(chw)),),
-    )
-    x = dense[0]
-    f = _fold(x.path, params, stats, masks)
-    node = nir.Affine(
-        weight=arrays.dense_to_nir(f.kernel, chw),
-        bias=f.bias,
-        metadata=_layer_meta(x.path, masks.get(x.path), n_pe, mapping, analysed[x.path], f),
-    )
-    b.add(x.path.split("/")[-2], node, (x.kernel_shape[1],))
+            _add_pool(b, s)
+        else:
+            _add_conv(b, next(convs), s)
+    _add_classifier(b, next(x for x in layers if x.kind == "dense"), s)
     meta = {
         "format": FORMAT,
         "timesteps": int(model.timesteps),
@@ -320,10 +347,11 @@ def export_nir(
         "encoding": "direct: the same image (C, H, W) is the input at each of the T steps",
         "readout": "the predicted class is the argmax of the output's mean over the T steps",
         "pooling": pooling,
-        "v_threshold_inclusive": float(model.neuron.v_threshold),
+        "firing": firing,
+        "v_th": float(np.float32(model.neuron.v_threshold)),
         **dict(metadata or {}),
     }
     return b.graph(meta)
 
 
-__all__ = ["FORMAT", "POOLINGS", "export_nir", "layer_plan", "lif_parameters"]
+__all__ = ["FIRINGS", "FORMAT", "POOLINGS", "export_nir", "layer_plan", "lif_parameters"]

@@ -67,20 +67,20 @@ def is_nir_file(path: str) -> bool:
         return False
 
 
-def read_nir(path: str, what: str = "nir") -> nir.NIRGraph:
-    """`nir.read(path)`, with a one-line ValueError (naming `what`) for a file it cannot read."""
+def read_nir(path: str) -> nir.NIRGraph:
+    """`nir.read(path)`, with a one-line ValueError naming the file when it cannot be read."""
     if not os.path.isfile(path):
-        raise ValueError(f"{what}: no such file {path!r}")
+        raise ValueError(f"{path}: no such file")
     with open(path, "rb") as f:
         if f.read(8) != _HDF5_SIGNATURE:
-            raise ValueError(f"{what}: {path!r} is not a NIR file (NIR files are HDF5)")
+            raise ValueError(f"{path}: not a NIR file (NIR files are HDF5)")
     try:
         graph = nir.read(path)
     except Exception as e:  # h5py and nir raise many types for a malformed file
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{what}: {path!r} is not a readable NIR graph ({first})") from None
+        raise ValueError(f"{path}: not a readable NIR graph ({first})") from None
     if not isinstance(graph, nir.NIRGraph):
-        raise ValueError(f"{what}: {path!r} holds a single {type(graph).__name__}, not a graph")
+        raise ValueError(f"{path}: holds a single {type(graph).__name__}, not a graph")
     return graph
 
 
@@ -286,7 +286,7 @@ def import_nir(
         a recurrent edge, shapes that do not match, a file that is not NIR/HDF5.
     """
     what = str(source) if isinstance(source, str | os.PathLike) else "nir"
-    graph = read_nir(str(source), what) if isinstance(source, str | os.PathLike) else source
+    graph = read_nir(str(source)) if isinstance(source, str | os.PathLike) else source
     _check_types(graph, what)
     order = _topological(graph, what)
     walk = _walk(graph, order, what)

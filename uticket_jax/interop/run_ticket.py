@@ -151,9 +151,15 @@ def load_run_ticket(workdir: str, round_: int | None = None, arm: str = "uticket
 
 
 def export_run_ticket(
-    workdir: str, round_: int | None = None, arm: str = "uticket", *, pooling: str = "if"
+    workdir: str,
+    round_: int | None = None,
+    arm: str = "uticket",
+    *,
+    pooling: str = "if",
+    firing: str = "strict",
 ) -> nir.NIRGraph:
-    """One stage of a run as a NIR graph (`export_nir` with the run's PE array and records).
+    """One stage of a run as a NIR graph (`export_nir` with the run's PE array and records;
+    `pooling` and `firing` as `export_nir` takes them).
 
     The graph's metadata adds the run's arch, dataset, round, arm, test accuracy and sparsity.
     """
@@ -175,6 +181,7 @@ def export_run_ticket(
         n_pe=int(cfg["n_pe"]),
         mapping=cfg["mapping"],
         pooling=pooling,
+        firing=firing,
         skip_first=bool(cfg.get("skip_first_layer", True)),
         metadata=meta,
     )
