@@ -127,7 +127,9 @@ def compare(model, variables, masks, path: str, images: np.ndarray, batch: int =
     if thr != float(np.float32(model.neuron.v_threshold)):
         refs["rule"] = model.clone(neuron=dataclasses.replace(model.neuron, v_threshold=thr))
     stats = {"images": 0, "same_class": 0, "v_threshold": thr}
-    stats.update({k: {"max_logit_diff": 0.0, "layers": {}} for k in refs})
+    stats.update({k: {"max_logit_diff": 0.0, "layers": {}, "images_same_spikes": 0} for k in refs})
+    for k in refs:
+        stats[k]["max_logit_diff_same_spikes"] = 0.0
     for lo in range(0, len(images), batch):
         x = images[lo : lo + batch]
         b_logits = b_in = None
@@ -140,22 +142,36 @@ def compare(model, variables, masks, path: str, images: np.ndarray, batch: int =
                 stats["images"] += len(x)
                 stats["same_class"] += int(same.sum())
             acc = stats[key]
-            diff = float(np.abs(a_logits - b_logits).max())
-            acc["max_logit_diff"] = max(acc["max_logit_diff"], diff)
+            diff = np.abs(a_logits - b_logits).max(axis=(0, 2))  # [B]
+            acc["max_logit_diff"] = max(acc["max_logit_diff"], float(diff.max()))
+            same = np.ones(len(x), bool)  # images whose every spike agrees
             for k in a_in:
                 _add_layer(acc["layers"].setdefault(k, {}), a_in[k], b_in[k])
+                same &= ~(a_in[k] != b_in[k]).reshape(a_in[k].shape[:2] + (-1,)).any((0, 2))
+            acc["images_same_spikes"] += int(same.sum())
+            if same.any():
+                worst = max(acc["max_logit_diff_same_spikes"], float(diff[same].max()))
+                acc["max_logit_diff_same_spikes"] = worst
     stats["same_class_fraction"] = stats["same_class"] / stats["images"]
     return stats
 
 
-def assert_same_spikes(result: dict, names: set[str]) -> None:
-    """Every spike of every layer in `result` (a `compare` entry) agrees, and logits do too."""
+def assert_agree(result: dict, names: set[str], images: int) -> None:
+    """`result` (a `compare` entry) agrees spike for spike on at least 99 % of the images (all
+    their spikes in every layer) and in all but 1e-5 of every layer's spike entries, and where
+    the spikes agree the logits agree to float32 rounding.
+
+    Exact agreement everywhere cannot be promised: the currents are float32 sums that torch's
+    convolution and ours add in different orders (and the exported conv has BN folded in, which
+    rounds `w * mul` before the sum), so a potential within rounding of the threshold can fire
+    on one side only, and the spikes after it follow (BUILD_NOTES.md, "NIR").
+    """
     assert set(result["layers"]) == names, result
-    assert result["max_logit_diff"] < 1e-4, result
+    assert result["images_same_spikes"] >= 0.99 * images, result
+    assert result["max_logit_diff_same_spikes"] < 1e-4, result
     for name, layer in result["layers"].items():
         assert layer["binary"] and layer["spikes_ours"] > 0, (name, layer)
-        assert layer["differing_entries"] == 0, (name, layer)
-        assert layer["images_same_count"] == layer["images"], (name, layer)
+        assert layer["differing_entries"] <= 1e-5 * layer["entries"], (name, layer)
 
 
 def _add_layer(acc: dict, a: np.ndarray, b: np.ndarray) -> None:

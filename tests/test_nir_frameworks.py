@@ -79,12 +79,12 @@ def test_spikingjelly_export_imports_and_rebalances_like_the_oracle(tmp_path):
 
 
 def _tiny_fashion_ticket():
-    """A pipeline run on 2,000 Fashion-MNIST images: two dense epochs, one u-Ticket round at 60 %
-    (rewound to epoch 1, retrains epoch 1), tested on the first 1,000 test images."""
+    """A pipeline run on 1,000 Fashion-MNIST images: two dense epochs, one u-Ticket round at 60 %
+    (rewound to epoch 1, retrains epoch 1), tested on the first 500 test images."""
     ds = data.load_dataset("fashion_mnist", data_dir=fashion_mnist_dir())
-    ds = ds._replace(test_images=ds.test_images[:1000], test_labels=ds.test_labels[:1000])
+    ds = ds._replace(test_images=ds.test_images[:500], test_labels=ds.test_labels[:500])
     cfg = configs.get("fmnist").replace(
-        train_subset=2000,
+        train_subset=1000,
         epochs=2,
         rounds=1,
         rewind_epoch=1,
@@ -111,12 +111,12 @@ def test_fashion_mnist_ticket_runs_the_same_in_spikingjelly(tmp_path):
     model, variables, masks, images, record = _tiny_fashion_ticket()
     assert record.round == 1 and record.test_accuracy > 0.5
     layers = {f"features/conv{i}/kernel" for i in (1, 2, 3)} | {"classifier/kernel"}
-    for firing in ("strict", "inclusive"):
-        path = str(tmp_path / f"{firing}.nir")
-        graph = export_nir(model, variables, masks, input_shape=(28, 28, 1), n_pe=16, firing=firing)
-        write_nir(path, graph)
-        res = nir_consumer.compare(model, variables, masks, path, images)
-        assert res["images"] == 1000 and res["same_class_fraction"] >= 0.99, res
-        # Strict: SpikingJelly's >= at the exported threshold is our model at that threshold;
-        # inclusive: SpikingJelly's update is ours.
-        nir_consumer.assert_same_spikes(res["rule" if firing == "strict" else "layers"], layers)
+    # --firing inclusive: SpikingJelly's update is ours (the strict default is checked on digits).
+    path = str(tmp_path / "fmnist.nir")
+    graph = export_nir(
+        model, variables, masks, input_shape=(28, 28, 1), n_pe=16, firing="inclusive"
+    )
+    write_nir(path, graph)
+    res = nir_consumer.compare(model, variables, masks, path, images)
+    assert res["images"] == 500 and res["same_class_fraction"] >= 0.99, res
+    nir_consumer.assert_agree(res["layers"], layers, 500)
