@@ -191,6 +191,86 @@ def _add_layer(acc: dict, a: np.ndarray, b: np.ndarray) -> None:
     acc["binary"] = acc.get("binary", True) and bool(np.isin(b, (0.0, 1.0)).all())
 
 
+def _currents(model, variables, images):
+    """Our LIF layers' input currents (the BN outputs) `{i: [T, B, C, H, W]}`, float32."""
+    outs = {}
+
+    def record(next_fun, args, kwargs, context):
+        y = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and isinstance(context.module, nn.BatchNorm):
+            outs[int(context.module.name[2:])] = y
+        return y
+
+    with nn.intercept_methods(record):
+        model.apply(variables, jnp.asarray(images), train=False)
+    T, B = model.timesteps, len(images)
+    return {
+        i: np.moveaxis(
+            np.broadcast_to(np.asarray(y).reshape((-1, B) + y.shape[1:]), (T, B) + y.shape[1:]),
+            -1,
+            2,
+        )
+        for i, y in outs.items()
+    }
+
+
+def flip_report(model, variables, masks, path: str, images: np.ndarray) -> list[dict]:
+    """Where our LIF layers and SpikingJelly's fire differently, layer by layer: each side's
+    potential `h` (recomputed from its own currents with the LIF equations) at the differing
+    spikes, the threshold each compares with, and how far apart the two currents are."""
+    import torch
+    from spikingjelly.activation_based.nir_exchange import import_from_nir
+
+    graph = nir.read(path)
+    thr_sj = float(np.asarray(graph.nodes["lif0"].v_threshold).flat[0])
+    variables = dict(variables)
+    variables["params"] = apply_masks(variables["params"], _tree_masks(masks, variables))
+    ours_cur = _currents(model, variables, images)
+    gm = import_from_nir(path, dt=1.0)
+    seen = {i: [] for i in ours_cur}
+    for i in ours_cur:
+        gm.get_submodule(f"conv{i}").register_forward_hook(
+            functools.partial(lambda i, m, a, o: seen[i].append(o.numpy().copy()), i)
+        )
+    x, state = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))), None
+    with torch.no_grad():
+        for _ in range(model.timesteps):
+            _, state = gm(x, state)
+    tau, v_th = np.float32(model.neuron.tau), np.float32(model.neuron.v_threshold)
+    rows = []
+    for i, a in ours_cur.items():
+        b = np.stack(seen[i])
+        ha, sa = _lif_h(a, tau, v_th)
+        hb, sb = _lif_h(b, tau, np.float32(thr_sj))
+        for t, *pos in np.argwhere(sa != sb)[:20]:
+            k = (t, *pos)
+            rows.append(
+                {
+                    "layer": f"lif{i}",
+                    "step": int(t),
+                    "h_ours": float(ha[k]),
+                    "h_consumer": float(hb[k]),
+                    "v_th": float(v_th),
+                    "consumer_threshold": thr_sj,
+                    "current_diff": float(abs(a[k] - b[k])),
+                    "ours_fires": bool(sa[k]),
+                }
+            )
+    return rows
+
+
+def _lif_h(x, tau, thr):
+    """`(h, spikes)` `[T, ...]` of our LIF (fires on h >= thr, hard reset to 0) on currents x."""
+    v, hs, ss = np.zeros(x.shape[1:], np.float32), [], []
+    for x_t in x:
+        h = v + (x_t - v) / tau
+        s = h >= thr
+        v = np.where(s, np.float32(0), h)
+        hs.append(h)
+        ss.append(s)
+    return np.stack(hs), np.stack(ss)
+
+
 def _tree_masks(masks, variables):
     from uticket_jax.sparsity.masks import unflatten
 

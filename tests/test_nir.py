@@ -134,9 +134,13 @@ def test_fold_batch_norm_is_the_bn_of_the_conv():
 
 def _tiny(arch, seed=0, sparsity=0.8):
     """A small model, its variables with BN statistics that matter, and random masks."""
-    kw = {"channels": (4, 8, 16)} if arch == "digits_snn" else {"cfg": (4, "M", 8, "M", 16, 16)}
+    kw = {
+        "digits_snn": {"channels": (4, 8, 16)},
+        "fmnist_snn": {"cfg": (4, "M", 8, "M", 16, 16)},
+        "vgg16": {},
+    }[arch]
     model = models.get_model(arch, num_classes=10, timesteps=3, **kw)
-    shape = (8, 8, 1) if arch == "digits_snn" else (28, 28, 1)
+    shape = {"digits_snn": (8, 8, 1), "fmnist_snn": (28, 28, 1), "vgg16": (32, 32, 3)}[arch]
     rng = np.random.default_rng(seed)
     x = jax.ShapeDtypeStruct((1, *shape), np.float32)
     abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
@@ -179,6 +183,17 @@ def test_export_graph_structure_and_metadata(arch):
     thr = export_nir(model, variables, masks, input_shape=shape, pooling="threshold")
     assert isinstance(thr.nodes["pool0_or"], nir.Threshold)
     assert "loads" not in thr.nodes["conv1"].metadata
+
+
+def test_export_vgg16_structure():
+    model, variables, masks, shape, layers = _tiny("vgg16")
+    g = export_nir(model, variables, masks, input_shape=shape)  # no n_pe: no loads
+    kinds = [type(g.nodes[b]).__name__ for _, b in g.edges]
+    assert kinds.count("Conv2d") == kinds.count("LIF") == 13
+    assert kinds.count("SumPool2d") == kinds.count("IF") == 5
+    assert kinds[-3:] == ["Flatten", "Affine", "Output"]
+    assert g.nodes["flatten"].input_type["input"].tolist() == [512, 1, 1]
+    assert g.nodes["conv12"].metadata["param_path"] == "features/conv12/kernel"
 
 
 @pytest.mark.parametrize("arch", ["digits_snn", "fmnist_snn"])
