@@ -305,3 +305,11 @@ def test_import_refuses_bad_files(tmp_path):
     nir.write(path, _small_graph(lif=nir.Delay(np.ones((3, 4, 4), F32))))
     with pytest.raises(ValueError, match=r"delay.nir: node 'lif' has type Delay"):
         import_nir(path)
+
+
+def test_image_shapes_are_the_datasets():
+    from uticket_jax import data
+    from uticket_jax.interop import IMAGE_SHAPES
+
+    assert set(IMAGE_SHAPES) == set(data.DATASET_NAMES)
+    assert IMAGE_SHAPES["digits"] == tuple(data.load_dataset("digits").image_shape)

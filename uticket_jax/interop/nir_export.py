@@ -321,17 +321,9 @@ def export_nir(
     _check_inputs(layers, params, masks, pooling)
     shapes = {x.path: x.kernel_shape for x in layers}
     analysed = workload.analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first)
-    s = _Settings(
-        params,
-        flatten(variables.get("batch_stats", {})),
-        masks,
-        dict(zip(shapes, analysed, strict=True)),
-        n_pe,
-        mapping,
-        pooling,
-        firing,
-        model.neuron,
-    )
+    stats = flatten(variables.get("batch_stats", {}))
+    flags = dict(zip(shapes, analysed, strict=True))
+    s = _Settings(params, stats, masks, flags, n_pe, mapping, pooling, firing, model.neuron)
     convs = iter([x for x in layers if x.kind == "conv"])
     b = _Builder((c, h, w))
     for item in plan:
@@ -340,7 +332,12 @@ def export_nir(
         else:
             _add_conv(b, next(convs), s)
     _add_classifier(b, next(x for x in layers if x.kind == "dense"), s)
-    meta = {
+    return b.graph(_graph_meta(model, pooling, firing, metadata))
+
+
+def _graph_meta(model: Any, pooling: str, firing: str, extra: Mapping | None) -> dict:
+    """The graph's metadata: how to run it, and what the caller adds."""
+    return {
         "format": FORMAT,
         "timesteps": int(model.timesteps),
         "dt": 1.0,
@@ -349,9 +346,8 @@ def export_nir(
         "pooling": pooling,
         "firing": firing,
         "v_th": float(np.float32(model.neuron.v_threshold)),
-        **dict(metadata or {}),
+        **dict(extra or {}),
     }
-    return b.graph(meta)
 
 
 __all__ = ["FIRINGS", "FORMAT", "POOLINGS", "export_nir", "layer_plan", "lif_parameters"]

@@ -93,20 +93,28 @@ def stage_record(workdir: str, round_: int | None, arm: str) -> dict[str, Any]:
 def _stage_file(workdir: str, folder: str, stem: str) -> str:
     path = os.path.join(workdir, folder, f"{stem}.npz")
     if not os.path.isfile(path):
-        raise ValueError(
-            f"--workdir: {workdir!r} has no {folder}/{stem}.npz (runs with --nosave_weights, or"
-            " made before variables/ was written, cannot be exported; rerun the stage)"
+        hint = (
+            ""
+            if folder == "masks"
+            else " (runs with --nosave_weights, or made before"
+            " variables/ was written, cannot be exported; rerun the stage)"
         )
+        raise ValueError(f"--workdir: {workdir!r} has no {folder}/{stem}.npz{hint}")
     return path
+
+
+def _npz(path: str) -> dict[str, np.ndarray]:
+    """The arrays of an `.npz`, or a one-line ValueError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"--workdir: {path!r} is not a readable .npz file ({e})") from None
 
 
 def _rest(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """`variables/` file -> (params, batch_stats), flat."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            flat = {k: np.asarray(z[k]) for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"--workdir: {path!r} is not a readable .npz file ({e})") from None
+    flat = _npz(path)
     params = {k[len("params/") :]: v for k, v in flat.items() if k.startswith("params/")}
     stats = {k[len("batch_stats/") :]: v for k, v in flat.items() if k.startswith("batch_stats/")}
     return params, stats
@@ -132,8 +140,7 @@ def load_run_ticket(workdir: str, round_: int | None = None, arm: str = "uticket
     record = stage_record(workdir, round_, arm)
     stem = f"round{int(record['round']):02d}_{record['arm']}"
     masks = load_mask_file(_stage_file(workdir, "masks", stem))
-    with np.load(_stage_file(workdir, "weights", stem), allow_pickle=False) as z:
-        kernels = {k: np.asarray(z[k], np.float32) for k in z.files}
+    kernels = _npz(_stage_file(workdir, "weights", stem))
     params, stats = _rest(_stage_file(workdir, "variables", stem))
     params = {**kernels, **params}
     if config.get("dataset") not in IMAGE_SHAPES:
