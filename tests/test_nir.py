@@ -183,6 +183,7 @@ def test_export_graph_structure_and_metadata(arch):
     thr = export_nir(model, variables, masks, input_shape=shape, pooling="threshold")
     assert isinstance(thr.nodes["pool0_or"], nir.Threshold)
     assert "loads" not in thr.nodes["conv1"].metadata
+    assert import_nir(thr).specs == import_nir(g).specs  # the pooling form changes no geometry
 
 
 def test_export_vgg16_structure():
