@@ -8,8 +8,10 @@ r"""The main job: lottery-ticket pruning of an SNN with and without u-Ticket, si
 Writes into --workdir: config.json, machine.json (the CPU, library versions and devices of each
 start of the run; figures are bit-identical only on the same kind of machine), rounds.jsonl (one
 line per round and arm), masks/ (the project's .npz mask files, one per round and arm, readable by
-experiments/sweep.py and experiments/rebalance.py), weights/ (the trained kernels, same keys;
---nosave_weights skips them), spike_rates/ (per-layer input spike rates, for sweep.py
+experiments/sweep.py and experiments/rebalance.py), weights/ (the trained kernels, same keys) and
+variables/ (the rest of the trained variables: BN statistics, scales and shifts, biases; with
+weights/ the complete model that experiments/export.py writes as NIR; --nosave_weights skips
+both), spike_rates/ (per-layer input spike rates, for sweep.py
 --spike_rates), summary.json, summary.csv, the plots (*.png) and checkpoints/ (orbax).
 The run's settings are the fields of `LTHConfig` (uticket_jax/pipeline/config.py), one flag each,
 generated from the field (name, type, help); every flag left unset takes the preset's value (see
@@ -52,7 +54,10 @@ _OVERWRITE = flags.DEFINE_bool(
 )
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 _SAVE_WEIGHTS = flags.DEFINE_bool(
-    "save_weights", True, "Write each stage's trained kernels to WORKDIR/weights/ (.npz)."
+    "save_weights",
+    True,
+    "Write each stage's trained kernels to WORKDIR/weights/ and the rest of its variables (BN"
+    " statistics, biases) to WORKDIR/variables/ (.npz).",
 )
 # One flag per LTHConfig field (name, type and help from the field); unset: the preset's value.
 _SETTINGS = cli.define_config_flags(lth.LTHConfig, note="(default: the preset's value)")
@@ -227,11 +232,12 @@ def _saving():
 
 
 def _run(cfg, dataset, workdir):
-    def on_stage_end(record, masks_flat, weights_flat, records):
+    def on_stage_end(record, masks_flat, weights_flat, records, rest_flat):
         stem = f"round{record.round:02d}_{record.arm}"
         save_mask_file(os.path.join(workdir, "masks", f"{stem}.npz"), masks_flat)
         if _SAVE_WEIGHTS.value:
             save_npz_atomic(os.path.join(workdir, "weights", f"{stem}.npz"), weights_flat)
+            save_npz_atomic(os.path.join(workdir, "variables", f"{stem}.npz"), rest_flat)
         results.write_json(os.path.join(workdir, "spike_rates", f"{stem}.json"), record.spike_rates)
         lines = "".join(json.dumps(results.jsonable(r.to_json())) + "\n" for r in records)
         results.write_text_atomic(os.path.join(workdir, "rounds.jsonl"), lines)
@@ -262,7 +268,7 @@ def _finish(records, workdir):
     print(report.format_table(rows))
     print(
         f"wrote {workdir}: config.json rounds.jsonl summary.json summary.csv masks/ weights/"
-        " spike_rates/ checkpoints/"
+        " variables/ spike_rates/ checkpoints/"
     )
     print("plots: " + " ".join(os.path.basename(p) for p in plots))
 

@@ -6,6 +6,11 @@ import included):
       --n_pe 16 --mapping output_channel --policy magnitude --target ceil_mean --out balanced.npz
 Masks from PyTorch/SpikingJelly (`[c_out, c_in, kh, kw]`, linear `[out, in]`): add
 `--layout oihw`; the output keeps the input's layout and layer order.
+A NIR graph (any framework's export, or experiments/export.py's) can stand in for the masks:
+  python experiments/rebalance.py --masks ticket.nir --n_pe 16 --out balanced.npz
+its masks are the non-zero pattern of its conv and dense weights, and the magnitude policy ranks
+those weights (so no --weights); layers are keyed by `param_path` metadata or node name, and
+--out is a mask .npz in --layout (`uticket_jax.interop.import_nir`).
 
 Prints one JSON report: {"layers": [{"name", "analysed", "before", "after", "regrown", "dropped",
 "capped"}], "network": {"before", "after"}, "seconds": {...}}; before/after hold utilization,
@@ -38,7 +43,9 @@ from uticket_jax.sparsity.masks import LAYOUTS, load_mask_file, load_weight_file
 from uticket_jax.workload import MAPPINGS, POLICIES, TARGETS, rebalance_network, report_to_json
 from uticket_jax.workload.rebalance import BACKENDS
 
-_MASKS = flags.DEFINE_string("masks", None, "Mask .npz file (one array per prunable layer).")
+_MASKS = flags.DEFINE_string(
+    "masks", None, "Mask .npz file (one array per prunable layer), or a NIR graph (.nir)."
+)
 _WEIGHTS = flags.DEFINE_string("weights", None, "Weights .npz (same keys); needed for magnitude.")
 _LAYOUT = flags.DEFINE_string("layout", "hwio", f"Layout of the files: {', '.join(LAYOUTS)}.")
 _N_PE = flags.DEFINE_string("n_pe", "16", f"PEs per group (integer in [1, {checks.MAX_N_PE}]).")
@@ -91,6 +98,26 @@ def _check_paths() -> tuple[str, str, str | None]:
     return masks, out, _WEIGHTS.value
 
 
+def _from_nir(path: str, weights_path: str | None) -> tuple[dict, dict]:
+    """Masks (the non-zero pattern) and weights of a NIR graph's conv and dense layers."""
+    if weights_path:
+        raise ValueError("--weights: a NIR --masks file carries its weights; leave --weights out")
+    from uticket_jax import interop  # NIR files only: the mask-file path never imports nir
+
+    ticket = interop.import_nir(path, conv_only=_CONV_ONLY.value, skip_first=_SKIP_FIRST.value)
+    return ticket.masks, ticket.weights
+
+
+def _load(masks_path: str, weights_path: str | None, layout: str, policy: str):
+    """The masks and weights: a NIR graph's, or the mask and weight files'."""
+    if files.is_nir_file(masks_path):
+        return _from_nir(masks_path, weights_path)
+    if policy == "magnitude" and not weights_path:
+        raise ValueError("--weights: required for --policy magnitude (or use --policy random)")
+    masks = load_mask_file(masks_path, layout)
+    return masks, load_weight_file(weights_path, layout) if weights_path else None
+
+
 def _rebalance(masks, weights, policy, n_pe, mapping, target, seed, backend):
     return rebalance_network(
         masks,
@@ -117,10 +144,7 @@ def run() -> dict:
     n_pe = checks.parse_int("--n_pe", _N_PE.value, minimum=1, maximum=checks.MAX_N_PE)
     seed = checks.parse_int("--seed", _SEED.value, minimum=0, maximum=checks.SEED_MAX)
     masks_path, out, weights_path = _check_paths()
-    if policy == "magnitude" and not weights_path:
-        raise ValueError("--weights: required for --policy magnitude (or use --policy random)")
-    masks = load_mask_file(masks_path, layout)
-    weights = load_weight_file(weights_path, layout) if weights_path else None
+    masks, weights = _load(masks_path, weights_path, layout, policy)
     files.check_writable(out)  # a read-only --out fails now, not after the work
     t_load = time.perf_counter()
     with cli.flag_errors("n_pe", "mapping", "policy", "target", "backend"):

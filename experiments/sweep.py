@@ -13,6 +13,10 @@ see `--helpfull`), `--grid` expands each constant given with one value to x{1/4,
 (500 / 400 MHz).
 Writes DIR/sweep.json, DIR/sweep.csv, DIR/{latency,energy,utilization}.png; prints a table.
 `--compare dense` compares with the all-ones masks of the same layers.
+A NIR graph (any framework's export, or experiments/export.py's) can stand in for a masks file:
+  python experiments/sweep.py --masks ticket.nir --compare dense --n_pe 16 --out runs/sweep_nir
+its masks are the non-zero pattern of its conv and dense weights and its layer sizes come from
+the graph, so --model, --input_size, --out_sizes and --arch are not needed (and refused).
 `--backend numpy` (the default) evaluates the simulator on the host and compiles nothing: a whole
 run of one VGG16 masks file x 100 configs takes ~1.8 s on a 2-core CPU, JAX's import included
 (`--backend jax`: ~6 s, most of it compiling; even 80,000 configs take 0.3 s with numpy). A
@@ -40,9 +44,13 @@ from uticket_jax.launch import cli, distributed, lock, plots
 from uticket_jax.launch import workdir as workdirs
 from uticket_jax.sparsity.masks import LAYOUTS, load_mask_file
 
-_MASKS = flags.DEFINE_string("masks", None, "Mask .npz file (one array per prunable layer).")
+_MASKS = flags.DEFINE_string(
+    "masks", None, "Mask .npz file (one array per prunable layer), or a NIR graph (.nir)."
+)
 _LAYOUT = flags.DEFINE_string("layout", "hwio", f"Layout of the mask files: {', '.join(LAYOUTS)}.")
-_COMPARE = flags.DEFINE_string("compare", None, "Baseline mask .npz (or 'dense') for ratios.")
+_COMPARE = flags.DEFINE_string(
+    "compare", None, "Baseline mask .npz or NIR graph (or 'dense') for ratios."
+)
 _N_PE = flags.DEFINE_string("n_pe", "4,8,16,32,64", "Comma list of PEs per group.")
 _MAPPING = flags.DEFINE_string(
     "mapping", "output_channel,input_split", f"Comma list of: {', '.join(hardware.MAPPINGS)}."
@@ -270,6 +278,20 @@ def _model_specs(masks: dict) -> list[hardware.LayerSpec]:
     )
 
 
+def _nir_ticket(path: str):
+    """The NIR graph's masks and layer specs (`interop.import_nir`), or None for a mask .npz."""
+    if not files.is_nir_file(path):
+        return None
+    from uticket_jax import interop  # NIR files only: the mask-file path never imports nir
+
+    for fl in (_MODEL, _OUT_SIZES, _INPUT_SIZE, _ARCH):
+        if fl.present:
+            raise ValueError(
+                f"--{fl.name}: a NIR --masks file gives its layer sizes itself; leave it out"
+            )
+    return interop.import_nir(path, conv_only=_CONV_ONLY.value, skip_first=_SKIP_FIRST.value)
+
+
 def _inputs() -> tuple:
     """The sweep's configs, networks, layer specs and spike rates, every input checked."""
     if not _MASKS.value:
@@ -285,15 +307,21 @@ def _inputs() -> tuple:
     if _LAYOUT.value not in LAYOUTS:
         raise ValueError(f"--layout: unknown {_LAYOUT.value!r}; allowed: {', '.join(LAYOUTS)}")
     configs, model, consts = _configs()
-    masks = load_mask_file(_MASKS.value, _LAYOUT.value)
+    ticket = _nir_ticket(_MASKS.value)
+    masks = ticket.masks if ticket else load_mask_file(_MASKS.value, _LAYOUT.value)
     networks = {_MASKS.value: masks}
     if _COMPARE.value == "dense":
         networks["dense"] = {k: np.ones_like(v) for k, v in masks.items()}
     elif _COMPARE.value:
-        other = load_mask_file(_COMPARE.value, _LAYOUT.value)
+        if files.is_nir_file(_COMPARE.value):
+            other = _nir_ticket(_COMPARE.value).masks
+        else:
+            other = load_mask_file(_COMPARE.value, _LAYOUT.value)
         hardware.check_same_layers(masks, other, "--compare")
         networks[_COMPARE.value] = other
-    if _MODEL.value:
+    if ticket:
+        specs = ticket.specs
+    elif _MODEL.value:
         specs = _model_specs(masks)
     else:
         with cli.flag_errors("input_size", "out_sizes", "arch"):

@@ -1,7 +1,8 @@
 """The library's own install brings only what the library imports.
 
 `pip install uticket_jax` installs jax, flax, optax, orbax-checkpoint and numpy; the launchers'
-packages (absl-py, matplotlib, scikit-learn, scipy, tqdm) come with the `experiments` extra. Here
+packages (absl-py, matplotlib, nir, scikit-learn, scipy, tqdm) come with the `experiments` extra
+(NIR alone with the `nir` extra: `uticket_jax.interop` needs it and says so). Here
 every library package is imported, and a rebalance, a sweep and a few training steps run, in a
 process where those packages cannot be imported.
 """
@@ -15,7 +16,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # absl-py is not among them: optax itself depends on it.
-LAUNCHER_ONLY = ("matplotlib", "sklearn", "scipy", "tqdm")
+LAUNCHER_ONLY = ("matplotlib", "sklearn", "scipy", "tqdm", "nir", "h5py")
 
 _PROBE = f"""
 import importlib.abc, sys
@@ -47,6 +48,12 @@ except ValueError as e:
     assert "experiments" in str(e), e
 else:
     raise AssertionError("digits loaded without scikit-learn")
+try:
+    import uticket_jax.interop
+except ImportError as e:
+    assert "uticket_jax[nir]" in str(e), e
+else:
+    raise AssertionError("interop imported without nir")
 print("LIBRARY_OK", sorted(m for m in sys.modules if m.split(".")[0] in {LAUNCHER_ONLY!r}))
 """
 
@@ -62,6 +69,7 @@ def test_install_requires_is_the_library_only():
     assert sorted(r.split(">")[0] for r in extra) == [
         "absl-py",
         "matplotlib",
+        "nir",
         "scikit-learn",
         "scipy",
         "tqdm",

@@ -64,8 +64,10 @@ def _cfg(**kw):
 def _run(cfg, ds, ckpt=None):
     masks_by_stage = {}
 
-    def keep(record, masks_flat, weights_flat, records):
+    def keep(record, masks_flat, weights_flat, records, rest_flat):
         assert list(weights_flat) == list(masks_flat)
+        assert not set(rest_flat) & {f"params/{k}" for k in masks_flat}
+        assert any(k.startswith("batch_stats/") for k in rest_flat)
         assert records[-1] is record
         masks_by_stage[(record.round, record.arm)] = {
             k: np.asarray(v) for k, v in masks_flat.items()

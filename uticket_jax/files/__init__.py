@@ -14,13 +14,15 @@ from uticket_jax.files.atomic import (
     write_npz,
     write_text,
 )
-from uticket_jax.files.readers import is_npz, read_json, read_npz
+from uticket_jax.files.readers import HDF5_SIGNATURE, is_nir_file, is_npz, read_json, read_npz
 
 __all__ = [
+    "HDF5_SIGNATURE",
     "WriteError",
     "check_writable",
     "current_umask",
     "file_mode",
+    "is_nir_file",
     "is_npz",
     "make_dirs",
     "read_json",

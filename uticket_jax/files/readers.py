@@ -240,3 +240,18 @@ def read_json(path: str, what: str, *, max_bytes: int = MAX_BYTES) -> Any:
         raise ValueError(f"{where} is not valid JSON ({e})") from None
     except RecursionError:
         raise ValueError(f"{where} is not usable JSON (nested too deeply)") from None
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first 8 bytes of every HDF5 (and so NIR) file
+
+
+def is_nir_file(path: str) -> bool:
+    """Whether `path` is meant as a NIR file: it ends in `.nir` or starts as an HDF5 file does
+    (cheap: reads 8 bytes, imports nothing; `uticket_jax.interop` reads the graph)."""
+    if str(path).lower().endswith(".nir"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == HDF5_SIGNATURE
+    except OSError:
+        return False

@@ -17,7 +17,7 @@ from uticket_jax.hardware.layers import LayerSpec
 from uticket_jax.pipeline.config import LTHConfig, Stage
 from uticket_jax.pipeline.setup import RunSetup, kernels
 from uticket_jax.pipeline.state import HardwareFigures, Progress, RebalanceCounts, StageRecord
-from uticket_jax.sparsity.masks import sparsity_report
+from uticket_jax.sparsity.masks import flatten, sparsity_report
 from uticket_jax.training import step as train_lib
 
 
@@ -144,3 +144,13 @@ def stage_line(record: StageRecord) -> str:
 def weights_of(setup: RunSetup, train_state: train_lib.TrainState) -> dict[str, Any]:
     """The trained kernels of the prunable layers, flat, in network order."""
     return dict(kernels(train_state.params, setup.order))
+
+
+def rest_of(setup: RunSetup, train_state: train_lib.TrainState) -> dict[str, Any]:
+    """The trained variables that `weights_of` leaves out, flat: `params/<path>` (BN scales and
+    shifts, biases, kernels that are never pruned) and `batch_stats/<path>` (BN running
+    statistics). With the prunable kernels they make the complete inference model."""
+    kernels = set(setup.order)
+    rest = {f"params/{k}": v for k, v in flatten(train_state.params).items() if k not in kernels}
+    rest.update({f"batch_stats/{k}": v for k, v in flatten(train_state.batch_stats).items()})
+    return rest

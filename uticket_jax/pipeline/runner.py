@@ -41,7 +41,9 @@ from uticket_jax.pipeline.state import Progress, RunState, StageRecord
 from uticket_jax.training import loop
 from uticket_jax.training.checkpoint import Checkpointer
 
-OnStageEnd = Callable[[StageRecord, dict[str, Any], dict[str, Any], Sequence[StageRecord]], None]
+OnStageEnd = Callable[
+    [StageRecord, dict[str, Any], dict[str, Any], Sequence[StageRecord], dict[str, Any]], None
+]
 
 
 def save(checkpointer: Checkpointer | None, state: RunState, progress: Progress) -> Progress:
@@ -113,7 +115,8 @@ def run_stage(
     log(records.stage_line(record))
     if on_stage_end is not None:
         weights = records.weights_of(setup, train_state)
-        on_stage_end(record, masks_flat, weights, progress.records)
+        rest = records.rest_of(setup, train_state)
+        on_stage_end(record, masks_flat, weights, progress.records, rest)
     progress = progress.replace(stage=progress.stage + 1, epoch=0)
     return state, save(checkpointer, state, progress)
 
@@ -135,9 +138,11 @@ def run(
       dataset: the data (the whole training set: `cfg.train_subset` is taken here).
       checkpointer: where to save after every epoch and stage; a run resumes from its newest
         checkpoint that can be restored (`Checkpointer.restore_newest`). None: no checkpoints.
-      on_stage_end: `f(record, masks_flat, weights_flat, records_so_far)` after each stage, before
-        its checkpoint, with the stage's masks and trained kernels of the prunable layers in
-        network order (the launcher writes files there; it must be idempotent).
+      on_stage_end: `f(record, masks_flat, weights_flat, records_so_far, rest_flat)` after each
+        stage, before its checkpoint, with the stage's masks and trained kernels of the prunable
+        layers in network order, and the rest of its trained variables (`records.rest_of`: BN
+        statistics, scales, shifts, biases; with the kernels a complete inference model). The
+        launcher writes files there; it must be idempotent.
       dp: data-parallel shardings (default: all devices).
       progress: progress bars.
       log: where the one-line stage summaries go.
