@@ -57,13 +57,15 @@ def lif_parameters(neuron: LIFConfig, firing: str = "strict") -> dict[str, float
     r"""NIR `LIF` parameters whose forward-Euler step with `dt = 1` is our (SpikingJelly's) LIF.
 
     NIR's LIF is `tau dv/dt = (v_leak - v) + r I`; it fires `z = [v > v_threshold]` and then
-    sets `v = v_reset`. One Euler step of length `dt`:
+    sets `v = v_reset`. One Euler step of length `dt`::
 
       v[t] = v[t-1] + (dt / tau) * ((v_leak - v[t-1]) + r * I[t])
 
-    With `dt = 1`, `tau = neuron.tau`, `v_leak = v_reset` and
+    With `dt = 1`, `tau = neuron.tau`, `v_leak = v_reset` and::
+
       r = 1   (decay_input=True):  h[t] = v[t-1] + ((v_reset - v[t-1]) + I[t]) / tau
       r = tau (decay_input=False): h[t] = v[t-1] + ((v_reset - v[t-1]) + tau * I[t]) / tau
+
     which are our (and SpikingJelly's `LIFNode`) charge equations,
     `h = v + (I - (v - v_reset)) / tau` and `h = v - (v - v_reset) / tau + I`: for `r = 1` the
     same float32 operations (`a - (b - c)` is `(c - b) + a` exactly), for `r = tau` equal in exact

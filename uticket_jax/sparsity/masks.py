@@ -78,6 +78,20 @@ def make_masks(params: PyTree, prunable: Callable[[str, Any], bool] = default_pr
 
     `prunable(path, leaf)` decides per leaf, `path` its "/"-joined key path. Nested dicts keep
     their order, so `flatten(make_masks(params))` lists a Flax model's kernels in network order.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from uticket_jax import sparsity
+      >>> params = {"conv": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.zeros(4)},
+      ...           "dense": {"kernel": jnp.ones((36, 10)), "bias": jnp.zeros(10)}}
+      >>> masks = sparsity.make_masks(params)  # every conv and dense kernel
+      >>> masks["conv"]["kernel"].shape, masks["conv"]["kernel"].dtype, masks["conv"]["bias"]
+      ((3, 3, 1, 4), dtype('bool'), None)
+      >>> convs = sparsity.make_masks(params, lambda path, leaf: leaf.ndim == 4)
+      >>> convs["conv"]["kernel"].all().item(), convs["dense"]["kernel"]
+      (True, None)
+      >>> list(sparsity.flatten(masks))  # the dict's own order
+      ['conv/kernel', 'dense/kernel']
     """
     return _map_paths(
         lambda path, x: jnp.ones(jnp.shape(x), bool) if prunable(path, x) else None, params
