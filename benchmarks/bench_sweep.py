@@ -128,23 +128,30 @@ def run() -> dict:
         n = hardware.num_configs(configs)
         first, fast = _first_and_best(
             lambda c=configs, consts=consts: hardware.simulate(
-                tables, specs, c, energy_constants=consts
+                tables, specs, c, energy_model="horowitz45", energy_constants=consts
             ),
             _REPEATS.value,
         )
         _, per_cfg = _first_and_best(
             lambda c=configs, consts=consts: hardware.simulate(
-                tables, specs, c, dedupe=False, energy_constants=consts
+                tables, specs, c, dedupe=False, energy_model="horowitz45", energy_constants=consts
             ),
             _REPEATS.value,
         )
         host_first, host = _first_and_best(
             lambda c=configs, consts=consts: hardware.simulate(
-                host_tables, specs, c, backend="numpy", energy_constants=consts
+                host_tables,
+                specs,
+                c,
+                backend="numpy",
+                energy_model="horowitz45",
+                energy_constants=consts,
             ),
             _REPEATS.value,
         )
-        res = hardware.simulate(tables, specs, configs, energy_constants=consts)
+        res = hardware.simulate(
+            tables, specs, configs, energy_model="horowitz45", energy_constants=consts
+        )
         i = int(np.flatnonzero(configs.n_pe == 16)[0])
         cfg = hardware.config_rows(configs)[i]
         t = time.perf_counter()

@@ -5,13 +5,14 @@ Example (a u-Ticket ticket against its LTH ticket, both mappings, 5 array sizes;
       --n_pe 4,8,16,32,64 --mapping output_channel,input_split --timesteps 5 --input_size 32 \
       --out runs/sweep
 Energy constants sweep too: each flag takes a comma list (the grid is their product).
-`--energy_model NAME` picks the energy model (`hardware.energy`: horowitz45, the default, or
-sata, SATA_Sim's published model); every model's constants have flags generated the same way
-(horowitz45: `--e_acc_pj --e_fetch_pj --e_idle_pj --leak_uw`; sata: `--mac_op_mw ... --dram_nj`,
-see `--helpfull`), `--grid` expands each constant given with one value to x{1/4, 1/2, 1, 2, 4}
-(all four of horowitz45's: 625 variants), and `--clock_mhz` defaults to the model's clock
-(500 / 400 MHz).
-Writes DIR/sweep.json, DIR/sweep.csv, DIR/{latency,energy,utilization}.png; prints a table.
+`--energy_model NAME` picks the energy model (`hardware.energy`: sata, the default, SATA_Sim's
+published model of the authors' accelerator, or horowitz45); every model's constants have flags
+generated the same way (sata: `--mac_op_mw ... --dram_nj`, see `--helpfull`; horowitz45:
+`--e_acc_pj --e_fetch_pj --e_idle_pj --leak_uw`), `--grid` expands each constant given with one
+value to x{1/4, 1/2, 1, 2, 4} (all four of horowitz45's: 625 variants), and `--clock_mhz`
+defaults to the model's clock (400 / 500 MHz).
+Writes DIR/sweep.json, DIR/sweep.csv, DIR/{latency,energy,utilization}.png; prints a table
+(energy in total, on the chip and in DRAM).
 `--compare dense` compares with the all-ones masks of the same layers.
 A NIR graph (any framework's export, or experiments/export.py's) can stand in for a masks file:
   python experiments/sweep.py --masks ticket.nir --compare dense --n_pe 16 --out runs/sweep_nir
@@ -77,7 +78,9 @@ _CLOCK = flags.DEFINE_string(
     "clock_mhz", None, "Comma list of clock frequencies, MHz (default: the energy model's)."
 )
 _ENERGY_MODEL = flags.DEFINE_string(
-    "energy_model", "horowitz45", f"Energy model: {', '.join(energy.ENERGY_MODELS)}."
+    "energy_model",
+    energy.DEFAULT_ENERGY_MODEL,
+    f"Energy model: {', '.join(energy.ENERGY_MODELS)}.",
 )
 _GRID = flags.DEFINE_bool(
     "grid", False, "Expand each energy constant given with one value to x{1/4,1/2,1,2,4}."
@@ -227,6 +230,7 @@ def _fmt(v) -> str:
 
 def _table(rows: list[dict], limit: int) -> str:
     head = ["masks", "mapping", "n_pe", "T", "util", "util_norm", "cycles", "seconds", "energy_J"]
+    head += ["onchip_J", "dram_J"]
     has_ratio = any("vs_baseline" in r for r in rows)
     head += ["lat_ratio", "energy_ratio"] if has_ratio else []
     lines = [head]
@@ -234,7 +238,7 @@ def _table(rows: list[dict], limit: int) -> str:
         c, n = r["config"], r["network"]
         line = [os.path.basename(r["masks"]), c["mapping"], str(c["n_pe"]), str(c["timesteps"])]
         line += [_fmt(n[k]) for k in ("utilization", "utilization_normalized", "cycles", "seconds")]
-        line.append(_fmt(n["energy_total"]))
+        line += [_fmt(n.get(k)) for k in ("energy_total", "energy_onchip", "energy_dram")]
         if has_ratio:
             vs = r.get("vs_baseline")
             line += [_fmt(vs["seconds"]), _fmt(vs["energy_total"])] if vs else ["", ""]

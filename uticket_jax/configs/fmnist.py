@@ -51,7 +51,7 @@ def get_config() -> LTHConfig:
         arms=ARMS,
         n_pe=16,
         mapping="output_channel",
-        energy_model="horowitz45",
+        energy_model="sata",
         policy="magnitude",
         target="ceil_mean",
         et=False,

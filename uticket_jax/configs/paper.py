@@ -41,7 +41,7 @@ def _paper(dataset: str, arch: str) -> LTHConfig:
         arms=ARMS,
         n_pe=16,
         mapping="output_channel",
-        energy_model="horowitz45",
+        energy_model="sata",
         policy="magnitude",
         target="ceil_mean",
         et=False,

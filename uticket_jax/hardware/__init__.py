@@ -19,12 +19,15 @@ from uticket_jax.hardware.config import (
     validate_config,
 )
 from uticket_jax.hardware.energy import (
+    DEFAULT_ENERGY_MODEL,
     ENERGY_MODELS,
     Counts,
     EnergyModel,
     energy_terms,
     get_energy_model,
     make_constants,
+    offchip_energy,
+    onchip_energy,
     register_energy_model,
 )
 from uticket_jax.hardware.figures import Figures, SweepResult
@@ -55,6 +58,7 @@ from uticket_jax.hardware.tables import BACKENDS, LayerTables, count_tables, net
 __all__ = [
     "BACKENDS",
     "DEFAULTS",
+    "DEFAULT_ENERGY_MODEL",
     "ENERGY_MODELS",
     "ENERGY_TERMS",
     "Counts",
@@ -63,6 +67,8 @@ __all__ = [
     "energy_terms",
     "get_energy_model",
     "make_constants",
+    "offchip_energy",
+    "onchip_energy",
     "register_energy_model",
     "MAPPINGS",
     "Figures",

@@ -7,9 +7,10 @@ Energy constants are not hardware fields: every energy model owns its constants 
 energy_constants=...)`), so no model is privileged.
 
 Defaults: 16 PEs per group, the output-channel mapping, `timesteps = 5` (the SNN time window of the
-paper's experiments) and a 500 MHz clock (a typical clock of 45 nm accelerator studies, and the
-clock `horowitz45`'s constants are priced at; `experiments/sweep.py` defaults to the chosen energy
-model's own clock).
+paper's experiments) and the clock of the default energy model (`energy.DEFAULT_ENERGY_MODEL`,
+`sata`: SATA's 400 MHz), so a default config is priced at the clock its constants were published
+for; with another model give its clock (`EnergyModel.clock_hz`, e.g. 500 MHz for `horowitz45`),
+as `experiments/sweep.py` and the pipeline do.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uticket_jax import checks
+from uticket_jax.hardware import energy
 from uticket_jax.workload import mappings as wm
 
 
@@ -45,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "n_pe": 16,
     "mapping": "output_channel",
     "timesteps": 5,
-    "clock_hz": 500e6,
+    "clock_hz": energy.get_energy_model(energy.DEFAULT_ENERGY_MODEL).clock_hz,
     "activity_aware": False,
 }
 

@@ -117,6 +117,8 @@ class EnergyModel:
       clock_hz: the clock its constants were published for (the launchers' default clock).
       flags: the command-line flags of its constants (default: one flag per field, scale 1).
       doc: one line per constant: its source, or that it is an assumption.
+      offchip_terms: the terms spent off the chip (DRAM); the others are on-chip energy
+        (`onchip_energy`, `offchip_energy`). Default: none.
     """
 
     name: str
@@ -127,6 +129,7 @@ class EnergyModel:
     clock_hz: float
     flags: tuple[ConstantFlag, ...] = ()
     doc: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    offchip_terms: tuple[str, ...] = ()
 
     def constant_flags(self) -> tuple[ConstantFlag, ...]:
         """The flags of its constants (`flags`, or one per constant field with scale 1).
@@ -142,6 +145,10 @@ class EnergyModel:
 
 
 ENERGY_MODELS: dict[str, EnergyModel] = {}
+#: The energy model of the simulator, the sweeps and the pipeline when none is named: `sata`,
+#: whose constants are published measurements of the paper authors' accelerator (horowitz45's
+#: saving rests on two assumed constants, idle energy and leakage). BUILD_NOTES.md, issue 24.
+DEFAULT_ENERGY_MODEL = "sata"
 
 
 def register_energy_model(model: EnergyModel, *, replace: bool = False) -> EnergyModel:
@@ -159,6 +166,12 @@ def register_energy_model(model: EnergyModel, *, replace: bool = False) -> Energ
         raise ValueError(f"energy_model: {model.name!r} is registered already (replace=True)")
     if not model.terms or len(set(model.terms)) != len(model.terms):
         raise ValueError(f"energy_model {model.name}: terms must be distinct, got {model.terms}")
+    stray = [t for t in model.offchip_terms if t not in model.terms]
+    if stray:
+        raise ValueError(
+            f"energy_model {model.name}: offchip_terms {stray} are not among its terms "
+            f"{model.terms}"
+        )
     missing = [c for c in model.needs if c not in COUNT_FIELDS]
     if missing:
         raise ValueError(
@@ -316,6 +329,32 @@ def total(terms: Mapping[str, Any]) -> Any:
     return sum(terms.values())
 
 
+def offchip_energy(model: str | EnergyModel, terms: Mapping[str, Any]) -> Any:
+    """The energy spent off the chip (DRAM): the sum of the model's `offchip_terms`.
+
+    Args:
+      model: name or model.
+      terms: `{term: joules}` of that model (numbers or arrays).
+    Returns:
+      Their sum, in term order (0.0 for a model without off-chip terms).
+    """
+    model = get_energy_model(model)
+    return sum((terms[t] for t in model.terms if t in model.offchip_terms), 0.0)
+
+
+def onchip_energy(model: str | EnergyModel, terms: Mapping[str, Any]) -> Any:
+    """The energy spent on the chip: the sum of the model's terms but its `offchip_terms`.
+
+    Args:
+      model: name or model.
+      terms: `{term: joules}` of that model (numbers or arrays).
+    Returns:
+      Their sum, in term order; with `offchip_energy` it makes `total(terms)` (up to rounding).
+    """
+    model = get_energy_model(model)
+    return sum((terms[t] for t in model.terms if t not in model.offchip_terms), 0.0)
+
+
 # --- horowitz45: today's model ----------------------------------------------------------------
 
 
@@ -461,6 +500,7 @@ SATA = register_energy_model(
         defaults=Sata(),
         energy=_sata,
         clock_hz=400e6,  # sata-config.yaml: clock-frequency 400 (MHz)
+        offchip_terms=("dram",),
         doc={
             "mac_op_mw": "spike-MAC gated power per operation, mW (comp-stat.yaml)",
             "mac_ungated_mw": "spike-MAC ungated power per PE every cycle, mW",

@@ -21,6 +21,10 @@ class Figures(NamedTuple):
     counts: energy_lib.Counts  # the energy model's inputs
     energy_terms: dict[str, Any]  # J, {term: energy} of the energy model
     energy_total: Any  # J
+    # J, the terms on the chip and off it (the model's `offchip_terms`: DRAM); filled in by
+    # the simulator outside its kernels, None in a kernel's raw output.
+    energy_onchip: Any = None
+    energy_dram: Any = None
 
 
 class SweepResult(NamedTuple):
@@ -28,4 +32,4 @@ class SweepResult(NamedTuple):
 
     layers: Figures
     network: Figures
-    energy_model: str = "horowitz45"
+    energy_model: str = energy_lib.DEFAULT_ENERGY_MODEL

@@ -2,7 +2,8 @@
 
 A figures dict `F` (network, layer or ratio) holds the load-unit figures, `cycles`, `seconds`,
 `wasted_pe_cycles`, the energy model's `counts` ({count: value}), `energy_terms` ({term: J}),
-`energy` (the same dict: the key earlier rows used) and `energy_total` (the terms' sum). A sweep
+`energy` (the same dict: the key earlier rows used), `energy_total` (the terms' sum) and its split
+`energy_onchip` / `energy_dram` (the model's `offchip_terms`: DRAM). A sweep
 row is `{"masks", "energy_model", "config", "network": F, "layers": [...], "vs_baseline": F}`;
 its `config` holds the hardware fields and the energy model's constants.
 """
@@ -23,7 +24,9 @@ from uticket_jax.hardware.tables import check_backend
 from uticket_jax.workload.metrics import float_or_none
 
 _COUNTS = ("latency", "wasted", "dynamic")
-_SCALARS = tuple(f for f in Figures._fields if f not in ("counts", "energy_terms"))
+_NESTED = ("counts", "energy_terms")
+_SPLIT = ("energy_total", "energy_onchip", "energy_dram")  # listed after the terms
+_SCALARS = tuple(f for f in Figures._fields if f not in _NESTED)
 
 
 def _fig_dict(cols: Figures, *index: int, counts: bool = True) -> dict[str, Any]:
@@ -41,12 +44,12 @@ def _fig_dict(cols: Figures, *index: int, counts: bool = True) -> dict[str, Any]
     for k in _SCALARS:
         v = at(getattr(cols, k))
         d[k] = int(v) if counts and k in _COUNTS else float_or_none(v)  # NaN: no work
-    energy_total = d.pop("energy_total")
+    split = {k: d.pop(k) for k in _SPLIT}
     d["counts"] = {k: float_or_none(at(v)) for k, v in cols.counts._asdict().items()}
     terms = {t: float_or_none(at(v)) for t, v in cols.energy_terms.items()}
     d["energy_terms"] = terms
     d["energy"] = dict(terms)
-    d["energy_total"] = energy_total
+    d.update(split)
     return d
 
 
@@ -59,10 +62,11 @@ def map_figures(fn, *figs: Figures) -> Figures:
     Returns:
       The mapped `Figures`.
     """
-    head = [fn(*xs) for xs in zip(*[f[:-3] for f in figs], strict=True)]
-    counts = energy_lib.Counts(*(fn(*xs) for xs in zip(*[f.counts for f in figs], strict=True)))
-    terms = {t: fn(*(f.energy_terms[t] for f in figs)) for t in figs[0].energy_terms}
-    return Figures(*head, counts, terms, fn(*(f.energy_total for f in figs)))
+    out = {k: fn(*(getattr(f, k) for f in figs)) for k in Figures._fields if k not in _NESTED}
+    counts = zip(*[f.counts for f in figs], strict=True)
+    out["counts"] = energy_lib.Counts(*(fn(*xs) for xs in counts))
+    out["energy_terms"] = {t: fn(*(f.energy_terms[t] for f in figs)) for t in figs[0].energy_terms}
+    return Figures(**out)
 
 
 def _columns(fig: Figures) -> Figures:
@@ -109,7 +113,9 @@ def ratios(result: SweepResult, baseline: SweepResult) -> Figures:
 
 
 def config_dicts(
-    configs: HardwareConfig, energy_model: str = "horowitz45", energy_constants: Any = None
+    configs: HardwareConfig,
+    energy_model: str = energy_lib.DEFAULT_ENERGY_MODEL,
+    energy_constants: Any = None,
 ) -> list[dict[str, Any]]:
     """The `config` entry of each row: hardware fields and the energy model's constants.
 
@@ -191,7 +197,7 @@ def sweep_networks(
     spike_rates: np.ndarray | Mapping[str, float] | None = None,
     baseline: str | None = None,
     layers: bool = True,
-    energy_model: str | energy_lib.EnergyModel = "horowitz45",
+    energy_model: str | energy_lib.EnergyModel = energy_lib.DEFAULT_ENERGY_MODEL,
     energy_constants: Any = None,
     backend: str = "jax",
 ) -> list[dict[str, Any]]:

@@ -12,7 +12,9 @@ Model (lock-step, weight-stationary array; Yin et al., IEEE TETCI 2024, Sec. on 
 
   These and the other counts of `hardware.energy.Counts` (LIF updates, busy/idle PE-cycles,
   buffer and DRAM accesses) go to an energy model (`hardware.energy`, chosen by name), which
-  returns the energy by term; the default `horowitz45` is::
+  returns the energy by term, its total, and that total split into on-chip energy and energy
+  off the chip (DRAM, the model's `offchip_terms`). The default, `sata`, prices SATA_Sim's
+  published PE, buffer and DRAM figures; `horowitz45` (`energy_model="horowitz45"`) is::
 
     Energy (J) = e_acc * accumulates + e_fetch * nnz + e_idle * wasted PE-cycles
                  + leak_w * n_pe * cycles / clock.
@@ -78,7 +80,7 @@ from uticket_jax.hardware.layers import LayerSpec, spike_rate_vector
 from uticket_jax.hardware.tables import LayerTables, check_backend, network_tables
 from uticket_jax.workload import mappings as wm
 
-ENERGY_TERMS = energy_lib.HOROWITZ45.terms  #: the default model's terms
+ENERGY_TERMS = energy_lib.get_energy_model(energy_lib.DEFAULT_ENERGY_MODEL).terms  #: the default's
 _INT32_MAX = 2**31 - 1
 
 
@@ -156,7 +158,7 @@ def simulate(
     spike_rates: np.ndarray | Mapping[str, float] | None = None,
     dedupe: bool = True,
     devices: Sequence[jax.Device] | None = None,
-    energy_model: str | energy_lib.EnergyModel = "horowitz45",
+    energy_model: str | energy_lib.EnergyModel = energy_lib.DEFAULT_ENERGY_MODEL,
     energy_constants: Any = None,
     backend: str = "jax",
 ) -> SweepResult:
@@ -173,7 +175,8 @@ def simulate(
         the results are identical, dedupe is faster for sweeps over energy constants.
       devices: devices to shard the config axis over (default: all of `jax.devices()`; one
         device runs unsharded). jax backend only: the numpy backend refuses anything but None.
-      energy_model: a name in `energy.ENERGY_MODELS` or an `EnergyModel`.
+      energy_model: a name in `energy.ENERGY_MODELS` or an `EnergyModel` (default `sata`,
+        `energy.DEFAULT_ENERGY_MODEL`).
       energy_constants: the model's constants (its NamedTuple; scalar leaves for every config
         or `[N]` leaves, one per config). None: the model's defaults.
       backend: "jax" (compiled, vmapped, sharded over `devices`) or "numpy" (the same formulas
@@ -268,11 +271,21 @@ def _with_counts(layers, network, configs, net: _Net, model) -> SweepResult:
     lay_counts, net_counts = assembly.layer_counts(
         layers, configs, net.facts, net.rates, net.analysed
     )
-    in_order = lambda terms: {t: terms[t] for t in model.terms}  # noqa: E731 (jax sorts keys)
     return SweepResult(
-        layers._replace(counts=lay_counts, energy_terms=in_order(layers.energy_terms)),
-        network._replace(counts=net_counts, energy_terms=in_order(network.energy_terms)),
-        model.name,
+        _finished(layers, lay_counts, model), _finished(network, net_counts, model), model.name
+    )
+
+
+def _finished(fig, counts: energy_lib.Counts, model: energy_lib.EnergyModel):
+    """`fig` with its counts, its terms in the model's order (jax sorts dict keys) and its
+    on-chip and DRAM energies."""
+    terms = {t: fig.energy_terms[t] for t in model.terms}
+    zero = np.zeros_like(fig.energy_total)  # a model without off-chip terms: 0 J, same shape
+    return fig._replace(
+        counts=counts,
+        energy_terms=terms,
+        energy_onchip=zero + energy_lib.onchip_energy(model, terms),
+        energy_dram=zero + energy_lib.offchip_energy(model, terms),
     )
 
 

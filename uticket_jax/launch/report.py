@@ -28,9 +28,10 @@ def summary_rows(records: Sequence[StageRecord]) -> list[dict[str, Any]]:
       records: the pipeline's `StageRecord`s.
 
     Returns:
-      The rows of `summary.json` / `summary.csv`, in record order (the energy terms also as
-      `energy_terms`, {term: J}, for summary.json; CSV writers leave that one out, see
-      `csv_columns`).
+      The rows of `summary.json` / `summary.csv`, in record order: the energy in total, on the
+      chip (`energy_onchip`) and off it (`energy_dram`, the model's `offchip_terms`; None in
+      records written before the split), and by term (also as `energy_terms`, {term: J}, for
+      summary.json; CSV writers leave that one out, see `csv_columns`).
     """
     rows = []
     for r in records:
@@ -52,6 +53,8 @@ def summary_rows(records: Sequence[StageRecord]) -> list[dict[str, Any]]:
                 "seconds_hw": hw["seconds"],
                 "energy_model": r.hardware.energy_model,
                 "energy_total": hw["energy_total"],
+                "energy_onchip": hw.get("energy_onchip"),
+                "energy_dram": hw.get("energy_dram"),
                 "energy_activity_aware": act["energy_total"],
                 **{f"energy_{k}": v for k, v in terms.items()},
                 "energy_terms": dict(terms),
@@ -134,9 +137,10 @@ def _f(x: float | None, fmt: str) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The side-by-side table: per round, both arms' sparsity, accuracy, utilization, latency
-    and energy, then u-Ticket's reductions over LTH (the paper's headline figures) of latency,
-    energy, and energy with accumulates scaled by the measured input spike rates, and the two
-    energy terms that carry most of the saving (their shares of it).
+    and energy (in total, on the chip and in DRAM), then u-Ticket's reductions over LTH (the
+    paper's headline figures) of latency, energy, and energy with accumulates scaled by the
+    measured input spike rates, and the two energy terms that carry most of the saving (their
+    shares of it).
 
     Args:
       rows: `summary_rows` output.
@@ -145,7 +149,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """
     head = (
         f"{'rnd':>3} | {'arm':8} {'sparsity':>8} {'acc':>6} {'util':>6} {'util_n':>6}"
-        f" {'cycles':>10} {'energy_J':>10}"
+        f" {'cycles':>10} {'energy_J':>10} {'onchip_J':>10} {'dram_J':>10}"
     )
     tail = f" | {'lat_red':>7} {'en_red':>7} {'en_act_red':>10}  saving carried by"
     models = sorted({str(r.get("energy_model", "horowitz45")) for r in rows})
@@ -178,6 +182,7 @@ def _arm_line(rnd: int, r: dict[str, Any]) -> str:
         f"{rnd:>3} | {r['arm']:8} {100 * r['sparsity']:7.2f}% {100 * r['test_accuracy']:5.1f}%"
         f" {pct(r['utilization']):>6} {pct(r['utilization_normalized']):>6}"
         f" {_f(r['cycles'], '10.4g')} {_f(r['energy_total'], '10.4g')}"
+        f" {_f(r.get('energy_onchip'), '10.4g')} {_f(r.get('energy_dram'), '10.4g')}"
     )
 
 
