@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -129,8 +130,9 @@ def test_sata_energy_matches_the_oracle_formula():
 # --- horowitz45: today's figures, bit for bit -------------------------------------------------
 
 
-def test_horowitz45_default_is_todays_figures_bit_for_bit():
-    """Figures recorded with the simulator before energy models were plug-ins (same configs)."""
+def test_horowitz45_is_todays_figures_bit_for_bit():
+    """Figures recorded with the simulator before energy models were plug-ins (same configs),
+    when horowitz45 was the default at 500 MHz: now one argument away."""
     g = _fixture("horowitz45_golden.json")
     shapes = {k: tuple(v) for k, v in g["shapes"].items()}
     rng = np.random.default_rng(g["seed"])
@@ -141,22 +143,94 @@ def test_horowitz45_default_is_todays_figures_bit_for_bit():
     rows = list(
         itertools.product(grid["mapping"], grid["n_pe"], grid["e_idle_pj"], grid["activity_aware"])
     )
+    clock = energy.HOROWITZ45.clock_hz
+    assert clock == 500e6
     configs = hardware.stack_configs(
-        [hardware.make_config(mapping=m, n_pe=n, activity_aware=a) for m, n, _, a in rows]
+        [
+            hardware.make_config(mapping=m, n_pe=n, activity_aware=a, clock_hz=clock)
+            for m, n, _, a in rows
+        ]
     )
     consts = hardware.make_constants("horowitz45", e_idle_pj=[e for _, _, e, _ in rows])
     rates = np.asarray(g["rates"], np.float32)
-    for kw in ({}, {"energy_model": "horowitz45"}):
-        kw["energy_constants"] = consts
-        res = hardware.simulate_masks(masks, specs, configs, spike_rates=rates, **kw)
-        for where, fig in (("network", res.network), ("layers", res.layers)):
-            old = g[where]
-            for k in hardware.Figures._fields[:8] + ("energy_total",):
-                want = np.asarray(old[k], np.float64).astype(np.asarray(getattr(fig, k)).dtype)
-                np.testing.assert_array_equal(getattr(fig, k), want, err_msg=f"{where} {k}")
-            for t in hardware.ENERGY_TERMS:
-                want = np.asarray(old[f"energy_{t}"], np.float32)
-                np.testing.assert_array_equal(fig.energy_terms[t], want, err_msg=f"{where} {t}")
+    res = hardware.simulate_masks(
+        masks, specs, configs, spike_rates=rates, energy_model="horowitz45", energy_constants=consts
+    )
+    for where, fig in (("network", res.network), ("layers", res.layers)):
+        old = g[where]
+        for k in hardware.Figures._fields[:8] + ("energy_total",):
+            want = np.asarray(old[k], np.float64).astype(np.asarray(getattr(fig, k)).dtype)
+            np.testing.assert_array_equal(getattr(fig, k), want, err_msg=f"{where} {k}")
+        for t in energy.HOROWITZ45.terms:
+            want = np.asarray(old[f"energy_{t}"], np.float32)
+            np.testing.assert_array_equal(fig.energy_terms[t], want, err_msg=f"{where} {t}")
+        # horowitz45 has no off-chip term: all of it is on the chip, bit for bit.
+        np.testing.assert_array_equal(fig.energy_onchip, fig.energy_total)
+        np.testing.assert_array_equal(fig.energy_dram, np.zeros_like(fig.energy_total))
+
+
+def test_sata_is_the_default_model_at_its_own_clock():
+    """No model named: sata's figures, at sata's published clock (the default config's)."""
+    assert energy.DEFAULT_ENERGY_MODEL == hardware.DEFAULT_ENERGY_MODEL == "sata"
+    assert hardware.DEFAULTS["clock_hz"] == energy.SATA.clock_hz == 400e6
+    assert hardware.ENERGY_TERMS == energy.SATA.terms
+    shapes = {"a/kernel": (3, 3, 2, 6), "b/kernel": (3, 3, 6, 4), "fc/kernel": (16, 3)}
+    rng = np.random.default_rng(5)
+    masks = {k: rng.random(s) < 0.4 for k, s in shapes.items()}
+    specs = hardware.specs_from_shapes(shapes, out_sizes=[4, 2, 1], skip_first=False)
+    cfg = hardware.config_grid(n_pe=[2, 3])
+    assert (cfg.clock_hz == 400e6).all()
+    default = hardware.simulate_masks(masks, specs, cfg)
+    sata = hardware.simulate_masks(masks, specs, cfg, energy_model="sata")
+    assert default.energy_model == "sata"
+    jax.tree.map(np.testing.assert_array_equal, default, sata)
+    row = hardware.sweep_networks({"m": masks}, specs, cfg)[0]
+    assert row["energy_model"] == "sata" and list(row["config"])[-1] == "out_bits"
+    assert hardware.SweepResult(default.layers, default.network).energy_model == "sata"
+
+
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+def test_onchip_and_dram_energy_split_the_total(backend):
+    """energy_onchip + energy_dram = energy_total; DRAM is sata's `dram` term, the rest is on
+    the chip; the rows and the flat CSV row carry both beside the total."""
+    assert energy.SATA.offchip_terms == ("dram",) and energy.HOROWITZ45.offchip_terms == ()
+    shapes = {"a/kernel": (3, 3, 2, 6), "b/kernel": (3, 3, 6, 4)}
+    rng = np.random.default_rng(2)
+    masks = {k: rng.random(s) < 0.5 for k, s in shapes.items()}
+    specs = hardware.specs_from_shapes(shapes, out_sizes=[4, 4], skip_first=False)
+    cfg = hardware.config_grid(n_pe=[2, 4], mapping=list(hardware.MAPPINGS))
+    res = hardware.simulate_masks(masks, specs, cfg, backend=backend)
+    for fig in (res.network, res.layers):
+        t = fig.energy_terms
+        np.testing.assert_array_equal(fig.energy_dram, t["dram"])
+        on = sum(v for k, v in t.items() if k != "dram")
+        np.testing.assert_allclose(fig.energy_onchip, on, rtol=1e-6)
+        np.testing.assert_array_equal(fig.energy_onchip, fig.energy_total - fig.energy_dram)
+        assert fig.energy_onchip.dtype == fig.energy_dram.dtype == fig.energy_total.dtype
+        assert fig.energy_onchip.shape == fig.energy_dram.shape == fig.energy_total.shape
+        assert (fig.energy_dram > 0).all() and (fig.energy_onchip > 0).all()
+    row = hardware.sweep_networks({"m": masks, "d": masks}, specs, cfg, baseline="d")[0]
+    net = row["network"]
+    assert list(net)[-3:] == ["energy_total", "energy_onchip", "energy_dram"]
+    assert net["energy_dram"] == pytest.approx(net["energy_terms"]["dram"])
+    assert row["vs_baseline"]["energy_onchip"] == pytest.approx(1.0)
+    assert row["layers"][0]["energy_dram"] == pytest.approx(row["layers"][0]["energy"]["dram"])
+    flat = hardware.flat_row(row)
+    assert flat["energy_onchip"] == net["energy_onchip"] and "vs_baseline_energy_dram" in flat
+    # The helpers on any {term: J}, numbers or arrays.
+    terms = energy.energy_terms("sata", energy.Counts(*[1.0] * len(energy.COUNT_FIELDS)))
+    assert energy.offchip_energy("sata", terms) == terms["dram"]
+    assert energy.onchip_energy("sata", terms) + terms["dram"] == pytest.approx(
+        energy.total(terms), rel=1e-15
+    )
+    assert energy.offchip_energy("horowitz45", {t: 1.0 for t in energy.HOROWITZ45.terms}) == 0
+
+
+def test_offchip_terms_must_be_terms():
+    bad = dataclasses.replace(energy.SATA, name="sata_bad", offchip_terms=("hbm",))
+    with pytest.raises(ValueError, match=r"energy_model sata_bad: offchip_terms \['hbm'\]"):
+        energy.register_energy_model(bad)
+    assert "sata_bad" not in energy.ENERGY_MODELS
 
 
 def test_every_model_is_priced_alike_defaults_and_rows():
@@ -425,6 +499,12 @@ def test_pipeline_config_takes_and_checks_the_energy_model():
     assert rec.plain["counts"]["clock_hz"] == 400e6  # the model's clock
     act = rec.activity_aware["energy_terms"]
     assert act["compute_op"] < rec.plain["energy_terms"]["compute_op"]  # rate 0.5 on b
-    default = records.hardware_figures(base.replace(energy_model="horowitz45"), specs, masks, rates)
-    assert default.energy_model == "horowitz45"
-    assert list(default.plain["energy"]) == list(hardware.ENERGY_TERMS)
+    h45 = records.hardware_figures(base.replace(energy_model="horowitz45"), specs, masks, rates)
+    assert h45.energy_model == "horowitz45"
+    assert list(h45.plain["energy"]) == list(energy.HOROWITZ45.terms)
+    assert h45.plain["counts"]["clock_hz"] == 500e6  # its own clock
+    assert h45.plain["energy_dram"] == 0.0
+    assert h45.plain["energy_onchip"] == pytest.approx(h45.plain["energy_total"], rel=1e-6)
+    assert rec.plain["energy_dram"] == pytest.approx(rec.plain["energy_terms"]["dram"])
+    for name in configs.NAMES:  # every preset prices with the default model
+        assert configs.get(name).energy_model == energy.DEFAULT_ENERGY_MODEL == "sata"
