@@ -235,7 +235,8 @@ def simulator_oracle(masks, specs, cfg: dict, rates=None, model="horowitz45", co
     `constants`: the model's constants as a dict (default: the model's defaults).
     Returns `{"layers": [dict], "network": dict}`, energies in J (float64), each dict with the
     workload figures, `cycles`, `seconds`, `wasted_pe_cycles`, `counts`, `energy_terms`,
-    `energy_total`.
+    `energy_total` and its split: `energy_dram` (sata's `dram` term; horowitz45 has none) and
+    `energy_onchip` (the rest).
     """
     n, T, clock = int(cfg["n_pe"]), int(cfg["timesteps"]), float(cfg["clock_hz"])
     if constants is None:
@@ -251,6 +252,8 @@ def simulator_oracle(masks, specs, cfg: dict, rates=None, model="horowitz45", co
         f["counts"] = c
         f["energy_terms"] = oracle_energy(model, c, constants)
         f["energy_total"] = sum(f["energy_terms"].values())
+        f["energy_dram"] = f["energy_terms"].get("dram", 0.0)
+        f["energy_onchip"] = sum(v for t, v in f["energy_terms"].items() if t != "dram")
         layers.append(f)
     sel = [f for f, s in zip(layers, specs, strict=True) if s.analysed]
     net = {}
@@ -266,5 +269,6 @@ def simulator_oracle(masks, specs, cfg: dict, rates=None, model="horowitz45", co
     net["energy_terms"] = {
         t: sum(f["energy_terms"][t] for f in sel) for t in layers[0]["energy_terms"]
     }
-    net["energy_total"] = sum(f["energy_total"] for f in sel)
+    for k in ("energy_total", "energy_dram", "energy_onchip"):
+        net[k] = sum(f[k] for f in sel)
     return {"layers": layers, "network": net}

@@ -21,7 +21,8 @@ from uticket_jax.hardware import assembly, simulator
 from uticket_jax.workload.mappings import pe_loads
 from uticket_jax.workload.synthetic import vgg16_shapes
 
-FLOAT_FIELDS = ("cycles", "seconds", "wasted_pe_cycles", "energy_total")
+FLOAT_FIELDS = ("cycles", "seconds", "wasted_pe_cycles", "energy_total", "energy_onchip")
+FLOAT_FIELDS += ("energy_dram",)
 INT_FIELDS = ("latency", "wasted", "dynamic")
 UTIL_FIELDS = ("utilization", "utilization_normalized")
 
@@ -156,7 +157,13 @@ def test_vmapped_matches_loop_oracle(net):
     masks, specs, configs, rates, consts = net
     res = _check_against_oracle(masks, specs, configs, rates, constants=consts)
     again = hardware.simulate_masks(
-        masks, specs, configs, spike_rates=rates, dedupe=False, energy_constants=consts
+        masks,
+        specs,
+        configs,
+        spike_rates=rates,
+        dedupe=False,
+        energy_model="horowitz45",
+        energy_constants=consts,
     )
     jax.tree.map(np.testing.assert_array_equal, res, again)  # same figures without dedupe
 
@@ -166,7 +173,11 @@ def test_vmapped_matches_loop_oracle(net):
 def test_sata_model_matches_loop_oracle(net):
     masks, specs, configs, rates, _ = net
     res = _check_against_oracle(masks, specs, configs, rates, model="sata")
-    plain = hardware.simulate_masks(masks, specs, configs, spike_rates=rates)
+    default = hardware.simulate_masks(masks, specs, configs, spike_rates=rates)
+    jax.tree.map(np.testing.assert_array_equal, res, default)  # sata is the default
+    plain = hardware.simulate_masks(
+        masks, specs, configs, spike_rates=rates, energy_model="horowitz45"
+    )
     for f in ("cycles", "seconds", "latency", "wasted", "utilization"):  # the model is energy only
         np.testing.assert_array_equal(getattr(res.network, f), getattr(plain.network, f))
     jax.tree.map(np.testing.assert_array_equal, res.network.counts, plain.network.counts)
@@ -227,7 +238,8 @@ def test_balanced_mask_has_full_utilization(n, load, mapping, seed):
         mask[:, :, lo:hi, o] = flat.reshape(3, 3, hi - lo)
     masks = {"x/kernel": mask}
     specs = hardware.specs_from_shapes({"x/kernel": shape}, out_sizes=[4], skip_first=False)
-    res = hardware.simulate_masks(masks, specs, hardware.make_config(n_pe=n, mapping=mapping))
+    cfg = hardware.make_config(n_pe=n, mapping=mapping)
+    res = hardware.simulate_masks(masks, specs, cfg, energy_model="horowitz45")
     if load:
         assert res.network.utilization[0] == pytest.approx(1.0)
         assert res.network.utilization_normalized[0] == pytest.approx(1.0)
@@ -261,8 +273,9 @@ def test_activity_aware_scales_accumulates_only():
     on = hardware.make_config(n_pe=4, activity_aware=True)
     off = hardware.make_config(n_pe=4, activity_aware=False)
     rates = {"a/kernel": 1.0, "b/kernel": 0.25}
-    r_on = hardware.simulate_masks(masks, specs, on, spike_rates=rates)
-    r_off = hardware.simulate_masks(masks, specs, off, spike_rates=rates)
+    kw = {"spike_rates": rates, "energy_model": "horowitz45"}
+    r_on = hardware.simulate_masks(masks, specs, on, **kw)
+    r_off = hardware.simulate_masks(masks, specs, off, **kw)
     on_terms, off_terms = r_on.layers.energy_terms, r_off.layers.energy_terms
     np.testing.assert_allclose(on_terms["accumulate"][0], off_terms["accumulate"][0] * [1.0, 0.25])
     np.testing.assert_array_equal(r_on.layers.cycles, r_off.layers.cycles)
@@ -379,7 +392,9 @@ def test_ratios_against_baseline():
     dense = {k: np.ones(s, bool) for k, s in shapes.items()}
     specs = hardware.specs_from_shapes(shapes, out_sizes=[8, 8], skip_first=False)
     configs = hardware.config_grid(n_pe=[2, 8], mapping=list(hardware.MAPPINGS))
-    rows = hardware.sweep_networks({"s": sparse, "d": dense}, specs, configs, baseline="d")
+    rows = hardware.sweep_networks(
+        {"s": sparse, "d": dense}, specs, configs, baseline="d", energy_model="horowitz45"
+    )
     assert len(rows) == 8 and all(("vs_baseline" in r) == (r["masks"] == "s") for r in rows)
     r = rows[0]
     assert r["vs_baseline"]["cycles"] == pytest.approx(
@@ -405,10 +420,9 @@ _SHARDED = textwrap.dedent(
     configs = hardware.take_configs(configs, np.repeat(np.arange(n), 2))  # x 2 idle energies
     consts = hardware.make_constants("horowitz45", e_idle_pj=np.tile([0.0, 0.05], n))
     rates = {"b/kernel": 0.3}
-    one = hardware.simulate_masks(masks, specs, configs, spike_rates=rates,
-                                  devices=jax.devices()[:1], energy_constants=consts)
-    many = hardware.simulate_masks(masks, specs, configs, spike_rates=rates,
-                                   energy_constants=consts)
+    kw = dict(spike_rates=rates, energy_model="horowitz45", energy_constants=consts)
+    one = hardware.simulate_masks(masks, specs, configs, devices=jax.devices()[:1], **kw)
+    many = hardware.simulate_masks(masks, specs, configs, **kw)
     jax.tree.map(np.testing.assert_array_equal, one, many)
     print("SHARDED_OK", hardware.num_configs(configs))
     """

@@ -343,16 +343,19 @@ def offchip_energy(model: str | EnergyModel, terms: Mapping[str, Any]) -> Any:
 
 
 def onchip_energy(model: str | EnergyModel, terms: Mapping[str, Any]) -> Any:
-    """The energy spent on the chip: the total less the off-chip energy (`offchip_energy`).
+    """The energy spent on the chip: the sum of the model's terms but its `offchip_terms`.
+
+    Summed term by term (not the total less DRAM, which loses the digits of a small on-chip
+    energy beside a large DRAM one in float32).
 
     Args:
       model: name or model.
       terms: `{term: joules}` of that model (numbers or arrays).
     Returns:
-      `total(terms) - offchip_energy(model, terms)`: exactly the total for a model without
-      off-chip terms.
+      Their sum, in term order; with `offchip_energy` it makes `total(terms)` up to rounding.
     """
-    return total(terms) - offchip_energy(model, terms)
+    model = get_energy_model(model)
+    return sum((terms[t] for t in model.terms if t not in model.offchip_terms), 0.0)
 
 
 # --- horowitz45: today's model ----------------------------------------------------------------

@@ -278,12 +278,14 @@ def _with_counts(layers, network, configs, net: _Net, model) -> SweepResult:
 
 def _finished(fig, counts: energy_lib.Counts, model: energy_lib.EnergyModel):
     """`fig` with its counts, its terms in the model's order (jax sorts dict keys) and its
-    DRAM energy (the model's `offchip_terms`) and on-chip energy (the total less DRAM)."""
+    on-chip and DRAM energies (the sums of the model's on- and off-chip terms)."""
     terms = {t: fig.energy_terms[t] for t in model.terms}
-    # A model without off-chip terms: 0 J of the total's shape and dtype, all of it on the chip.
-    dram = np.zeros_like(fig.energy_total) + energy_lib.offchip_energy(model, terms)
+    zero = np.zeros_like(fig.energy_total)  # a model without off-chip terms: 0 J, same shape
     return fig._replace(
-        counts=counts, energy_terms=terms, energy_onchip=fig.energy_total - dram, energy_dram=dram
+        counts=counts,
+        energy_terms=terms,
+        energy_onchip=zero + energy_lib.onchip_energy(model, terms),
+        energy_dram=zero + energy_lib.offchip_energy(model, terms),
     )
 
 
