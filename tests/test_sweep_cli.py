@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from uticket_jax.hardware import energy
 from uticket_jax.sparsity.masks import save_mask_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,9 +74,17 @@ def test_sweep_end_to_end(mask_files, tmp_path):
     assert len(rows) == 2 * 2 * 3 * 2  # masks x mappings x n_pe x T
     r = rows[0]
     assert set(r) == {"masks", "energy_model", "config", "network", "layers", "vs_baseline"}
-    assert r["energy_model"] == "horowitz45" and r["config"]["clock_hz"] == 500e6
+    # sata is the default, at its own clock; the energy is split on-chip / DRAM.
+    assert r["energy_model"] == "sata" and r["config"]["clock_hz"] == 400e6
     assert r["config"]["activity_aware"] is True
-    assert list(r["network"]["energy_terms"]) == ["accumulate", "weight_fetch", "idle", "leakage"]
+    assert list(r["network"]["energy_terms"]) == list(energy.SATA.terms)
+    net = r["network"]
+    assert net["energy_dram"] == pytest.approx(net["energy_terms"]["dram"], rel=1e-6)
+    on = net["energy_total"] - net["energy_terms"]["dram"]
+    assert net["energy_onchip"] == pytest.approx(on, rel=1e-5)
+    assert r["vs_baseline"]["energy_onchip"] > 0 and "energy_dram" in r["layers"][1]
+    head = next(ln for ln in stdout.splitlines() if ln.startswith("masks")).split()
+    assert head[8:11] == ["energy_J", "onchip_J", "dram_J"], head
     assert r["network"]["energy"] == r["network"]["energy_terms"]  # the earlier key, kept
     total = sum(r["network"]["energy_terms"].values())
     assert total == pytest.approx(r["network"]["energy_total"], rel=1e-6)
@@ -85,7 +94,9 @@ def test_sweep_end_to_end(mask_files, tmp_path):
     with open(out / "sweep.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and "vs_baseline_seconds" in table[0]
-    assert table[0]["energy_model"] == "horowitz45" and "energy_idle" in table[0]
+    assert table[0]["energy_model"] == "sata" and "energy_dram" in table[0]
+    assert float(table[0]["energy_onchip"]) == pytest.approx(net["energy_onchip"])
+    assert "vs_baseline_energy_dram" in table[0]
     assert "counts_accumulates" in table[0]
     for png in ("latency.png", "energy.png", "utilization.png"):
         assert (out / png).stat().st_size > 1000
@@ -125,6 +136,25 @@ def test_sweep_sata_model(mask_files, tmp_path):
     assert "layers" not in r and "energy model sata" in stdout
 
 
+def test_sweep_horowitz45_is_one_flag_away(mask_files, tmp_path):
+    out = tmp_path / "h45"
+    args = ["--masks", str(mask_files / "a.npz"), "--n_pe", "2", "--input_size", "8"]
+    args += ["--mapping", "output_channel", "--energy_model", "horowitz45", "--e_idle_pj", "0.1"]
+    p = _popen([*args, "--out", str(out)])
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 0, stderr[-2000:]
+    (r,) = json.loads((out / "sweep.json").read_text())
+    assert r["energy_model"] == "horowitz45" and r["config"]["clock_hz"] == 500e6
+    assert r["config"]["e_idle_pj"] == pytest.approx(0.1)
+    net = r["network"]
+    assert list(net["energy_terms"]) == ["accumulate", "weight_fetch", "idle", "leakage"]
+    assert net["energy_dram"] == 0.0  # no off-chip term: all of it on the chip
+    assert net["energy_onchip"] == pytest.approx(net["energy_total"], rel=1e-6)
+    with open(out / "sweep.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["energy_model"] == "horowitz45" and "energy_idle" in row
+
+
 # Runs every bad-input case through the launcher's main() in ONE process (one jax import).
 _DRIVER = """
 import contextlib, importlib.util, io, json, sys
@@ -153,7 +183,13 @@ def test_sweep_bad_inputs(mask_files, tmp_path):
     cases = {
         "n_pe": ["--masks", a, "--n_pe", "0,4"],
         "mapping": ["--masks", a, "--mapping", "diagonal"],
-        "e_acc_pj": ["--masks", a, "--e_acc_pj", "-1"],
+        "e_acc_pj": ["--masks", a, "--energy_model", "horowitz45", "--e_acc_pj", "-1"],
+        "--e_acc_pj: a constant of energy model horowitz45, not of --energy_model sata": [
+            "--masks",
+            a,
+            "--e_acc_pj",
+            "0.2",
+        ],
         "clock_mhz": ["--masks", a, "--clock_mhz", "0"],
         "timesteps": ["--masks", a, "--timesteps", "2,x"],
         "masks": ["--masks", str(mask_files / "empty.npz")],
@@ -168,7 +204,14 @@ def test_sweep_bad_inputs(mask_files, tmp_path):
         "wbuf_leak_mw": ["--masks", a, "--energy_model", "sata", "--wbuf_leak_mw", "inf"],
         "horowitz45": ["--masks", a, "--energy_model", "sata", "--e_idle_pj", "0.1"],
         "--grid": ["--masks", a, "--energy_model", "sata", "--grid"],
-        "--grid: give the constants of --energy_model horowitz45": ["--masks", a, "--grid"],
+        "--grid: give the constants of --energy_model horowitz45": [
+            "--masks",
+            a,
+            "--energy_model",
+            "horowitz45",
+            "--grid",
+        ],
+        "--grid: give the constants of --energy_model sata": ["--masks", a, "--grid"],
         "unknown 'torch'; allowed: jax, numpy": ["--masks", a, "--backend", "torch"],
         "--backend: numpy runs on one host": ["--masks", a, "--backend", "numpy", "--distributed"],
     }
