@@ -5,11 +5,12 @@
 Dense round + 11 rounds x 2 arms of 25 % global magnitude pruning on scikit-learn's 8x8 digits
 with the small conv SNN (T = 4, 8 epochs per round, rewind to epoch 1), to 95.8 % sparsity
 (0.75^11 of the weights left); 16 PEs per group, output-channel mapping, magnitude policy,
-`ceil_mean` target. Runtime: minutes on 2 CPU cores (the measured times, their machine and
-command: BUILD_NOTES.md, "The main job"). Result (BUILD_NOTES.md has the table): at round
-11 LTH's PE utilization has fallen to 62.0 % (acc 97.2 %, 3.43e+04 cycles), u-Ticket's stays at
-100 % (acc 96.7 %, 2.534e+04 cycles): latency -26.1 %, energy -3.1 %, activity-aware energy
--25.4 %.
+`ceil_mean` target, `sata` energy model. Runtime: minutes on 2 CPU cores (the measured times,
+their machine and command: BUILD_NOTES.md, "The main job"). Result (BUILD_NOTES.md has the
+tables): at round 11 LTH's PE utilization has fallen to 62.0 % (acc 97.2 %, 3.43e+04 cycles),
+u-Ticket's stays at 100 % (acc 96.7 %, 2.534e+04 cycles): latency -26.1 %, energy -8.7 %
+(on-chip -19.4 %, DRAM +2.8 %), activity-aware energy -9.0 %; under `--energy_model=horowitz45`
+energy -3.1 %, activity-aware -25.4 %.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ paper's IMP scaled to CPU: 11 rounds of 25 % global magnitude pruning (95.8 % sp
 rewinding to epoch 1, and each pruning round retrains the rest of the schedule from there
 (`retrain="rest"`: epochs 1 and 2, the cosine from epoch 1 on; the paper's code retrains all
 epochs with a fresh schedule, `retrain="full"`, half as much training again); 16 PEs per group,
-output-channel mapping, magnitude policy, `ceil_mean` target; the test set once per stage.
+output-channel mapping, magnitude policy, `ceil_mean` target, `sata` energy model; the test set
+once per stage.
 
 Result (BUILD_NOTES.md, "Fashion-MNIST", has the table): dense 88.5 %; at round 11 (95.8 %)
 LTH 86.5 % at 67.8 % PE utilization, u-Ticket 86.7 % at 100 %, latency -29.2 %. Runtime: under
