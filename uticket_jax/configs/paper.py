@@ -3,8 +3,8 @@
 
   python experiments/lth.py --preset=vgg16_cifar10 --data_dir=/path/to/cifar --workdir=runs/vgg
 
-T = 5, batch 128, SGD momentum 0.9, lr 0.1, weight decay 5e-4, cosine schedule, 15 rounds of 25
-% global magnitude pruning (98.7 % sparsity), late rewinding to epoch 20, 16 PEs per group,
+T = 5, batch 128, SGD momentum 0.9, lr 0.1, weight decay 5e-4, cosine schedule, 15 rounds of
+25 % global magnitude pruning (98.7 % sparsity), late rewinding to epoch 20, 16 PEs per group,
 output-channel mapping, magnitude policy, `ceil_mean` target, `sata` energy model; each pruning
 round retrains all epochs with a fresh schedule (`retrain="full"`, as the authors' code does).
 The 100 epochs per round are ours (the paper does not fix them in the text). Runtime: these
