@@ -129,9 +129,16 @@ def test_rounds_prune_rebalance_and_record(full_run):
             assert sum(energy.values()) == pytest.approx(
                 rec.hardware.activity_aware["energy_total"], rel=1e-5
             )
-            # Activity-aware figures scale only the accumulates: they are never above the plain.
-            plain_acc = rec.hardware.plain["energy"]["accumulate"]
-            assert energy["accumulate"] <= plain_acc * (1 + 1e-6)
+            # Activity-aware figures scale only the accumulates (in sata's gated compute energy):
+            # they are never above the plain.
+            assert rec.hardware.energy_model == "sata"  # the preset's, the default
+            plain_op = rec.hardware.plain["energy"]["compute_op"]
+            assert energy["compute_op"] <= plain_op * (1 + 1e-6)
+            hw = rec.hardware.plain
+            assert hw["energy_dram"] == pytest.approx(hw["energy"]["dram"])
+            assert hw["energy_onchip"] + hw["energy_dram"] == pytest.approx(
+                hw["energy_total"], rel=1e-5
+            )
             assert rec.hardware.activity_aware["cycles"] == rec.hardware.plain["cycles"]
     # Each arm's masks only shrink round to round, except u-Ticket's regrowth on analysed layers,
     # which is at most the regrown count it reports.
@@ -158,6 +165,9 @@ def test_rounds_prune_rebalance_and_record(full_run):
     rows = report.summary_rows(records)
     table = report.format_table(rows)
     assert "uticket" in table and "%" in table
+    assert table.splitlines()[0] == "energy model: sata"
+    assert "energy_J   onchip_J     dram_J |" in table.splitlines()[1]
+    assert rows[1]["energy_dram"] == rows[1]["energy_terms"]["dram"]
     pairs = report.paired_rows(rows)
     assert pairs[0]["latency_reduction_pct"] > 0
 
@@ -458,7 +468,7 @@ def test_records_and_progress_survive_json():
 
 def test_hardware_figures_are_picked_by_their_config():
     """Plain and activity-aware figures differ only in the accumulate energy."""
-    cfg = _cfg()
+    cfg = _cfg(energy_model="horowitz45")  # its accumulate term alone scales
     model = models.get_model(cfg.arch, num_classes=10, timesteps=cfg.timesteps)
     infos = models.describe_layers(model, (1, 8, 8, 1))
     specs = specs_from_layers(infos, skip_first=True)
