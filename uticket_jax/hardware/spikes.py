@@ -92,7 +92,7 @@ def _check_layer(k: str, v: Any, spec: LayerSpec, what: str) -> np.ndarray:
         bad = v[(v != 0) & (v != 1)]
         if bad.size:
             raise ValueError(
-                f"{what}: layer {k!r} holds values other than 0/1 (e.g. {bad.flat[0]!r}); "
+                f"{what}: layer {k!r} holds values other than 0/1 (e.g. {bad.flat[0].item()!r}); "
                 "expected spikes"
             )
     return v.astype(bool, copy=False)
