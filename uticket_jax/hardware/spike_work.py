@@ -10,8 +10,19 @@ Kernel: per-PE counts `K[kh, kw, c_in, (g, q)]` (the mask's non-zeros at `(kh, k
 assigned to `(g, q)`, a segment sum of the mask by PE id) convolved with the 0/1 spikes give
 every PE's work at every position; float32 is exact for these integer sums (< 2**24, checked),
 converted to int32, reshaped `[..., G, n]`, reduced. That generic path (`path="generic"`) costs
-`G * n / c_out` forward convolutions. Two derived fast paths cost about one each, for every `n`
-of a sweep together, chosen from the assignment (host, cached):
+`G * n / c_out` forward convolutions. Faster paths, each tested equal to it:
+
+  sparse       (`path="auto"` at mask density <= 25 %, <= 2.5 % for output-side mappings, where
+               one convolution is faster above it on XLA:CPU; any mapping): every non-zero weight's
+               input row is gathered from the input windows and summed into its PE (a segment sum
+               over the non-zeros, once per `c_out` for output-side mappings, else at the largest
+               `n`; a smaller `n` whose PEs it refines sums its PEs), in the narrowest integer type
+               that holds a PE's non-zeros: work proportional to the non-zeros, not to the kernel.
+               The non-zeros are padded (8 steps per power of two), so masks of the same shape and
+               a similar count share one compilation.
+
+The dense paths (`path="dense"`, or "auto" above those densities) cost about one forward convolution each, for
+every `n` of a sweep together, chosen from the assignment (host, cached):
 
   output side  the group and PE depend on `c_out` only (output_channel): one convolution of the
                spikes with the mask gives every output channel's work; each `n` gathers (or sums)
@@ -42,7 +53,8 @@ from uticket_jax.ops.conv import conv2d
 from uticket_jax.workload import mappings as wm
 from uticket_jax.workload.kernel import Hwio, as_hwio4, coords
 
-PATHS = ("auto", "generic")
+PATHS = ("auto", "dense", "sparse", "generic")
+_SPARSE_DENSITY = 0.25  # "auto": the sparse path at or below this mask density
 _CHUNK_BYTES = 1 << 27  # float32 intermediates of one chunk stay below ~128 MB
 _INT32_MAX = 2**31 - 1
 _F32_EXACT = 1 << 24
@@ -144,6 +156,7 @@ class _Plan(NamedTuple):
     outs: tuple[_Out, ...]
     chunk: int
     chunks: int
+    dtype: str = "int32"  # sparse path: per-PE work fits (from the per-PE non-zero counts)
 
 
 def _index(dst: np.ndarray, size: int) -> tuple[bool, np.ndarray]:
@@ -159,9 +172,15 @@ def _index(dst: np.ndarray, size: int) -> tuple[bool, np.ndarray]:
     return False, onehot
 
 
-def _flags(m, shape: Hwio, ns: Sequence[int], path: str) -> str:
-    """The layer's path for every `n` of `ns` together: "output", "input" or "generic"."""
+def _flags(m, shape: Hwio, ns: Sequence[int], path: str, density: float) -> str:
+    """The layer's path for every `n` of `ns` together: "sparse", "output", "input" or
+    "generic". "auto" takes the sparse path at density <= 25 %, except for output-side mappings
+    above 2.5 %, where one convolution is faster (measured on XLA:CPU, VGG16 layers)."""
     kinds = [_kind(m, shape, n) for n in ns]
+    output_side = all(k in ("output", "both") for k in kinds)
+    limit = _SPARSE_DENSITY / 10 if output_side else _SPARSE_DENSITY
+    if path == "sparse" or (path == "auto" and density <= limit):
+        return "sparse"
     if path == "generic":
         return "generic"
     if all(k == "output" or k == "both" for k in kinds):
@@ -196,10 +215,72 @@ def _channel_order(m, shape: Hwio, n: int) -> np.ndarray:
     return out
 
 
-def _build(m, shape: Hwio, ns, geometry, path: str, tb: int, pixels: int, nnz: int):
+def _bucket(count: int) -> int:
+    """`count` rounded up to 8 steps per power of two (>= 64): few compilations, <= 1/8 waste."""
+    step = max(8, 1 << max(count - 1, 0).bit_length() - 3)
+    return max(64, -(-count // step) * step)
+
+
+@functools.lru_cache(maxsize=512)
+def _pid_map(m, shape: Hwio, big: int, small: int) -> np.ndarray | None:
+    """The `small`-PE id of every `big`-PE id when the assignment makes it a function (its PEs
+    refine), else None; unused big PEs map to the dropped id `G * small`."""
+    gb, qb, n_gb = _assignment(m, shape, big)
+    gs, qs, n_gs = _assignment(m, shape, small)
+    pid_b, pid_s = (gb * big + qb).ravel(), (gs * small + qs).ravel()
+    out = np.full(n_gb * big, n_gs * small, np.int64)
+    out[pid_b] = pid_s
+    return out.astype(np.int32) if (out[pid_b] == pid_s).all() else None
+
+
+def _sparse_build(m, shape: Hwio, ns, mask: np.ndarray):
+    """Sparse path: the input row of every non-zero weight (`[cap]`, padded to `_bucket`: padding
+    reads a zero row into a dropped PE), and per `n` either its PE ids (a base) or the map onto its
+    PEs from a base's: the per-`c_out` work when PEs depend on `c_out` only, else a larger `n`
+    whose PEs refine it. Returns `cap`, the bases, the outs, the arrays and the work's dtype."""
+    nz = np.flatnonzero(mask.reshape(-1))
+    cap = _bucket(len(nz))
+    a, b, i, o = np.unravel_index(nz, shape)
+    cols = np.full(cap, shape.kh * shape.kw * shape.c_in, np.int32)
+    cols[: len(nz)] = (a * shape.kw + b) * shape.c_in + i
+    arrays: dict[str, Any] = {"cols": cols}
+    per_out = all(_kind(m, shape, n) in ("output", "both") for n in ns)
+    if per_out:
+        arrays["base"] = np.pad(o.astype(np.int32), (0, cap - len(nz)), constant_values=shape.c_out)
+    outs, ids, most = {}, {}, np.bincount(o, minlength=1).max()
+    order = sorted(set(ns), reverse=True)
+    for k, n in enumerate(order):
+        group, pe, g = _assignment(m, shape, n)
+        pid = (group * n + pe)[a, b, i, o]
+        most = max(most, np.bincount(pid, minlength=1).max())
+        base = next((j for j in range(k) if _pid_map(m, shape, order[j], n) is not None), None)
+        if per_out:
+            pid_of_out = np.append((group * n + pe)[0, 0, 0], g * n).astype(np.int32)
+            outs[n], ids[n] = _Out(n, g, -1, True, True), (pid_of_out, None)
+        elif base is None:
+            pid = np.pad(pid.astype(np.int32), (0, cap - len(nz)), constant_values=g * n)
+            outs[n], ids[n] = _Out(n, g, k, False, True), (pid, None)
+        else:
+            outs[n], ids[n] = (
+                _Out(n, g, base, True, True),
+                (_pid_map(m, shape, order[base], n), None),
+            )
+    arrays["outs"] = [ids[n] for n in order]
+    dtype = "int8" if most < 2**7 else "int16" if most < 2**15 else "int32"
+    bases = (shape.c_out,) if per_out else ()
+    return cap, bases, tuple(outs[n] for n in order), arrays, dtype
+
+
+def _build(m, shape: Hwio, ns, geometry, path: str, tb: int, pixels: int, mask: np.ndarray):
     """The static `_Plan` and the host arrays of one layer's kernel call."""
-    kind = _flags(m, shape, ns, path)
+    nnz = int(np.count_nonzero(mask))
+    kind = _flags(m, shape, ns, path, nnz / max(mask.size, 1))
     kh, kw, c_in, c_out = shape
+    if kind == "sparse":
+        cap, bases, outs, arrays, dtype = _sparse_build(m, shape, ns, mask)
+        width = kh * kw * c_in + cap + 2 * max(o.groups * o.n for o in outs) + c_out
+        plan = _plan(kind, shape, geometry, bases, outs, (tb, pixels, nnz, width))
+        return plan._replace(dtype=dtype), arrays
     bases, base_of = (), [0] * len(ns)
     arrays: dict[str, Any] = {"outs": []}
     if kind == "input":
@@ -225,12 +306,18 @@ def _build(m, shape: Hwio, ns, geometry, path: str, tb: int, pixels: int, nnz: i
         outs.append(_Out(int(n), g, b, fold, gather))
         widest = max(widest, g * n * (c_out if kind == "input" else 1))
     width = kh * kw * (c_in + sum(b for b in bases)) + c_out * (1 + sum(bases)) + widest
+    return _plan(kind, shape, geometry, bases, tuple(outs), (tb, pixels, nnz, width)), arrays
+
+
+def _plan(kind, shape, geometry, bases, outs, sizes) -> _Plan:
+    """The plan with its chunking: float32 intermediates of `width` per position under
+    `_CHUNK_BYTES`, and no group's int32 sum over a chunk past 2**31 - 1."""
+    tb, pixels, nnz, width = sizes
     chunk = max(1, min(tb, _CHUNK_BYTES // (4 * pixels * width)))
     if pixels * max(nnz, 1) > _INT32_MAX:
         raise ValueError(f"mask: {nnz} non-zeros x {pixels} positions overflow the int32 sums")
     chunk = min(chunk, _INT32_MAX // (pixels * max(nnz, 1)))
-    plan = _Plan(kind, shape, geometry, bases, tuple(outs), chunk, -(-tb // chunk))
-    return plan, arrays
+    return _Plan(kind, shape, geometry, bases, outs, chunk, -(-tb // chunk))
 
 
 def _patches(x, shape: Hwio, geometry: Geometry):
@@ -247,11 +334,13 @@ def _patches(x, shape: Hwio, geometry: Geometry):
     return jnp.stack(taps, axis=3)
 
 
-def _reduce(work, n: int):
-    """`[3, G]` int32 sums over positions of the PE work `[M, G, n]`: work, max, ceil(mean)."""
-    total = work.sum(-1)
+def _reduce(work, n: int, pe_axis: int = -1, pos_axis: int = 0):
+    """`[3, G]` int32 sums over positions of the PE work (`[M, G, n]`, or `[G, n, M]` with
+    `pe_axis=1, pos_axis=-1`): work, max, ceil(mean)."""
+    total = work.sum(pe_axis, dtype=jnp.int32)
     ceil = (total + n - 1) // n
-    return jnp.stack([total.sum(0), work.max(-1).sum(0), ceil.sum(0)])
+    most = work.max(pe_axis).astype(jnp.int32)
+    return jnp.stack([x.sum(pos_axis, dtype=jnp.int32) for x in (total, most, ceil)])
 
 
 def _to_targets(x, gather: bool, idx, axis: int):
@@ -264,8 +353,35 @@ def _to_targets(x, gather: bool, idx, axis: int):
     return jnp.moveaxis(jnp.matmul(x, idx, precision=_HIGHEST), -1, axis)
 
 
+def _sparse_work(plan: _Plan, arrays, xc):
+    """Sparse path: each non-zero weight's input row gathered from the patches, summed per PE
+    (a segment sum over the non-zeros), for every `n`."""
+    shape, ((sh, sw), pads) = plan.shape, plan.geometry
+    xp = jnp.pad(jnp.moveaxis(xc, -1, 0), ((0, 0), (0, 0), *pads))  # [C, N, Hp, Wp]
+    ho, wo = (xp.shape[2] - shape.kh) // sh + 1, (xp.shape[3] - shape.kw) // sw + 1
+    taps = [
+        xp[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+        for i in range(shape.kh)
+        for j in range(shape.kw)
+    ]
+    rows = jnp.stack(taps).reshape(len(taps) * shape.c_in, -1)  # [K*C, M], row (k, c)
+    rows = jnp.concatenate([rows, jnp.zeros_like(rows[:1])])  # row K*C: zeros (padding)
+    inputs = jnp.take(rows, arrays["cols"], axis=0).astype(plan.dtype)  # [cap, M]
+    if plan.bases:  # per output channel
+        per_out = jax.ops.segment_sum(inputs, arrays["base"], num_segments=plan.bases[0] + 1)
+    out, per_pe = [], []
+    for o, (pid, _) in zip(plan.outs, arrays["outs"], strict=True):  # bases before their folds
+        size = o.groups * o.n
+        src = (per_out if o.base < 0 else per_pe[o.base]) if o.fold else inputs
+        per_pe.append(jax.ops.segment_sum(src, pid, num_segments=size + 1)[:size])  # [G*n, M]
+        out.append(_reduce(per_pe[-1].reshape(o.groups, o.n, -1), o.n, 1, -1))
+    return out
+
+
 def _chunk_work(plan: _Plan, arrays, xc):
     """Every `n`'s `[3, G]` sums of one chunk `xc [chunk, H, W, C]` (bool)."""
+    if plan.kind == "sparse":
+        return _sparse_work(plan, arrays, xc)
     xf = xc.astype(jnp.float32)
     geo, shape = plan.geometry, plan.shape
     out = []
@@ -336,7 +452,7 @@ def spike_work(x, mask, mapping, ns: Sequence[int], geometry: Geometry, path: st
       mapping: a registered mapping name or `PEMapping`.
       ns: PEs per group, static ints >= 1.
       geometry: strides and paddings (`conv_geometry`).
-      path: "auto" (the derived fast path the assignment allows) or "generic".
+      path: "auto", "dense", "sparse" or "generic" (see the module docstring).
     Returns:
       `{n: SpikeWork}` with int64 `[G]` sums over the whole trace (all `T * B` steps).
     """
@@ -348,26 +464,25 @@ def spike_work(x, mask, mapping, ns: Sequence[int], geometry: Geometry, path: st
     if not ns or min(ns) < 1:
         raise ValueError(f"ns: need PE counts >= 1, got {ns}")
     mk = np.asarray(mask).reshape(shape).astype(np.float32)
-    nnz = int(mk.sum())
-    if nnz >= _F32_EXACT:
-        raise ValueError(f"mask: {nnz} non-zeros; float32 sums are exact below 2**24 only")
+    if mk.sum() >= _F32_EXACT:
+        raise ValueError(f"mask: {mk.sum():.0f} non-zeros; float32 sums are exact below 2**24")
     xs = _as_nhwc(x)
     out_hw = _out_hw(xs.shape[1:3], shape, geometry)
-    plan, arrays = _build(m, shape, ns, geometry, path, xs.shape[0], out_hw, nnz)
+    plan, arrays = _build(m, shape, ns, geometry, path, xs.shape[0], out_hw, mk != 0)
     if plan.kind == "input":
         k3 = mk.reshape(-1, shape.c_in, shape.c_out)
         k3 = np.concatenate([k3, np.zeros_like(k3[:, :1])], 1)  # input channel -1: zeros
         arrays["kernels"] = [k3[:, order] for order in arrays["order"]]
     elif plan.kind == "output":
         arrays["kernel"] = mk
-    else:
+    elif plan.kind == "generic":
         arrays["mask"] = mk
     sums = _layer_kernel(jnp.asarray(xs), jax.tree.map(jnp.asarray, arrays), plan=plan)
     out = {}
-    for n, s in zip(ns, sums, strict=True):
+    for o, s in zip(plan.outs, sums, strict=True):
         s = np.asarray(s, np.int64).sum(0)  # over chunks, int64
-        out[n] = SpikeWork(s[0], s[1], s[2])
-    return out
+        out[o.n] = SpikeWork(s[0], s[1], s[2])
+    return {n: out[n] for n in ns}
 
 
 def _out_hw(in_hw, shape: Hwio, geometry: Geometry) -> int:
@@ -387,7 +502,9 @@ def layer_spike_work(
       mapping: a registered mapping name.
       n_pe: PEs per group (>= 1).
       stride: the convolution's stride; padding is `(k - 1) // 2` on each side (the models').
-      path: "auto" (derived fast path) or "generic" (the per-PE count kernel, any mapping).
+      path: "auto" (sparse at mask density <= 25 %, else dense), "dense" (the assignment's
+        output- or input-side convolution, else generic), "sparse" or "generic" (the per-PE
+        count kernel); every path gives the same sums.
     Returns:
       `SpikeWork` int64 `[G]`: per group, the work, lock-step cycles and ceil-mean sums over all
       `(t, b, p)` of the trace (divide by `B` for per-example figures).
