@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from tests import oracle
 from tests.test_mapping_registry import INTERLEAVED
 from uticket_jax import hardware, workload
+from uticket_jax.hardware import spike_plans
 from uticket_jax.hardware import spike_work as sw
 from uticket_jax.workload.kernel import as_hwio4
 
@@ -104,9 +105,9 @@ def test_fast_paths_equal_the_generic_path_and_refine(mapping):
         for n in ns:
             np.testing.assert_array_equal(np.stack(fast[n]), np.stack(generic[n]), err_msg=path)
     m = workload.get_mapping(mapping)
-    auto = sw._build(m, as_hwio4(mask.shape), ns, geo, "auto", 6, 36, mask)[0].kind
+    auto = spike_plans.build_plan(m, as_hwio4(mask.shape), ns, geo, "auto", 6, 36, mask)[0].kind
     assert auto == ("output" if mapping == "output_channel" else "sparse")
-    plan, _ = sw._build(m, as_hwio4(mask.shape), ns, geo, "dense", 6, 36, mask)
+    plan, _ = spike_plans.build_plan(m, as_hwio4(mask.shape), ns, geo, "dense", 6, 36, mask)
     if mapping == "output_channel":
         assert plan.kind == "output"
     elif mapping == "input_split":  # slices of 2 channels refine those of 4, 8 and 6 (n = 3)
