@@ -163,7 +163,7 @@ def _channel_order(m, shape: Hwio, n: int) -> np.ndarray:
 
 def _bucket(count: int) -> int:
     """`count` rounded up to 8 steps per power of two (>= 64): few compilations, <= 1/8 waste."""
-    step = max(8, 1 << max(count - 1, 0).bit_length() - 3)
+    step = 1 << max(max(count - 1, 0).bit_length() - 3, 3)
     return max(64, -(-count // step) * step)
 
 
