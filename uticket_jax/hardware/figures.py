@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from uticket_jax.hardware import energy as energy_lib
 
 
@@ -25,6 +27,18 @@ class Figures(NamedTuple):
     # the simulator outside its kernels, None in a kernel's raw output.
     energy_onchip: Any = None
     energy_dram: Any = None
+
+
+def with_energy_split(fig: Figures, model: energy_lib.EnergyModel) -> Figures:
+    """`fig` with its terms in the model's order and its on-chip and DRAM energies (the sums of
+    the model's on- and off-chip terms; 0 J, same shape, for a model without off-chip terms)."""
+    terms = {t: fig.energy_terms[t] for t in model.terms}
+    zero = np.zeros_like(fig.energy_total)
+    return fig._replace(
+        energy_terms=terms,
+        energy_onchip=zero + energy_lib.onchip_energy(model, terms),
+        energy_dram=zero + energy_lib.offchip_energy(model, terms),
+    )
 
 
 class SweepResult(NamedTuple):

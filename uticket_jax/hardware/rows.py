@@ -32,7 +32,7 @@ _SCALARS = tuple(f for f in Figures._fields if f not in _NESTED)
 def _fig_dict(cols: Figures, *index: int, counts: bool = True) -> dict[str, Any]:
     """One entry of `Figures` columns (nested lists or arrays) as a JSON-ready `F`.
 
-    `counts`: the load-unit counts are exact integers (False for ratios).
+    `counts`: the load-unit counts are exact integers, or spike-driven averages (False: ratios).
     """
 
     def at(v):
@@ -43,7 +43,7 @@ def _fig_dict(cols: Figures, *index: int, counts: bool = True) -> dict[str, Any]
     d: dict[str, Any] = {}
     for k in _SCALARS:
         v = at(getattr(cols, k))
-        d[k] = int(v) if counts and k in _COUNTS else float_or_none(v)  # NaN: no work
+        d[k] = _count(v) if counts and k in _COUNTS else float_or_none(v)  # NaN: no work
     split = {k: d.pop(k) for k in _SPLIT}
     d["counts"] = {k: float_or_none(at(v)) for k, v in cols.counts._asdict().items()}
     terms = {t: float_or_none(at(v)) for t, v in cols.energy_terms.items()}
@@ -51,6 +51,13 @@ def _fig_dict(cols: Figures, *index: int, counts: bool = True) -> dict[str, Any]
     d["energy"] = dict(terms)
     d.update(split)
     return d
+
+
+def _count(v) -> int | float:
+    """A load-unit figure: an int when integral (weight-only), else a float (the spike-driven
+    per position-step averages of `hardware.spikes`)."""
+    f = float(v)
+    return int(f) if f.is_integer() else f
 
 
 def map_figures(fn, *figs: Figures) -> Figures:

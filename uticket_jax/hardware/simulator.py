@@ -75,7 +75,7 @@ from uticket_jax.hardware.config import (
     take_configs,
     validate_config,
 )
-from uticket_jax.hardware.figures import SweepResult
+from uticket_jax.hardware.figures import SweepResult, with_energy_split
 from uticket_jax.hardware.layers import LayerSpec, spike_rate_vector
 from uticket_jax.hardware.tables import LayerTables, check_backend, network_tables
 from uticket_jax.workload import mappings as wm
@@ -278,15 +278,8 @@ def _with_counts(layers, network, configs, net: _Net, model) -> SweepResult:
 
 def _finished(fig, counts: energy_lib.Counts, model: energy_lib.EnergyModel):
     """`fig` with its counts, its terms in the model's order (jax sorts dict keys) and its
-    on-chip and DRAM energies (the sums of the model's on- and off-chip terms)."""
-    terms = {t: fig.energy_terms[t] for t in model.terms}
-    zero = np.zeros_like(fig.energy_total)  # a model without off-chip terms: 0 J, same shape
-    return fig._replace(
-        counts=counts,
-        energy_terms=terms,
-        energy_onchip=zero + energy_lib.onchip_energy(model, terms),
-        energy_dram=zero + energy_lib.offchip_energy(model, terms),
-    )
+    on-chip and DRAM energies."""
+    return with_energy_split(fig._replace(counts=counts), model)
 
 
 def _batch_constants(model: energy_lib.EnergyModel, constants: Any, configs: HardwareConfig):
