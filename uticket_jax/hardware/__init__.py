@@ -1,5 +1,6 @@
 """Analytical PE-array accelerator model: configs, layer descriptions, count tables, vectorized
-sweeps, energy models (`hardware.energy`) and result rows (`hardware.rows`).
+sweeps, energy models (`hardware.energy`), result rows (`hardware.rows`), and spike-driven figures
+from recorded input spikes (`hardware.spikes`, `hardware.spike_work`).
 
 Mappings are not registered here: `MAPPINGS` is a live view of the names in the one registry,
 `uticket_jax.workload.MAPPINGS` (add one with `workload.register_mapping`). Energy models have
@@ -50,6 +51,8 @@ from uticket_jax.hardware.simulator import (
     simulate,
     simulate_masks,
 )
+from uticket_jax.hardware.spike_work import SpikeWork, layer_spike_work
+from uticket_jax.hardware.spikes import check_spikes, simulate_spikes
 from uticket_jax.hardware.tables import BACKENDS, LayerTables, count_tables, network_tables
 
 __all__ = [
@@ -58,6 +61,10 @@ __all__ = [
     "ENERGY_MODELS",
     "ENERGY_TERMS",
     "Counts",
+    "SpikeWork",
+    "check_spikes",
+    "layer_spike_work",
+    "simulate_spikes",
     "EnergyModel",
     "config_dicts",
     "energy_terms",
