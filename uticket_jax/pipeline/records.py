@@ -19,6 +19,7 @@ from uticket_jax.hardware import energy as hw_energy
 from uticket_jax.hardware import rows as hw_rows
 from uticket_jax.hardware import simulator
 from uticket_jax.hardware.layers import LayerSpec
+from uticket_jax.hardware.spikes import simulate_spikes
 from uticket_jax.pipeline.config import LTHConfig, Stage
 from uticket_jax.pipeline.setup import RunSetup, kernels
 from uticket_jax.pipeline.state import HardwareFigures, Progress, RebalanceCounts, StageRecord
@@ -131,8 +132,6 @@ def spike_figures(
     Returns:
       `{"images": B, "network": F, "layers": [{"name", "analysed", **F}, ...]}`.
     """
-    from uticket_jax.hardware.spikes import simulate_spikes  # issue 24's spike-driven simulator
-
     model = hw_energy.get_energy_model(cfg.energy_model)
     configs = hw_config.config_grid(
         n_pe=[cfg.n_pe], mapping=[cfg.mapping], timesteps=[cfg.timesteps], clock_hz=[model.clock_hz]
