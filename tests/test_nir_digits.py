@@ -6,6 +6,7 @@ written."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -16,8 +17,10 @@ import numpy as np
 import pytest
 
 from tests import nir_consumer, oracle
-from uticket_jax import data, files
+from uticket_jax import data, files, hardware
+from uticket_jax.hardware.layers import specs_from_layers
 from uticket_jax.interop import arrays, import_nir, load_run_ticket, run_ticket
+from uticket_jax.models import describe_layers
 from uticket_jax.sparsity.masks import load_mask_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -221,6 +224,30 @@ def test_trace_launcher_writes_the_run_s_trace(ticket, tmp_path):
         np.testing.assert_array_equal(trace[k], v)
         assert summary["layers"][k]["rate"] == pytest.approx(float(v.mean()))
         assert 0.0 < v.mean() < 1.0
+    # The run priced every stage on the same recording of its first 256 test images: that trace
+    # gives the rounds.jsonl and summary.csv spike-driven figures.
+    full = run_ticket.record_run_trace(t, data.load_dataset("digits").test_images[:256])
+    cfg = t.config
+    specs = specs_from_layers(
+        [i for i in describe_layers(t.model, t.input_shape) if i.path in t.masks],
+        skip_first=cfg["skip_first_layer"],
+    )
+    configs = hardware.config_grid(
+        n_pe=[cfg["n_pe"]],
+        mapping=[cfg["mapping"]],
+        timesteps=[cfg["timesteps"]],
+        clock_hz=[hardware.get_energy_model(cfg["energy_model"]).clock_hz],
+    )
+    res = hardware.simulate_spikes(t.masks, full, specs, configs, energy_model=cfg["energy_model"])
+    recorded = t.record["hardware"]["spike_driven"]
+    assert recorded["images"] == 256
+    assert float(res.network.cycles[0]) == pytest.approx(recorded["network"]["cycles"], rel=1e-6)
+    with open(os.path.join(work, "summary.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["spike_latency_cycles"]) == pytest.approx(
+        recorded["network"]["cycles"], rel=1e-6
+    )
+    assert all(float(r["spike_energy_j"]) > 0 for r in rows)
     # An existing file is refused without --overwrite, and kept as it was.
     before = _bytes(out)
     again = _run("trace.py", f"--workdir={work}", f"--out={out}", "--images=8")
