@@ -73,6 +73,13 @@ _RATES = flags.DEFINE_string(
     None,
     "JSON {layer_path: input spike rate in [0, 1]}; turns on activity-aware accumulate energy.",
 )
+_SPIKE_TRACE = flags.DEFINE_string(
+    "spike_trace",
+    None,
+    "Recorded layer inputs .npz (one array per analysed layer, keyed by kernel path: "
+    "[T, B, H, W, C_in] convs, [T, B, C_in] dense; bool or 0/1): spike-driven figures "
+    "(hardware.simulate_spikes; rows marked workload=spikes). --timesteps defaults to its T.",
+)
 _CLOCK = flags.DEFINE_string(
     "clock_mhz", None, "Comma list of clock frequencies, MHz (default: the energy model's)."
 )
@@ -158,9 +165,9 @@ def _constants(model: energy.EnergyModel):
     return energy.constants_grid(model, **lists)
 
 
-def _configs() -> tuple[hardware.HardwareConfig, energy.EnergyModel, object]:
+def _configs(trace_t: int | None = None):
     """The configs `[N]` (config-major, then the energy constants), the model and its constants
-    (`[N]` leaves)."""
+    (`[N]` leaves); with a spike trace of `trace_t` steps, `--timesteps` must be (or becomes) it."""
     mappings = [m.strip() for m in _MAPPING.value.split(",") if m.strip()]
     for m in mappings:
         if m not in hardware.MAPPINGS:
@@ -177,7 +184,7 @@ def _configs() -> tuple[hardware.HardwareConfig, energy.EnergyModel, object]:
     configs = hardware.config_grid(
         n_pe=cli.int_list(_N_PE),
         mapping=mappings,
-        timesteps=cli.int_list(_TIMESTEPS),
+        timesteps=_timesteps(trace_t),
         clock_hz=clocks,
         activity_aware=[_RATES.value is not None],
     )
@@ -185,6 +192,31 @@ def _configs() -> tuple[hardware.HardwareConfig, energy.EnergyModel, object]:
     n, m = hardware.num_configs(configs), len(consts[0])
     configs = hardware.take_configs(configs, np.repeat(np.arange(n), m))  # config-major
     return configs, model, type(consts)(*(np.tile(c, n) for c in consts))
+
+
+def _timesteps(trace_t: int | None) -> list[int]:
+    """--timesteps, or the spike trace's T (which a given --timesteps must equal)."""
+    if trace_t is None:
+        return cli.int_list(_TIMESTEPS)
+    if _TIMESTEPS.present and cli.int_list(_TIMESTEPS) != [trace_t]:
+        raise ValueError(
+            f"--timesteps: {_TIMESTEPS.value!r} differs from the --spike_trace's T = {trace_t}"
+        )
+    return [trace_t]
+
+
+def _spike_trace(masks: dict, specs) -> dict | None:
+    """The --spike_trace inputs checked against the layers (None without the flag)."""
+    if not _SPIKE_TRACE.value:
+        return None
+    for fl in (_RATES, distributed.DISTRIBUTED):
+        if fl.value:
+            raise ValueError(
+                f"--{fl.name}: not with --spike_trace (the trace is the activity; one host)"
+            )
+    what = f"--spike_trace: {_SPIKE_TRACE.value!r}"
+    arrays = files.read_npz(_SPIKE_TRACE.value, "--spike_trace", ranks=(3, 5))
+    return hardware.check_spikes(arrays, specs, what)
 
 
 def _backend() -> str:
@@ -306,7 +338,6 @@ def _inputs() -> tuple:
         )
     if _LAYOUT.value not in LAYOUTS:
         raise ValueError(f"--layout: unknown {_LAYOUT.value!r}; allowed: {', '.join(LAYOUTS)}")
-    configs, model, consts = _configs()
     ticket = _nir_ticket(_MASKS.value)
     masks = ticket.masks if ticket else load_mask_file(_MASKS.value, _LAYOUT.value)
     networks = {_MASKS.value: masks}
@@ -327,13 +358,15 @@ def _inputs() -> tuple:
         with cli.flag_errors("input_size", "out_sizes", "arch"):
             specs = _specs(masks)
     checks.check_specs(specs, "--input_size/--out_sizes")
+    trace = _spike_trace(masks, specs)
+    configs, model, consts = _configs(next(iter(trace.values())).shape[0] if trace else None)
     rates = hardware.load_spike_rates(_RATES.value) if _RATES.value else None
     hardware.spike_rate_vector(rates, specs)  # validates before anything is written
     if distributed.is_writer():  # checked now, created after the sweep (it may still refuse)
         workdirs.prepare(
             _OUT.value, workdirs.SWEEP, flag="--out", overwrite=_OVERWRITE.value, create=False
         )
-    return configs, model, consts, networks, specs, rates
+    return configs, model, consts, networks, specs, (rates, trace)
 
 
 def _specs(masks: dict) -> list[hardware.LayerSpec]:
@@ -358,11 +391,14 @@ def run() -> list[dict]:
     backend = _backend()  # before connecting: a bad value fails at once, on every process
     distributed.initialize()
     # Every process checks the inputs; a failure on one is a one-line failure on all.
-    configs, model, consts, networks, specs, rates = distributed.together(_inputs)
+    configs, model, consts, networks, specs, (rates, trace) = distributed.together(_inputs)
     # With several processes (jax backend) the configs are sharded over all of their devices;
     # every process gets every row back, and process 0 writes them.
     with cli.flag_errors("n_pe"):  # e.g. too many PEs for the exact int32 load counts
-        rows = _sweep(networks, specs, configs, rates, model, consts, backend)
+        if trace is None:
+            rows = _sweep(networks, specs, configs, rates, model, consts, backend)
+        else:
+            rows = _spike_sweep(networks, specs, configs, trace, model, consts)
     if distributed.is_writer():
         try:
             _write(rows, len(networks), configs, model.name, backend)
@@ -387,11 +423,29 @@ def _sweep(networks, specs, configs, rates, model, consts, backend) -> list[dict
     )
 
 
+def _spike_sweep(networks, specs, configs, trace, model, consts) -> list[dict]:
+    """Spike-driven rows (`workload: spikes`) of every network on the recorded trace."""
+    kw = {"energy_model": model, "energy_constants": consts}
+    results = {
+        k: hardware.simulate_spikes(m, trace, specs, configs, **kw) for k, m in networks.items()
+    }
+    rows = []
+    for label, res in results.items():
+        base = results[_COMPARE.value] if _COMPARE.value and label != _COMPARE.value else None
+        rows += hardware.sweep_rows(
+            res, configs, specs, label, base, _COMPARE.value, _LAYER_ROWS.value, consts
+        )
+    return [{"workload": "spikes", **r} for r in rows]
+
+
 def _write(rows: list[dict], n_networks: int, configs, model_name: str, backend: str) -> None:
     """sweep.json, sweep.csv, the plots and the printed table (in --out, prepared here)."""
     _prepare_out(_OUT.value)
     _write_atomic(os.path.join(_OUT.value, "sweep.json"), json.dumps(rows))
-    flat = [hardware.flat_row(r) for r in rows]
+    flat = [
+        {**({"workload": r["workload"]} if "workload" in r else {}), **hardware.flat_row(r)}
+        for r in rows
+    ]
     fields = list(dict.fromkeys(k for r in flat for k in r))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
@@ -403,7 +457,9 @@ def _write(rows: list[dict], n_networks: int, configs, model_name: str, backend:
         print(_table(rows, _MAX_PRINT.value))
     print(
         f"{len(rows)} rows ({n_networks} masks x {hardware.num_configs(configs)} configs, "
-        f"energy model {model_name}, backend {backend}) -> {_OUT.value}"
+        f"energy model {model_name}, "
+        + ("spike-driven" if rows and "workload" in rows[0] else f"backend {backend}")
+        + f") -> {_OUT.value}"
     )
 
 

@@ -137,3 +137,20 @@ def test_bench_sweep():
     cold = out["cold_sweep_cli"]
     assert cold["configs"] == 100 and cold["runs"] == 1
     assert 0 < cold["numpy_wall_s"] and 0 < cold["jax_wall_s"]
+
+
+@pytest.mark.slow
+def test_bench_spikes_reduced():
+    out = _json_line(
+        _run(
+            "bench_spikes.py",
+            "--model=digits_snn",
+            "--input_size=8",
+            "--batch=2",
+            "--timesteps=2",
+            "--n_pe=2,4",
+            "--repeats=1",
+        )
+    )
+    assert out["configs"] == 4 and out["forward_ms"] > 0 and out["spikes_ms"] > 0
+    assert out["warm_ratio"] > 0 and len(out["network_utilization"]) == 4

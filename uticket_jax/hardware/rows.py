@@ -29,7 +29,7 @@ _SCALARS = tuple(f for f in Figures._fields if f not in ("counts", "energy_terms
 def _fig_dict(cols: Figures, *index: int, counts: bool = True) -> dict[str, Any]:
     """One entry of `Figures` columns (nested lists or arrays) as a JSON-ready `F`.
 
-    `counts`: the load-unit counts are exact integers (False for ratios).
+    `counts`: the load-unit counts are exact integers, or spike-driven averages (False: ratios).
     """
 
     def at(v):
@@ -40,7 +40,7 @@ def _fig_dict(cols: Figures, *index: int, counts: bool = True) -> dict[str, Any]
     d: dict[str, Any] = {}
     for k in _SCALARS:
         v = at(getattr(cols, k))
-        d[k] = int(v) if counts and k in _COUNTS else float_or_none(v)  # NaN: no work
+        d[k] = _count(v) if counts and k in _COUNTS else float_or_none(v)  # NaN: no work
     energy_total = d.pop("energy_total")
     d["counts"] = {k: float_or_none(at(v)) for k, v in cols.counts._asdict().items()}
     terms = {t: float_or_none(at(v)) for t, v in cols.energy_terms.items()}
@@ -48,6 +48,13 @@ def _fig_dict(cols: Figures, *index: int, counts: bool = True) -> dict[str, Any]
     d["energy"] = dict(terms)
     d["energy_total"] = energy_total
     return d
+
+
+def _count(v) -> int | float:
+    """A load-unit figure: an int when integral (weight-only), else a float (the spike-driven
+    per position-step averages of `hardware.spikes`)."""
+    f = float(v)
+    return int(f) if f.is_integer() else f
 
 
 def map_figures(fn, *figs: Figures) -> Figures:

@@ -26,10 +26,14 @@ are unchanged, and so is `dram_input_reads` (`C_in x P x T`: the spike map is fe
 1-bit map, zeros included). `activity_aware` is ignored: the trace gives the activity.
 
 With every input spiking and no padding involved (dense layers, 1x1 convs) each figure equals the
-weight-only one of `simulate_masks` (activity_aware False): the load-unit fields, cycles, seconds
-and counts exactly (bit for bit against `backend="numpy"`), utilizations and energies to float32
-rounding; elsewhere no figure of cost is above it. Layers that are not analysed (no trace) keep
-their weight-only figures; the network covers the analysed layers, as weight-only.
+weight-only one of `simulate_masks` (activity_aware False): bit for bit against its numpy backend
+(the same host arithmetic; the utilizations' group fractions are reduced so their float32
+quotients are the weight-only ones), to float32 rounding against the compiled one. Elsewhere
+cycles, seconds, the load-unit latency and work, accumulates and the energy total (default
+constants; horowitz45 needs `e_acc >= e_idle`) are never above it; idle PE-cycles can be (a
+balanced group whose spikes land unevenly idles where the weight-only one did not). Layers that
+are not analysed (no trace) keep their weight-only figures; the network covers the analysed
+layers, as weight-only.
 
 Evaluation: per analysed layer and mapping, one compiled call computes the per-group sums of every
 distinct `n_pe` (`spike_work`, derived fast paths); every config's figures are then numpy products
@@ -92,7 +96,7 @@ def _check_layer(k: str, v: Any, spec: LayerSpec, what: str) -> np.ndarray:
         bad = v[(v != 0) & (v != 1)]
         if bad.size:
             raise ValueError(
-                f"{what}: layer {k!r} holds values other than 0/1 (e.g. {bad.flat[0]!r}); "
+                f"{what}: layer {k!r} holds values other than 0/1 (e.g. {bad.flat[0].item()!r}); "
                 "expected spikes"
             )
     return v.astype(bool, copy=False)
