@@ -170,6 +170,27 @@ def test_rounds_prune_rebalance_and_record(full_run):
     assert rows[1]["energy_dram"] == rows[1]["energy_terms"]["dram"]
     pairs = report.paired_rows(rows)
     assert pairs[0]["latency_reduction_pct"] > 0
+    _check_spike_driven(records, rows, pairs, images=128)  # trace_images 256 > the 128 test images
+
+
+def _check_spike_driven(records, rows, pairs, images):
+    """Every stage carries finite spike-driven figures beside the weight-only ones, never above
+    them (PEs that skip zero inputs do no more work), and the summary and table show them."""
+    for rec, row in zip(records, rows, strict=True):
+        sd = rec.hardware.spike_driven
+        assert sd is not None and sd["images"] == images
+        net, plain = sd["network"], rec.hardware.plain
+        assert row["spike_latency_cycles"] == net["cycles"] and row["spike_trace_images"] == images
+        assert row["spike_utilization"] == net["utilization"]
+        assert row["spike_energy_j"] == net["energy_total"]
+        for key in ("spike_latency_cycles", "spike_energy_j"):
+            assert np.isfinite(row[key]) and row[key] > 0, (key, row)
+        assert net["cycles"] <= plain["cycles"] and net["energy_total"] <= plain["energy_total"]
+        assert [x["name"] for x in sd["layers"]] == [x["name"] for x in rec.hardware.layers]
+    assert all(np.isfinite(p["spike_latency_reduction_pct"]) for p in pairs)
+    assert "spike_latency_cycles" in report.csv_columns(rows)
+    table = report.format_table(rows)
+    assert "sp_cycles" in table and "sp_lat_red" in table
 
 
 def test_rewind_restores_the_rewind_point(tiny, tmp_path):
@@ -462,8 +483,15 @@ def test_records_and_progress_survive_json():
         "et",
         "seconds",
     ]
-    hardware_keys = ["energy_model", "network", "activity_aware", "layers"]
+    hardware_keys = ["energy_model", "network", "activity_aware", "layers", "spike_driven"]
     assert list(rec.to_json()["hardware"]) == hardware_keys
+    # A record written before spike-driven figures (no "spike_driven" key) still reads.
+    old = rec.to_json()
+    del old["hardware"]["spike_driven"]
+    assert lth.StageRecord.from_json(old) == rec
+    spiked = dataclasses.replace(hw, spike_driven={"images": 2, "network": {}, "layers": []})
+    rec2 = dataclasses.replace(rec, hardware=spiked)
+    assert lth.StageRecord.from_json(json.loads(json.dumps(rec2.to_json()))) == rec2
 
 
 def test_hardware_figures_are_picked_by_their_config():

@@ -1,10 +1,12 @@
 """A tiny digits run of experiments/lth.py, exported with experiments/export.py: the file runs the
 same in SpikingJelly, imports back bit for bit, and sweep.py and rebalance.py take it in place of
-a masks file (figures against the run's own and the loop oracle's). Bad input to the three
-launchers: one line, exit status 2, nothing written."""
+a masks file (figures against the run's own and the loop oracle's); experiments/trace.py records
+the spike trace of its ticket. Bad input to the four launchers: one line, exit status 2, nothing
+written."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -15,8 +17,10 @@ import numpy as np
 import pytest
 
 from tests import nir_consumer, oracle
-from uticket_jax import data
+from uticket_jax import data, files, hardware
+from uticket_jax.hardware.layers import specs_from_layers
 from uticket_jax.interop import arrays, import_nir, load_run_ticket, run_ticket
+from uticket_jax.models import describe_layers
 from uticket_jax.sparsity.masks import load_mask_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,3 +198,75 @@ def test_run_ticket_errors(ticket, tmp_path):
     )
     with pytest.raises(ValueError, match=r"no weights/round01_uticket.npz"):
         load_run_ticket(str(tmp_path / "old"), 1, "uticket")
+
+
+def _bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_trace_launcher_writes_the_run_s_trace(ticket, tmp_path):
+    work, _, _ = ticket
+    out = str(tmp_path / "trace.npz")
+    r = _run("trace.py", f"--workdir={work}", "--arm=uticket", f"--out={out}", "--images=64")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    stage = (summary["round"], summary["arm"], summary["images"], summary["timesteps"])
+    assert stage == (1, "uticket", 64, 4)
+    trace = files.load_spike_trace(out)
+    assert list(trace) == ["features/conv1/kernel", "features/conv2/kernel"]  # the analysed ones
+    assert trace["features/conv1/kernel"].shape == (4, 64, 8, 8, 32)
+    assert trace["features/conv2/kernel"].shape == (4, 64, 8, 8, 64)
+    # The inputs the run's model gives on those images, recorded in this process.
+    t = load_run_ticket(work, 1, "uticket")
+    want = run_ticket.record_run_trace(t, data.load_dataset("digits").test_images[:64])
+    for k, v in want.items():
+        np.testing.assert_array_equal(trace[k], v)
+        assert summary["layers"][k]["rate"] == pytest.approx(float(v.mean()))
+        assert 0.0 < v.mean() < 1.0
+    # The run priced every stage on the same recording of its first 256 test images: that trace
+    # gives the rounds.jsonl and summary.csv spike-driven figures.
+    full = run_ticket.record_run_trace(t, data.load_dataset("digits").test_images[:256])
+    cfg = t.config
+    specs = specs_from_layers(
+        [i for i in describe_layers(t.model, t.input_shape) if i.path in t.masks],
+        skip_first=cfg["skip_first_layer"],
+    )
+    configs = hardware.config_grid(
+        n_pe=[cfg["n_pe"]],
+        mapping=[cfg["mapping"]],
+        timesteps=[cfg["timesteps"]],
+        clock_hz=[hardware.get_energy_model(cfg["energy_model"]).clock_hz],
+    )
+    res = hardware.simulate_spikes(t.masks, full, specs, configs, energy_model=cfg["energy_model"])
+    recorded = t.record["hardware"]["spike_driven"]
+    assert recorded["images"] == 256
+    assert float(res.network.cycles[0]) == pytest.approx(recorded["network"]["cycles"], rel=1e-6)
+    with open(os.path.join(work, "summary.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["spike_latency_cycles"]) == pytest.approx(
+        recorded["network"]["cycles"], rel=1e-6
+    )
+    assert all(float(r["spike_energy_j"]) > 0 for r in rows)
+    # An existing file is refused without --overwrite, and kept as it was.
+    before = _bytes(out)
+    again = _run("trace.py", f"--workdir={work}", f"--out={out}", "--images=8")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert _bytes(out) == before
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--images=0"], "--images: "),
+        (["--round=7"], "--round/--arm: "),
+        (["--images=100000"], "--images: must be in [1, 359]"),
+    ],
+)
+def test_trace_launcher_bad_flags_fail_in_one_line(ticket, tmp_path, args, needle):
+    out = str(tmp_path / "trace.npz")
+    r = _run("trace.py", f"--workdir={ticket[0]}", f"--out={out}", *args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trace.py: ") and needle in lines[0], lines
+    assert not os.path.exists(out)

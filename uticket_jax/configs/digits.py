@@ -55,4 +55,5 @@ def get_config() -> LTHConfig:
         seed=0,
         eval_batch_size=256,
         eval_every=1,
+        trace_images=256,
     )

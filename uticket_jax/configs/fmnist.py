@@ -62,4 +62,5 @@ def get_config() -> LTHConfig:
         seed=0,
         eval_batch_size=500,
         eval_every=3,  # test-set accuracy and spike rates once per stage, after its last epoch
+        trace_images=256,
     )

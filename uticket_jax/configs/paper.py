@@ -51,6 +51,7 @@ def _paper(dataset: str, arch: str) -> LTHConfig:
         seed=0,
         eval_batch_size=256,
         eval_every=1,
+        trace_images=256,
     )
 
 

@@ -141,7 +141,12 @@ def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, kinds, r
 
 
 def read_npz(
-    path: str, what: str, *, kinds: str = "biuf", ranks: tuple[int, ...] = (2, 4)
+    path: str,
+    what: str,
+    *,
+    kinds: str = "biuf",
+    ranks: tuple[int, ...] = (2, 4),
+    expected: str = "one per prunable layer",
 ) -> dict[str, np.ndarray]:
     """The arrays of an `.npz` file, `{key: array}` in file order, every byte checked first.
 
@@ -150,6 +155,7 @@ def read_npz(
       what: what messages name first (`masks`, `weights`).
       kinds: numpy dtype kinds allowed (`b` bool, `i`/`u` integers, `f` floats).
       ranks: array ranks allowed.
+      expected: what the file should hold, for the message of a file that holds no arrays.
 
     Returns:
       Writable numpy arrays keyed by member name without `.npy`, in the archive's order.
@@ -184,7 +190,7 @@ def read_npz(
     except Exception as e:  # zipfile/zlib/bz2/lzma raise many types on damaged archives
         raise ValueError(f"{where} is not a readable .npz file ({_reason(e)})") from None
     if not arrays:
-        raise ValueError(f"{where} holds no arrays; expected one per prunable layer")
+        raise ValueError(f"{where} holds no arrays; expected {expected}")
     return arrays
 
 

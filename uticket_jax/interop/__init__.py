@@ -28,6 +28,7 @@ _LAZY = {
     "RunTicket": "run_ticket",
     "export_run_ticket": "run_ticket",
     "load_run_ticket": "run_ticket",
+    "record_run_trace": "run_ticket",
     "stage_record": "run_ticket",
     "write_nir": "run_ticket",
 }

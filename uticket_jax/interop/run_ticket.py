@@ -194,6 +194,40 @@ def export_run_ticket(
     )
 
 
+def record_run_trace(
+    ticket: RunTicket, images: np.ndarray, *, batch_size: int = 256
+) -> dict[str, np.ndarray]:
+    """The spike trace of one stage of a run: its analysed layers' inputs over `images`.
+
+    Recorded as the pipeline records it for its spike-driven figures: the run's model at the
+    run's full `T` (`config.json`'s `timesteps`, the `T` every round is costed at), the analysed
+    layers among its prunable ones (`models.analysed_paths` with the run's `skip_first_layer`).
+
+    Args:
+      ticket: from `load_run_ticket`.
+      images: `[N, H, W, C]` images (e.g. the first N of the run's test set).
+      batch_size: images per forward pass.
+
+    Returns:
+      `{kernel path: bool [T, N, H, W, C_in] or [T, N, C_in]}` (`models.record_inputs`).
+    """
+    from flax import traverse_util
+
+    model = ticket.model.clone(
+        timesteps=int(ticket.config.get("timesteps", ticket.model.timesteps))
+    )
+    variables = {
+        k: traverse_util.unflatten_dict(dict(v), sep="/") for k, v in ticket.variables.items()
+    }
+    layers = models.analysed_paths(
+        model,
+        ticket.input_shape,
+        among=ticket.masks,
+        skip_first=bool(ticket.config.get("skip_first_layer", True)),
+    )
+    return models.record_inputs(model, variables, images, layers=layers, batch_size=batch_size)
+
+
 def write_nir(path: str, graph: nir.NIRGraph) -> None:
     """Writes `graph` to `path` atomically (a reader never sees a half-written file)."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -212,6 +246,7 @@ __all__ = [
     "RunTicket",
     "export_run_ticket",
     "load_run_ticket",
+    "record_run_trace",
     "stage_record",
     "write_nir",
 ]

@@ -56,6 +56,7 @@ def summary_rows(records: Sequence[StageRecord]) -> list[dict[str, Any]]:
                 "energy_onchip": hw.get("energy_onchip"),
                 "energy_dram": hw.get("energy_dram"),
                 "energy_activity_aware": act["energy_total"],
+                **spike_columns(r),
                 **{f"energy_{k}": v for k, v in terms.items()},
                 "energy_terms": dict(terms),
                 "regrown": None if r.rebalance is None else r.rebalance.regrown,
@@ -64,6 +65,24 @@ def summary_rows(records: Sequence[StageRecord]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def spike_columns(record: StageRecord) -> dict[str, Any]:
+    """A stage's spike-driven network figures as summary columns (None without a trace).
+
+    Args:
+      record: a `StageRecord`.
+    Returns:
+      `{"spike_utilization", "spike_latency_cycles", "spike_energy_j", "spike_trace_images"}`.
+    """
+    sd = record.hardware.spike_driven
+    net = {} if sd is None else sd["network"]
+    return {
+        "spike_utilization": net.get("utilization"),
+        "spike_latency_cycles": net.get("cycles"),
+        "spike_energy_j": net.get("energy_total"),
+        "spike_trace_images": None if sd is None else sd["images"],
+    }
 
 
 def csv_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -125,6 +144,12 @@ def paired_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "energy_activity_aware_reduction_pct": _reduction(
                     ut and ut["energy_activity_aware"], lth and lth["energy_activity_aware"]
                 ),
+                "spike_latency_reduction_pct": _reduction(
+                    ut and ut["spike_latency_cycles"], lth and lth["spike_latency_cycles"]
+                ),
+                "spike_energy_reduction_pct": _reduction(
+                    ut and ut["spike_energy_j"], lth and lth["spike_energy_j"]
+                ),
                 "energy_saving_by_term_pct": saving_by_term(lth, ut),
             }
         )
@@ -137,10 +162,11 @@ def _f(x: float | None, fmt: str) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The side-by-side table: per round, both arms' sparsity, accuracy, utilization, latency
-    and energy (in total, on the chip and in DRAM), then u-Ticket's reductions over LTH (the
-    paper's headline figures) of latency, energy, and energy with accumulates scaled by the
-    measured input spike rates, and the two energy terms that carry most of the saving (their
-    shares of it).
+    and energy (in total, on the chip and in DRAM), weight-only and spike-driven (`sp_`: PEs skip
+    zero inputs, from the recorded trace; `-` without one), then u-Ticket's reductions over LTH
+    (the paper's headline figures) of latency, energy, energy with accumulates scaled by the
+    measured input spike rates, and spike-driven latency, and the two energy terms that carry
+    most of the saving (their shares).
 
     Args:
       rows: `summary_rows` output.
@@ -150,10 +176,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     head = (
         f"{'rnd':>3} | {'arm':8} {'sparsity':>8} {'acc':>6} {'util':>6} {'util_n':>6}"
         f" {'cycles':>10} {'energy_J':>10} {'onchip_J':>10} {'dram_J':>10}"
+        f" {'sp_util':>7} {'sp_cycles':>10} {'sp_energy_J':>11}"
     )
-    tail = f" | {'lat_red':>7} {'en_red':>7} {'en_act_red':>10}  saving carried by"
+    tail = f" | {'lat_red':>7} {'en_red':>7} {'en_act_red':>10} {'sp_lat_red':>10}"
+    tail += "  saving carried by"
     models = sorted({str(r.get("energy_model", "horowitz45")) for r in rows})
-    lines = [f"energy model: {', '.join(models)}", head + tail, "-" * (len(head) + 48)]
+    lines = [f"energy model: {', '.join(models)}", head + tail, "-" * (len(head) + 59)]
     dense = [r for r in rows if r["arm"] == "dense"]
     for r in dense:
         lines.append(_arm_line(0, r) + " |")
@@ -169,6 +197,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                     f" {_f(pair['latency_reduction_pct'], '6.1f')}%"
                     f" {_f(pair['energy_reduction_pct'], '6.1f')}%"
                     f" {_f(pair['energy_activity_aware_reduction_pct'], '9.1f')}%"
+                    f" {_f(pair['spike_latency_reduction_pct'], '9.1f')}%"
                     + "  "
                     + " ".join(f"{t} {v:.0f}%" for t, v in shares)
                 )
@@ -183,6 +212,8 @@ def _arm_line(rnd: int, r: dict[str, Any]) -> str:
         f" {pct(r['utilization']):>6} {pct(r['utilization_normalized']):>6}"
         f" {_f(r['cycles'], '10.4g')} {_f(r['energy_total'], '10.4g')}"
         f" {_f(r.get('energy_onchip'), '10.4g')} {_f(r.get('energy_dram'), '10.4g')}"
+        f" {pct(r.get('spike_utilization')):>7} {_f(r.get('spike_latency_cycles'), '10.4g')}"
+        f" {_f(r.get('spike_energy_j'), '11.4g')}"
     )
 
 

@@ -13,6 +13,7 @@ from uticket_jax.models.describe import LayerInfo, describe_layers
 from uticket_jax.models.digits import DigitsSNN
 from uticket_jax.models.fmnist import FashionSNN
 from uticket_jax.models.resnet import ResNet19
+from uticket_jax.models.spike_trace import analysed_paths, record_inputs, trace_inputs
 from uticket_jax.models.vgg import VGG16
 from uticket_jax.ops.conv import Conv
 
@@ -64,6 +65,9 @@ __all__ = [
     "ResNet19",
     "SpikingNet",
     "VGG16",
+    "analysed_paths",
     "describe_layers",
     "get_model",
+    "record_inputs",
+    "trace_inputs",
 ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -22,6 +22,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from uticket_jax.models.describe import LAYER_TYPES
+
+
+@contextlib.contextmanager
+def layer_inputs(on_input: Callable[[str, jax.Array], None]) -> Iterator[None]:
+    """Calls `on_input(kernel path, x)` with the input `x` of every `Conv`/`Dense` call of the Flax
+    models applied inside (traced; the model is not changed).
+
+    A layer's input has `B` rows (the images: the first conv under direct encoding) or `k * B`
+    (time folded into the batch, row `t * B + b` is example `b`); convs see it unpadded.
+
+    Args:
+      on_input: called once per layer call, before the layer runs.
+    """
+
+    def intercept(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name == "__call__" and isinstance(module, LAYER_TYPES) and args:
+            on_input("/".join(module.path) + "/kernel", args[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(intercept):
+        yield
 
 
 @contextlib.contextmanager
@@ -38,13 +60,10 @@ def count_inputs(valid: jax.Array | None = None) -> Iterator[dict[str, jax.Array
     """
     counts: dict[str, jax.Array] = {}
 
-    def record(next_fun, args, kwargs, context):
-        module = context.module
-        if context.method_name == "__call__" and isinstance(module, LAYER_TYPES) and args:
-            counts["/".join(module.path) + "/kernel"] = _count(args[0], valid)
-        return next_fun(*args, **kwargs)
+    def record(path: str, x: jax.Array) -> None:
+        counts[path] = _count(x, valid)
 
-    with nn.intercept_methods(record):
+    with layer_inputs(record):
         yield counts
 
 

@@ -76,6 +76,10 @@ class LTHConfig:
         "Evaluate on the test set after every n-th epoch of a stage and always after its last"
         " (1: every epoch); the stage's accuracy and spike rates come from the last."
     )
+    trace_images: int = _setting(
+        "Test images (the first N) whose analysed-layer inputs are recorded after each stage for"
+        " the spike-driven hardware figures (spike_* columns: PEs skip zero inputs); 0: off."
+    )
 
     def validate(self) -> None:
         """Raises ValueError naming the field (as its flag) when a value is out of range.
@@ -94,6 +98,7 @@ class LTHConfig:
         )
         checks.check_int("--n_pe", self.n_pe, minimum=1, maximum=checks.MAX_N_PE)
         checks.check_int("--train_subset", self.train_subset, minimum=0)
+        checks.check_int("--trace_images", self.trace_images, minimum=0)
         checks.check_seed_value(self.seed, "--")
         checks.check_optimizer_settings(
             lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay, prefix="--"

@@ -1,19 +1,25 @@
 """What a finished stage reports: its `StageRecord` (sparsity, accuracy, spike rates, rebalance
-counts, the simulator's figures), the one-line summary, and the trained kernels the launcher writes.
+counts, the simulator's figures: weight-only, activity-aware, and spike-driven from the inputs
+recorded on a few test images), the one-line summary, and the trained kernels the launcher writes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from typing import Any
 
+import numpy as np
+
 from uticket_jax import data as data_lib
+from uticket_jax import models
 from uticket_jax.hardware import config as hw_config
 from uticket_jax.hardware import energy as hw_energy
 from uticket_jax.hardware import rows as hw_rows
 from uticket_jax.hardware import simulator
 from uticket_jax.hardware.layers import LayerSpec
+from uticket_jax.hardware.spikes import simulate_spikes
 from uticket_jax.pipeline.config import LTHConfig, Stage
 from uticket_jax.pipeline.setup import RunSetup, kernels
 from uticket_jax.pipeline.state import HardwareFigures, Progress, RebalanceCounts, StageRecord
@@ -77,6 +83,69 @@ def hardware_figures(
     )
 
 
+def stage_trace(
+    setup: RunSetup, dataset: data_lib.Dataset, train_state: train_lib.TrainState
+) -> dict[str, np.ndarray] | None:
+    """The inputs of the analysed layers on the first `cfg.trace_images` test images, as events.
+
+    One extra eval-mode pass over those images (`models.record_inputs`), at the run's full `T`
+    (the `T` every round is costed at), with the stage's trained variables.
+
+    Args:
+      setup: from `setup_run` (the analysed layers: its specs').
+      dataset: the data (its first test images; all of them when there are fewer).
+      train_state: the stage's trained state.
+
+    Returns:
+      `{kernel path: bool [T, B, ...]}` in network order, or None when `cfg.trace_images` is 0 or
+      no layer is analysed.
+    """
+    cfg = setup.cfg
+    layers = [s.name for s in setup.specs if s.analysed]
+    if not cfg.trace_images or not layers:
+        return None
+    variables = {"params": train_state.params, "batch_stats": train_state.batch_stats}
+    return models.record_inputs(
+        setup.trainer.model_for(cfg.timesteps),
+        variables,
+        dataset.test_images[: cfg.trace_images],
+        layers=layers,
+        batch_size=cfg.eval_batch_size,
+    )
+
+
+def spike_figures(
+    cfg: LTHConfig, specs: list[LayerSpec], masks_flat: dict, trace: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """The spike-driven figures of a stage's masks at the run's hardware (`simulate_spikes`).
+
+    A PE's work at each step, example and output position is its count of non-zero weights whose
+    input is non-zero; a group spends its busiest PE's work (the semantics of
+    `hardware.simulate_spikes`). Same configs and energy model as `hardware_figures`.
+
+    Args:
+      cfg: the run's configuration (`n_pe`, `mapping`, `timesteps`, `energy_model`).
+      specs: the simulator's layers (network order).
+      masks_flat: the stage's masks.
+      trace: `stage_trace`'s events.
+
+    Returns:
+      `{"images": B, "network": F, "layers": [{"name", "analysed", **F}, ...]}`.
+    """
+    model = hw_energy.get_energy_model(cfg.energy_model)
+    configs = hw_config.config_grid(
+        n_pe=[cfg.n_pe], mapping=[cfg.mapping], timesteps=[cfg.timesteps], clock_hz=[model.clock_hz]
+    )
+    res = simulate_spikes(masks_flat, trace, specs, configs, energy_model=model)
+    fig = functools.partial(hw_rows.figures_dict, energy_model=model.name)
+    layers = [
+        {"name": s.name, "analysed": s.analysed, **fig(res.layers, 0, j)}
+        for j, s in enumerate(specs)
+    ]
+    images = int(next(iter(trace.values())).shape[1])
+    return {"images": images, "network": fig(res.network, 0), "layers": layers}
+
+
 def stage_record(
     setup: RunSetup,
     dataset: data_lib.Dataset,
@@ -103,11 +172,16 @@ def stage_record(
       started: `time.perf_counter()` when this process's part of the stage's clock last started.
 
     Returns:
-      The `StageRecord`.
+      The `StageRecord` (its seconds include recording the trace and pricing it).
     """
     cfg, history = setup.cfg, progress.history
     rates = history[-1]["spike_rates"]  # measured with the last epoch's test accuracy
     sparsity = sparsity_report(masks_flat)
+    hardware = hardware_figures(cfg, setup.specs, masks_flat, rates)
+    trace = stage_trace(setup, dataset, train_state)
+    if trace is not None:
+        spikes = spike_figures(cfg, setup.specs, masks_flat, trace)
+        hardware = dataclasses.replace(hardware, spike_driven=spikes)
     return StageRecord(
         round=stage.round,
         arm=stage.arm,
@@ -122,7 +196,7 @@ def stage_record(
         train_loss=history[-1]["train_loss"],
         spike_rates={k: rates[k] for k in setup.order if k in rates},
         rebalance=counts,
-        hardware=hardware_figures(cfg, setup.specs, masks_flat, rates),
+        hardware=hardware,
         et=progress.et if stage.arm == "dense" else None,
         seconds=progress.stage_seconds + (time.perf_counter() - started),
     )
@@ -137,7 +211,19 @@ def stage_line(record: StageRecord) -> str:
         f"round {record.round:2d} {record.arm:8s} T={record.timesteps} sparsity"
         f" {100 * record.sparsity:6.2f}% acc {100 * record.test_accuracy:6.2f}%"
         f" util {util_s} latency {hw['cycles']:.4g} cyc"
-        f" energy {hw['energy_total']:.4g} J ({record.seconds:.1f} s)"
+        f" energy {hw['energy_total']:.4g} J{_spike_part(record)} ({record.seconds:.1f} s)"
+    )
+
+
+def _spike_part(record: StageRecord) -> str:
+    """The stage line's spike-driven figures (empty without a trace)."""
+    sd = record.hardware.spike_driven
+    if sd is None:
+        return ""
+    net = sd["network"]
+    util = "n/a" if net["utilization"] is None else f"{100 * net['utilization']:.1f}%"
+    return (
+        f" | spikes: util {util} latency {net['cycles']:.4g} cyc energy {net['energy_total']:.4g} J"
     )
 
 

@@ -70,31 +70,36 @@ class RebalanceCounts:
 class HardwareFigures:
     """The simulator's figures of a stage at the run's hardware under its energy model, each the
     simulator's JSON `F` dict: plain, activity-aware (accumulates scaled by the input spike
-    rates), and plain per layer."""
+    rates), plain per layer, and spike-driven (PEs skip zero inputs, priced from the inputs
+    recorded on the first `images` test images: `{"images", "network": F, "layers": [...]}`;
+    None when the run records no trace)."""
 
     energy_model: str
     plain: dict[str, Any]
     activity_aware: dict[str, Any]
     layers: list[dict[str, Any]]
+    spike_driven: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """`{"energy_model", "network": plain, "activity_aware", "layers"}` (the keys of
-        `rounds.jsonl`)."""
+        """`{"energy_model", "network": plain, "activity_aware", "layers", "spike_driven"}` (the
+        keys of `rounds.jsonl`)."""
         return {
             "energy_model": self.energy_model,
             "network": self.plain,
             "activity_aware": self.activity_aware,
             "layers": self.layers,
+            "spike_driven": self.spike_driven,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> HardwareFigures:
-        """The inverse of `to_json`."""
+        """The inverse of `to_json` (records written before spike-driven figures: None)."""
         return cls(
             energy_model=d["energy_model"],
             plain=d["network"],
             activity_aware=d["activity_aware"],
             layers=d["layers"],
+            spike_driven=d.get("spike_driven"),
         )
 
 
