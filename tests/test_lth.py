@@ -83,7 +83,7 @@ def _run_logged(cfg, ds, ckpt, log):
     """`_run` with the run's log lines going to `log`."""
     masks_by_stage = {}
 
-    def keep(record, masks_flat, weights_flat, records):
+    def keep(record, masks_flat, weights_flat, records, rest_flat):
         masks_by_stage[(record.round, record.arm)] = {
             k: np.asarray(v) for k, v in masks_flat.items()
         }
@@ -166,7 +166,7 @@ def test_rounds_prune_rebalance_and_record(full_run):
     table = report.format_table(rows)
     assert "uticket" in table and "%" in table
     assert table.splitlines()[0] == "energy model: sata"
-    assert "energy_J   onchip_J     dram_J |" in table.splitlines()[1]
+    assert "energy_J   onchip_J     dram_J sp_util" in table.splitlines()[1]
     assert rows[1]["energy_dram"] == rows[1]["energy_terms"]["dram"]
     pairs = report.paired_rows(rows)
     assert pairs[0]["latency_reduction_pct"] > 0
