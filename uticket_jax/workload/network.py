@@ -56,6 +56,7 @@ def rebalance_network(
     conv_only: bool = True,
     skip_first: bool = True,
     backend: str = "jax",
+    costs: Mapping[str, Any] | None = None,
 ) -> tuple[Any, NetworkReport]:
     """u-Ticket over a network given in network order (a mask file's dict), checked.
 
@@ -69,6 +70,8 @@ def rebalance_network(
         `jax.random.fold_in(key, i)`.
       conv_only, skip_first: which layers are analysed and rebalanced (`metrics.analysed_layers`
         over the network order); the others come back unchanged.
+      costs: target "expected_work" only: `{path: float costs}` with at least the analysed
+        layers' paths (per-input-channel rates as `[1, 1, c_in, 1]` / `[c_in, 1]`; see `rebalance`).
 
     Returns:
       `(new_masks, report)`: the masks in the same order and structure (numpy arrays under
@@ -83,6 +86,9 @@ def rebalance_network(
     shapes = [np.shape(v) for v in flat.values()]
     keep = analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first)
     include = frozenset(k for k, a in zip(flat, keep, strict=True) if a)
+    if costs is not None:
+        cflat = _flat(costs)
+        costs = collections.OrderedDict((k, cflat.get(k)) for k in flat)
     new, report = rebalance(
         ordered,
         w,
@@ -93,6 +99,7 @@ def rebalance_network(
         policy=policy,
         include=include,
         backend=backend,
+        costs=costs,
     )
     if policy == "magnitude":
         check_finite(report.layers, [f"weights[{k!r}]" for k in report.names])
