@@ -107,7 +107,7 @@ def _units_work(mask, costs, n, mapping):
     return np.round(workload.expected_work(mask, costs, n, mapping) * U).astype(np.int64)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     dims=st.sampled_from([(3, 3, 6, 5), (1, 1, 8, 7), (11, 6)]),
     n=st.sampled_from([1, 3, 4]),
@@ -141,7 +141,7 @@ def test_invariants(dims, n, p, silent, mapping, policy, seed):
     assert int(rep.regrown) == up.sum() and int(rep.dropped) == down.sum()
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     dims=st.sampled_from([(3, 3, 6, 5), (1, 1, 8, 7), (11, 6)]),
     n=st.sampled_from([1, 3, 4]),

@@ -44,6 +44,12 @@ def _weights_for(flat: Mapping[str, Any], weights: Mapping[str, Any]) -> collect
     return collections.OrderedDict((k, wflat[k]) for k in flat)
 
 
+def _costs_for(flat: Mapping[str, Any], costs: Mapping[str, Any]) -> collections.OrderedDict:
+    """The costs of the masks' paths in the masks' order and container (absent paths: None)."""
+    cflat = _flat(costs)
+    return collections.OrderedDict((k, cflat.get(k)) for k in flat)
+
+
 def rebalance_network(
     masks: Mapping[str, Any],
     weights: Mapping[str, Any] | None = None,
@@ -70,8 +76,7 @@ def rebalance_network(
         `jax.random.fold_in(key, i)`.
       conv_only, skip_first: which layers are analysed and rebalanced (`metrics.analysed_layers`
         over the network order); the others come back unchanged.
-      costs: target "expected_work" only: `{path: float costs}` with at least the analysed
-        layers' paths (per-input-channel rates as `[1, 1, c_in, 1]` / `[c_in, 1]`; see `rebalance`).
+      costs: "expected_work" only: `{path: float costs}` of the analysed layers (`rebalance`).
 
     Returns:
       `(new_masks, report)`: the masks in the same order and structure (numpy arrays under
@@ -86,9 +91,7 @@ def rebalance_network(
     shapes = [np.shape(v) for v in flat.values()]
     keep = analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first)
     include = frozenset(k for k, a in zip(flat, keep, strict=True) if a)
-    if costs is not None:
-        cflat = _flat(costs)
-        costs = collections.OrderedDict((k, cflat.get(k)) for k in flat)
+    costs = None if costs is None else _costs_for(flat, costs)
     new, report = rebalance(
         ordered,
         w,

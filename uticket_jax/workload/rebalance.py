@@ -359,8 +359,9 @@ def _layers_of(masks, weights, policy: str, include: Include, backend: str):
     return names, treedef, Layers(xs, ranked, keep)
 
 
-def _costs_of(masks, costs, names, layers: Layers, n_pe: int, m: PEMapping, backend: str):
+def _costs_of(masks, costs, names, layers: Layers, n_pe: int, m: PEMapping, target, backend):
     """The checked cost leaves of the analysed layers (None elsewhere), or None without costs."""
+    check_target_costs(target, costs)
     if costs is None:
         return None
     leaves = trees.leaves_like(masks, costs, "costs")
@@ -374,6 +375,13 @@ def _costs_of(masks, costs, names, layers: Layers, n_pe: int, m: PEMapping, back
         expected.check_costs(f"costs[{name!r}]", x, c, n_pe, m)
         out.append(c)
     return _host_arrays(out, "costs") if backend == "numpy" else tuple(out)
+
+
+def _network_report(names, keep, reports, xp) -> NetworkReport:
+    """The `NetworkReport` of per-layer reports, network figures over the analysed layers."""
+    before = network_metrics([r.before for r, a in zip(reports, keep, strict=True) if a], xp)
+    after = network_metrics([r.after for r, a in zip(reports, keep, strict=True) if a], xp)
+    return NetworkReport(names, keep, reports, before, after)
 
 
 def rebalance(
@@ -397,23 +405,17 @@ def rebalance(
       weights: a pytree with the masks' structure (params work: their extra leaves where the masks
         hold `None` are ignored), float kernels; the trained weights from before pruning, so the
         ones that just fell below the threshold come back first. Required for "magnitude".
-      key: a `jax.random` key, required for "random"; the leaf at position `i` ranks with
-        `fold_in(key, i)`.
-      mapping: a registered mapping name (`MAPPINGS`), e.g. "output_channel" or "input_split".
-      n_pe: PEs per group (static).
-      target: "ceil_mean" (every PE at min(cap, L*), L* = ceil(mean) without caps),
-        "keep_count" (group totals unchanged, loads within 1), see `targets.py`; or
-        "expected_work" (equal summed costs of the non-zeros per PE, `expected.py`).
+      key: a `jax.random` key, required for "random"; leaf `i` ranks with `fold_in(key, i)`.
+      mapping, n_pe: a registered mapping name (`MAPPINGS`); PEs per group (static).
+      target: "ceil_mean" (every PE at min(cap, L*), L* = ceil(mean) without caps) or "keep_count"
+        (group totals kept, loads within 1) of `targets.py`; "expected_work" (`expected.py`).
       policy: "magnitude" (regrow the largest `|w|`, drop the smallest) or "random".
-      include: which leaves to rebalance: None (all), a predicate `(name, mask) -> bool` or a
-        collection of names (leaf names are "/"-joined key paths, `uticket_jax.trees`); the
-        others come back unchanged and stay out of the network figures.
+      include: leaves to rebalance: None (all), a predicate `(name, mask) -> bool` or names ("/"-
+        joined key paths, `uticket_jax.trees`); the others stay, out of the network figures.
       backend: "jax" (compiled; traceable) or "numpy" (on the host, nothing compiled, for one
         call in a fresh process; numpy arrays out); the same masks either way.
-      costs: target "expected_work" only (and required there): a pytree with the masks'
-        structure of float per-weight costs in `[0, 1]` broadcasting to each kernel with its rank,
-        e.g. the input channels' firing rates as `[1, 1, c_in, 1]` (conv) or `[c_in, 1]` (dense);
-        None where a leaf is not rebalanced.
+      costs: "expected_work" only (required there): like `weights`, float costs in `[0, 1]`
+        broadcasting to each kernel, e.g. input-channel rates `[1, 1, c_in, 1]` / `[c_in, 1]`.
 
     Returns:
       `(new_masks, report)`: the masks in the input's structure, and a `NetworkReport`.
@@ -436,15 +438,11 @@ def rebalance(
     """
     n_pe, m = check_setup(n_pe, mapping, policy, target, backend)
     check_policy_inputs(policy, weights, key)
-    check_target_costs(target, costs)
     names, treedef, layers = _layers_of(masks, weights, policy, include, backend)
-    cl = _costs_of(masks, costs, names, layers, n_pe, m, backend)
+    cl = _costs_of(masks, costs, names, layers, n_pe, m, target, backend)
     kw = dict(n_pe=n_pe, m=m, policy=policy, target=target, key=key, backend=backend)
     new, reports = run_layers(layers, fold=True, costs=cl, **kw)
-    xp, keep = np if backend == "numpy" else jnp, layers.keep
-    before = network_metrics([r.before for r, a in zip(reports, keep, strict=True) if a], xp)
-    after = network_metrics([r.after for r, a in zip(reports, keep, strict=True) if a], xp)
-    report = NetworkReport(names, keep, reports, before, after)
+    report = _network_report(names, layers.keep, reports, np if backend == "numpy" else jnp)
     return jax.tree_util.tree_unflatten(treedef, new), report
 
 
