@@ -6,7 +6,10 @@ spikes, the firing rate of those neurons; after average pooling, the share of no
 values). It is measured by intercepting every `Conv`/`Dense` call of a Flax model (no change to
 the model), in eval mode, over all steps and examples: on its own (`input_spike_rates`), or inside
 another jitted computation (`count_inputs`; the training loop's final evaluation measures the
-rates in the same pass as the test accuracy, `loop.evaluate(..., spike_rates=True)`).
+rates in the same pass as the test accuracy, `loop.evaluate(..., spike_rates=True)`). The same
+pass also counts per input channel (`count_inputs(channels=True)`, `channel_rates_of`): the
+firing rate of each input channel of a layer, which the `expected_work` rebalance target weighs
+the layer's weights with.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ def layer_inputs(on_input: Callable[[str, jax.Array], None]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def count_inputs(valid: jax.Array | None = None) -> Iterator[dict[str, jax.Array]]:
+def count_inputs(
+    valid: jax.Array | None = None, *, channels: bool = False
+) -> Iterator[dict[str, jax.Array]]:
     """Counts the inputs of every `Conv`/`Dense` call of the Flax models applied inside (traced).
 
     Yields a dict that fills, as the model runs, with `{kernel path: [non-zero inputs, inputs]}`
@@ -57,11 +62,17 @@ def count_inputs(valid: jax.Array | None = None) -> Iterator[dict[str, jax.Array
 
     Args:
       valid: None (count every row), or the `[B]` mask of the batch's real examples.
+      channels: append the non-zero inputs of every input channel (the last axis), so a value
+        is `[non-zero inputs, inputs, non-zero of channel 0, ...]` (`channel_rates_of`); the
+        first two entries are the same either way.
     """
     counts: dict[str, jax.Array] = {}
 
     def record(path: str, x: jax.Array) -> None:
-        counts[path] = _count(x, valid)
+        count = _count(x, valid)
+        if channels:
+            count = jnp.concatenate([count, _channel_count(x, valid)])
+        counts[path] = count
 
     with layer_inputs(record):
         yield counts
@@ -81,6 +92,14 @@ def _count(x: jax.Array, valid: jax.Array | None) -> jax.Array:
     return jnp.stack([nonzero, total]).astype(jnp.float32)
 
 
+def _channel_count(x: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """`[C]` float32 non-zero entries of each channel (last axis) of `x` over its valid rows."""
+    per_row = jnp.count_nonzero(x.reshape(x.shape[0], -1, x.shape[-1]), axis=1)  # [rows, C]
+    if valid is not None:
+        per_row = jnp.where(jnp.tile(valid, x.shape[0] // valid.shape[0])[:, None], per_row, 0)
+    return jnp.sum(per_row, axis=0).astype(jnp.float32)
+
+
 def add_counts(totals: dict[str, np.ndarray], counts: dict[str, jax.Array]) -> None:
     """Adds one batch's `count_inputs` result into float64 `totals` (in place)."""
     for k, v in counts.items():
@@ -90,6 +109,18 @@ def add_counts(totals: dict[str, np.ndarray], counts: dict[str, jax.Array]) -> N
 def rates_of(totals: dict[str, np.ndarray]) -> dict[str, float]:
     """`{kernel path: non-zero / inputs}` of summed counts (0.0 for a layer that saw nothing)."""
     return {k: float(v[0] / v[1]) if v[1] else 0.0 for k, v in totals.items()}
+
+
+def channel_rates_of(totals: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`{kernel path: [C] float32}` firing rate of every input channel, of counts summed with
+    `channels=True` (each channel sees `inputs / C` entries; zeros for a layer that saw nothing)."""
+    out = {}
+    for k, v in totals.items():
+        per_channel = v[1] / (v.shape[0] - 2) if v[1] else 0.0
+        out[k] = (v[2:] / per_channel if per_channel else np.zeros(v.shape[0] - 2)).astype(
+            np.float32
+        )
+    return out
 
 
 def _counts(model: nn.Module, variables: Any, images: jax.Array) -> dict[str, jax.Array]:

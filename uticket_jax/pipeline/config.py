@@ -65,7 +65,10 @@ class LTHConfig:
         f"Energy model of the hardware figures: one of {', '.join(hw_energy.ENERGY_MODELS)}."
     )
     policy: str = _setting(f"Rebalance policy: one of {', '.join(workload.POLICIES)}.")
-    target: str = _setting(f"Rebalance target: one of {', '.join(workload.TARGETS)}.")
+    target: str = _setting(
+        f"Rebalance target: one of {', '.join(workload.REBALANCE_TARGETS)} (expected_work weighs"
+        " each weight by its input channel's firing rate, measured on the arm's previous stage)."
+    )
     et: bool = _setting("Early-time ticket: search rounds with a smaller T.")
     et_candidates: tuple[int, ...] = _setting("Candidate T values of the early-time ticket.")
     et_threshold: float = _setting("Normalized KL threshold of the early-time ticket.")
@@ -140,7 +143,7 @@ class LTHConfig:
             "mapping": tuple(workload.MAPPINGS),
             "energy_model": tuple(hw_energy.ENERGY_MODELS),
             "policy": workload.POLICIES,
-            "target": workload.TARGETS,
+            "target": workload.REBALANCE_TARGETS,
             "retrain": RETRAIN,
         }
         for name, allowed in choices.items():

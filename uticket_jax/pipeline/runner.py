@@ -105,7 +105,8 @@ def run_stage(
         progress = progress.replace(stage_seconds=progress.stage_seconds + now - started)
         started = now
         progress = save(checkpointer, state, progress)
-    state, et = steps.keep_trained(setup, dataset, state, stage, train_state, masks_flat)
+    rates = steps.channel_rates(setup, progress.history)
+    state, et = steps.keep_trained(setup, dataset, state, stage, train_state, masks_flat, rates)
     if et is not None:
         progress = progress.replace(et=et)
     record = records.stage_record(

@@ -171,14 +171,16 @@ def initial_state(setup: RunSetup) -> RunState:
       setup: from `setup_run`.
 
     Returns:
-      Round 0's fresh train arrays, the initialization as rewind point, dense masks per arm.
+      Round 0's fresh train arrays, the initialization as rewind point, dense masks (and all-ones
+      channel rates) per arm.
     """
     cfg, variables = setup.cfg, setup.trainer.variables
+    ones = {k: np.ones(np.shape(v)[-2], np.float32) for k, v in setup.dense_masks.items()}
     template = fresh_state(
         setup.trainer, cfg.timesteps, variables, unflatten(setup.dense_masks, variables["params"])
     )
     return RunState(
         train=TrainArrays.of(template),
         rewind=RewindPoint(variables["params"], variables["batch_stats"]),
-        arms={a: ArmState(setup.dense_masks, variables["params"]) for a in cfg.arms},
+        arms={a: ArmState(setup.dense_masks, variables["params"], ones) for a in cfg.arms},
     )

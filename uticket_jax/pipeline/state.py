@@ -39,10 +39,14 @@ class RewindPoint(NamedTuple):
 
 
 class ArmState(NamedTuple):
-    """An arm's latest round: its flat masks (network order) and the params trained under them."""
+    """An arm's latest round: its flat masks (network order), the params trained under them, and
+    the firing rate of every input channel of every prunable layer measured on that trained net
+    in its stage's last evaluation (`{path: [c_in] float32}`, all ones before any is measured;
+    the costs of the `expected_work` rebalance target)."""
 
     masks: dict[str, Any]
     trained: Tree
+    rates: dict[str, Any]
 
 
 class RunState(NamedTuple):

@@ -1,7 +1,8 @@
 """The pipeline's steps, each a function of typed values (see `pipeline.state`).
 
 - `next_masks` / `stage_masks`: one IMP step of an arm (prune, and rebalance in the u-Ticket arm);
-- `start_state`, `train_epoch`, `keep_trained`: train a stage and keep its result;
+- `start_state`, `train_epoch`, `keep_trained`: train a stage and keep its result (with
+  `channel_rates`, the firing rates its last evaluation measured per input channel);
 - `choose_et_timesteps`: the early-time ticket.
 
 What stays fixed for a run is `pipeline.setup`'s; what a stage reports is `pipeline.records`'.
@@ -17,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from uticket_jax import data as data_lib
 from uticket_jax import workload
@@ -57,7 +59,9 @@ def next_masks(
 
     Returns:
       `(masks_flat, counts)`: the new flat masks in network order, and for the u-Ticket arm the
-      total regrown, dropped and capacity-capped counts (else None).
+      total regrown, dropped and capacity-capped counts (else None). Target "expected_work"
+      weighs every weight by the firing rate of its input channel in `previous.rates` (measured
+      on the arm's previous trained net).
     """
     weights = kernels(previous.trained, order)
     masks = pruning.prune_magnitude(
@@ -74,11 +78,34 @@ def next_masks(
         target=cfg.target,
         key=key,
         skip_first=cfg.skip_first_layer,
+        costs=rate_costs(previous.rates, weights) if cfg.target == workload.EXPECTED_WORK else None,
     )
     totals = {
         k: sum(int(getattr(r, k)) for r in report.layers) for k in ("regrown", "dropped", "capped")
     }
     return masks, RebalanceCounts(**totals)
+
+
+def rate_costs(rates: dict[str, Any], weights: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per-input-channel rates `{path: [c_in]}` as costs broadcasting to each kernel of `weights`
+    (`[1, 1, c_in, 1]` conv, `[c_in, 1]` dense), clipped to `[0, 1]`."""
+    out = {}
+    for k, w in weights.items():
+        shape = [1] * np.ndim(w)
+        shape[-2] = np.shape(w)[-2]
+        out[k] = np.clip(np.asarray(rates[k], np.float32), 0, 1).reshape(shape)
+    return out
+
+
+def channel_rates(setup: RunSetup, history: tuple[dict, ...]) -> dict[str, np.ndarray]:
+    """`{path: [c_in] float32}` of every prunable layer: the input-channel firing rates that the
+    stage's last evaluation measured (`history[-1]["channel_rates"]`), ones where none was."""
+    measured = history[-1].get("channel_rates", {}) if history else {}
+    out = {}
+    for k, mask in setup.dense_masks.items():
+        ones = np.ones(np.shape(mask)[-2], np.float32)
+        out[k] = np.asarray(measured[k], np.float32) if k in measured else ones
+    return out
 
 
 def stage_masks(
@@ -195,8 +222,10 @@ def keep_trained(
     stage: Stage,
     train_state: train_lib.TrainState,
     masks_flat: dict,
+    rates: dict[str, Any],
 ) -> tuple[RunState, ETChoice | None]:
-    """Stores a finished stage's masks and trained params as its arm's latest round.
+    """Stores a finished stage's masks, trained params and channel rates as its arm's latest
+    round.
 
     Round 0 becomes every arm's starting point, and chooses the early-time ticket when `cfg.et`.
 
@@ -207,14 +236,16 @@ def keep_trained(
       stage: the finished stage.
       train_state: its trained state.
       masks_flat: its masks.
+      rates: its input-channel firing rates (`channel_rates`).
 
     Returns:
       `(state, et)`: the new run state and, after round 0 with `cfg.et`, the early-time choice.
     """
     cfg, params = setup.cfg, train_state.params
     if stage.arm != "dense":
-        return state._replace(arms={**state.arms, stage.arm: ArmState(masks_flat, params)}), None
-    state = state._replace(arms={a: ArmState(setup.dense_masks, params) for a in cfg.arms})
+        arm = ArmState(masks_flat, params, rates)
+        return state._replace(arms={**state.arms, stage.arm: arm}), None
+    state = state._replace(arms={a: ArmState(setup.dense_masks, params, rates) for a in cfg.arms})
     if not cfg.et:
         return state, None
     trained = {"params": params, "batch_stats": train_state.batch_stats}

@@ -176,10 +176,11 @@ def evaluate(
       batch_size: rows per batch (rounded down to a multiple of the devices).
       dp: data-parallel shardings.
       spike_rates: also measure every conv/dense layer's input spike rate in the same pass
-        (`"spike_rates"`: `{kernel path: rate}`, as `models.input_spike_rates` gives them).
+        (`"spike_rates"`: `{kernel path: rate}`, as `models.input_spike_rates` gives them), and
+        every input channel's (`"channel_rates"`: `{kernel path: [c_in] float32}`).
 
     Returns:
-      `{"loss", "accuracy"}`, and `"spike_rates"` when asked.
+      `{"loss", "accuracy"}`, and `"spike_rates"`, `"channel_rates"` when asked.
     """
     batch_size = max(dp.size, batch_size - batch_size % dp.size)
     step = train_lib.eval_counts_step if spike_rates else train_lib.eval_step
@@ -195,6 +196,7 @@ def evaluate(
     result: dict[str, Any] = {"loss": totals["loss"] / count, "accuracy": totals["correct"] / count}
     if spike_rates:
         result["spike_rates"] = rates_lib.rates_of(inputs)
+        result["channel_rates"] = rates_lib.channel_rates_of(inputs)
     return result
 
 
@@ -234,7 +236,7 @@ def run_epoch(
       eval_batch_size: rows per evaluation batch.
       test: evaluate after the epoch; else the record's test fields are None.
       spike_rates: measure the input spike rates in that evaluation (implies `test`); the record
-        gets `"spike_rates"`.
+        gets `"spike_rates"` and `"channel_rates"` (`{kernel path: [c_in] list of floats}`).
       desc: label of the progress bar.
       progress: show the progress bar.
 
@@ -253,6 +255,7 @@ def run_epoch(
         record.update(test_loss=out["loss"], test_accuracy=out["accuracy"])
         if spike_rates:
             record["spike_rates"] = out["spike_rates"]
+            record["channel_rates"] = {k: v.tolist() for k, v in out["channel_rates"].items()}
     return state, record
 
 

@@ -258,11 +258,12 @@ def eval_step(state: TrainState, images: jnp.ndarray, labels: jnp.ndarray, valid
 def eval_counts_step(
     state: TrainState, images: jnp.ndarray, labels: jnp.ndarray, valid: jnp.ndarray
 ):
-    """`eval_step`'s sums plus `"inputs"`: every conv/dense layer's `[non-zero inputs, inputs]`.
+    """`eval_step`'s sums plus `"inputs"`: every conv/dense layer's `[non-zero inputs, inputs]`
+    followed by its non-zero inputs per input channel (`spike_rates.count_inputs(channels=True)`).
 
     Counted over the valid examples in the same forward pass (`spike_rates.count_inputs`), so the
     test accuracy and the input spike rates of a trained net cost one pass over the test set.
     """
-    with spike_rates.count_inputs(valid) as counts:
+    with spike_rates.count_inputs(valid, channels=True) as counts:
         sums = _eval_sums(state, images, labels, valid)
     return {**sums, "inputs": counts}

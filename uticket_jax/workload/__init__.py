@@ -2,11 +2,13 @@
 
 Modules: `mapping` (a mapping declared as its assignment), `derive` (every view derived from it),
 `builtin_mappings`, `registry` (`MAPPINGS`), `mappings` (loads, capacities, layouts), `metrics`,
-`targets` (per-PE target loads), `priorities`, `selection` (the compiled choice) and
-`host_select` (numpy), `rebalance` (the pure transform `rebalance` on any pytree), `network`
-(mask-file entry points: `rebalance_network`, reports), `synthetic` (test nets).
+`targets` (per-PE target loads), `expected` (the cost-weighted target), `priorities`,
+`selection` (the compiled choice) and `host_select` (numpy), `rebalance` (the pure transform
+`rebalance` on any pytree), `network` (mask-file entry points: `rebalance_network`, reports),
+`synthetic` (test nets).
 """
 
+from uticket_jax.workload.expected import COST_UNITS, EXPECTED_WORK, expected_work
 from uticket_jax.workload.kernel import Coords, Hwio, kernel_dims
 from uticket_jax.workload.mapping import ColPaths, FastPaths, PEMapping, SlotPaths, TablePaths
 from uticket_jax.workload.mappings import (
@@ -42,6 +44,7 @@ from uticket_jax.workload.network import (
 from uticket_jax.workload.priorities import POLICIES, random_priorities
 from uticket_jax.workload.rebalance import (
     BACKENDS,
+    REBALANCE_TARGETS,
     NetworkReport,
     RebalanceReport,
     check_finite,
@@ -52,10 +55,13 @@ from uticket_jax.workload.targets import TARGETS, pe_targets
 
 __all__ = [
     "BACKENDS",
+    "COST_UNITS",
+    "EXPECTED_WORK",
     "INPUT_SPLIT",
     "MAPPINGS",
     "OUTPUT_CHANNEL",
     "POLICIES",
+    "REBALANCE_TARGETS",
     "TARGETS",
     "ColPaths",
     "Coords",
@@ -71,6 +77,7 @@ __all__ = [
     "check_finite",
     "check_mapping",
     "count_table",
+    "expected_work",
     "from_slots",
     "get_mapping",
     "group_figures",

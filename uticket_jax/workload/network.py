@@ -44,6 +44,12 @@ def _weights_for(flat: Mapping[str, Any], weights: Mapping[str, Any]) -> collect
     return collections.OrderedDict((k, wflat[k]) for k in flat)
 
 
+def _costs_for(flat: Mapping[str, Any], costs: Mapping[str, Any]) -> collections.OrderedDict:
+    """The costs of the masks' paths in the masks' order and container (absent paths: None)."""
+    cflat = _flat(costs)
+    return collections.OrderedDict((k, cflat.get(k)) for k in flat)
+
+
 def rebalance_network(
     masks: Mapping[str, Any],
     weights: Mapping[str, Any] | None = None,
@@ -56,6 +62,7 @@ def rebalance_network(
     conv_only: bool = True,
     skip_first: bool = True,
     backend: str = "jax",
+    costs: Mapping[str, Any] | None = None,
 ) -> tuple[Any, NetworkReport]:
     """u-Ticket over a network given in network order (a mask file's dict), checked.
 
@@ -69,6 +76,7 @@ def rebalance_network(
         `jax.random.fold_in(key, i)`.
       conv_only, skip_first: which layers are analysed and rebalanced (`metrics.analysed_layers`
         over the network order); the others come back unchanged.
+      costs: "expected_work" only: `{path: float costs}` of the analysed layers (`rebalance`).
 
     Returns:
       `(new_masks, report)`: the masks in the same order and structure (numpy arrays under
@@ -83,6 +91,7 @@ def rebalance_network(
     shapes = [np.shape(v) for v in flat.values()]
     keep = analysed_layers(shapes, conv_only=conv_only, skip_first=skip_first)
     include = frozenset(k for k, a in zip(flat, keep, strict=True) if a)
+    costs = None if costs is None else _costs_for(flat, costs)
     new, report = rebalance(
         ordered,
         w,
@@ -93,6 +102,7 @@ def rebalance_network(
         policy=policy,
         include=include,
         backend=backend,
+        costs=costs,
     )
     if policy == "magnitude":
         check_finite(report.layers, [f"weights[{k!r}]" for k in report.names])

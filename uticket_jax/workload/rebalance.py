@@ -47,12 +47,14 @@ import numpy as np
 from jax import lax
 
 from uticket_jax import trees
-from uticket_jax.workload import host_select, priorities, selection, targets
+from uticket_jax.workload import expected, host_select, priorities, selection, targets
 from uticket_jax.workload.mapping import PEMapping
 from uticket_jax.workload.mappings import check_mask, check_n_pe, get_mapping
 from uticket_jax.workload.metrics import Metrics, loads_metrics, network_metrics
 
 BACKENDS = ("jax", "numpy")
+# The count targets (`targets.py`) and the cost-weighted one (`expected.py`, needs `costs`).
+REBALANCE_TARGETS = (*targets.TARGETS, expected.EXPECTED_WORK)
 _CONFIGS_KEPT = 4
 
 
@@ -91,7 +93,9 @@ def check_setup(n_pe: Any, mapping: Any, policy: str, target: str, backend: str 
     n_pe = check_n_pe(n_pe)
     m = get_mapping(mapping)
     priorities.check_policy(policy)
-    targets.check_target(target)
+    if target not in REBALANCE_TARGETS:
+        allowed = ", ".join(REBALANCE_TARGETS)
+        raise ValueError(f"target: unknown target {target!r}; allowed: {allowed}")
     if backend not in BACKENDS:
         raise ValueError(f"backend: unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     return n_pe, m
@@ -103,6 +107,14 @@ def check_policy_inputs(policy: str, weights: Any, key: Any) -> None:
         raise ValueError("weights: required for policy='magnitude' (use policy='random')")
     if policy == "random" and key is None:
         raise ValueError("key: required for policy='random' (a jax.random key)")
+
+
+def check_target_costs(target: str, costs: Any) -> None:
+    """Raises ValueError unless `costs` is given exactly when the target is "expected_work"."""
+    if target == expected.EXPECTED_WORK and costs is None:
+        raise ValueError("costs: required for target='expected_work' (per-weight rates in [0, 1])")
+    if target != expected.EXPECTED_WORK and costs is not None:
+        raise ValueError(f"costs: only used by target='expected_work', not {target!r}")
 
 
 def check_weights(label: str, mask: Any, weights: Any) -> None:
@@ -169,12 +181,12 @@ def report_layer(loads, tgt, cap, bad, xp=jnp) -> RebalanceReport:
 # ---- compiled per-layer steps -------------------------------------------------------------------
 
 
-def _plan_body(mask, weights, *, n_pe: int, m: PEMapping, target: str):
+def _plan_body(mask, weights, *, n_pe: int, m: PEMapping, target: str, xp=jnp):
     # Static: the PE array and the target formula (capacities, and the slots per PE that bound
     # the level bisection, follow from the shape). `weights` is None unless the magnitude policy
     # ranks this layer.
-    loads, tgt, cap = plan_layer(mask, m, n_pe, target)
-    return loads, tgt, tgt - loads, None if weights is None else nonfinite(weights), cap
+    loads, tgt, cap = plan_layer(mask, m, n_pe, target, xp)
+    return loads, tgt, tgt - loads, None if weights is None else nonfinite(weights, xp), cap
 
 
 def _select_body(mask, weights, delta, key, layer, *, n_pe: int, m: PEMapping, policy: str):
@@ -257,12 +269,45 @@ def _run_host(layers: Layers, *, n_pe, m, policy, target, key, fold):
     return tuple(new), tuple(reports)
 
 
-def run_layers(layers: Layers, *, n_pe, m, policy, target, key, fold: bool, backend: str):
+def _run_expected(layers: Layers, costs, *, n_pe, m, policy, key, fold, backend):
+    """The expected_work target (`expected.py`): one selection step per analysed layer; the
+    reports from the counts before and after (`loads_after`: the new counts)."""
+    xp = np if backend == "numpy" else jnp
+    words = None
+    if xp is np and policy == "random" and any(layers.keep):
+        words = priorities.key_words(key, range(len(layers.masks)) if fold else None)
+    kw = dict(n_pe=n_pe, m=m, policy=policy, xp=xp)
+    new = list(layers.masks)
+    for i, (mask, w, a) in enumerate(zip(*layers, strict=True)):
+        if a:
+            rkey = key if policy == "random" else None
+            layer = jnp.int32(i) if fold and policy == "random" and xp is jnp else None
+            word = None if words is None else words[i if fold else 0]
+            new[i] = expected.select_layer(mask, w, costs[i], rkey, layer, words=word, **kw)
+    if xp is jnp:
+        plan, report = _plan_program(n_pe, m, "ceil_mean"), _report_program(n_pe, m)
+    else:
+        plan = functools.partial(_plan_body, n_pe=n_pe, m=m, target="ceil_mean", xp=np)
+        report = functools.partial(report_layer, xp=np)
+    reports = []
+    for x, w, y in zip(layers.masks, layers.weights, new, strict=True):
+        loads, _, _, bad, cap = plan(x, w)
+        reports.append(report(loads, plan(y, None)[0], cap, bad))
+    return tuple(new), tuple(reports)
+
+
+def run_layers(
+    layers: Layers, *, n_pe, m, policy, target, key, fold: bool, backend: str, costs=None
+):
     """THE pipeline over checked layers: `(new_masks, reports)` in layer order.
 
     `fold`: layer `i` ranks with `fold_in(key, i)`, else with `key` itself. `backend="numpy"`
-    takes numpy arrays and returns numpy arrays (nothing compiled).
+    takes numpy arrays and returns numpy arrays (nothing compiled). `costs`: per layer, the
+    costs of target "expected_work" (None for the others).
     """
+    if target == expected.EXPECTED_WORK:
+        kw = dict(n_pe=n_pe, m=m, policy=policy, key=key, fold=fold, backend=backend)
+        return _run_expected(layers, costs, **kw)
     run = _run_host if backend == "numpy" else _run_jax
     return run(layers, n_pe=n_pe, m=m, policy=policy, target=target, key=key, fold=fold)
 
@@ -314,6 +359,31 @@ def _layers_of(masks, weights, policy: str, include: Include, backend: str):
     return names, treedef, Layers(xs, ranked, keep)
 
 
+def _costs_of(masks, costs, names, layers: Layers, n_pe: int, m: PEMapping, target, backend):
+    """The checked cost leaves of the analysed layers (None elsewhere), or None without costs."""
+    check_target_costs(target, costs)
+    if costs is None:
+        return None
+    leaves = trees.leaves_like(masks, costs, "costs")
+    out = []
+    for name, x, c, a in zip(names, layers.masks, leaves, layers.keep, strict=True):
+        if not a:
+            out.append(None)
+            continue
+        if c is None:
+            raise ValueError(f"costs[{name!r}]: required for target='expected_work'")
+        expected.check_costs(f"costs[{name!r}]", x, c, n_pe, m)
+        out.append(c)
+    return _host_arrays(out, "costs") if backend == "numpy" else tuple(out)
+
+
+def _network_report(names, keep, reports, xp) -> NetworkReport:
+    """The `NetworkReport` of per-layer reports, network figures over the analysed layers."""
+    before = network_metrics([r.before for r, a in zip(reports, keep, strict=True) if a], xp)
+    after = network_metrics([r.after for r, a in zip(reports, keep, strict=True) if a], xp)
+    return NetworkReport(names, keep, reports, before, after)
+
+
 def rebalance(
     masks: Any,
     weights: Any = None,
@@ -325,6 +395,7 @@ def rebalance(
     policy: str = "magnitude",
     include: Include = None,
     backend: str = "jax",
+    costs: Any = None,
 ) -> tuple[Any, NetworkReport]:
     """u-Ticket on a pytree of masks: moves non-zeros between the PEs of every group to the targets.
 
@@ -334,18 +405,17 @@ def rebalance(
       weights: a pytree with the masks' structure (params work: their extra leaves where the masks
         hold `None` are ignored), float kernels; the trained weights from before pruning, so the
         ones that just fell below the threshold come back first. Required for "magnitude".
-      key: a `jax.random` key, required for "random"; the leaf at position `i` ranks with
-        `fold_in(key, i)`.
-      mapping: a registered mapping name (`MAPPINGS`), e.g. "output_channel" or "input_split".
-      n_pe: PEs per group (static).
-      target: "ceil_mean" (every PE at min(cap, L*), L* = ceil(mean) without caps) or
-        "keep_count" (group totals unchanged, loads within 1); see `targets.py`.
+      key: a `jax.random` key, required for "random"; leaf `i` ranks with `fold_in(key, i)`.
+      mapping, n_pe: a registered mapping name (`MAPPINGS`); PEs per group (static).
+      target: "ceil_mean" (every PE at min(cap, L*), L* = ceil(mean) without caps) or "keep_count"
+        (group totals kept, loads within 1) of `targets.py`; "expected_work" (`expected.py`).
       policy: "magnitude" (regrow the largest `|w|`, drop the smallest) or "random".
-      include: which leaves to rebalance: None (all), a predicate `(name, mask) -> bool` or a
-        collection of names (leaf names are "/"-joined key paths, `uticket_jax.trees`); the
-        others come back unchanged and stay out of the network figures.
+      include: leaves to rebalance: None (all), a predicate `(name, mask) -> bool` or names ("/"-
+        joined key paths, `uticket_jax.trees`); the others stay, out of the network figures.
       backend: "jax" (compiled; traceable) or "numpy" (on the host, nothing compiled, for one
         call in a fresh process; numpy arrays out); the same masks either way.
+      costs: "expected_work" only (required there): like `weights`, float costs in `[0, 1]`
+        broadcasting to each kernel, e.g. input-channel rates `[1, 1, c_in, 1]` / `[c_in, 1]`.
 
     Returns:
       `(new_masks, report)`: the masks in the input's structure, and a `NetworkReport`.
@@ -369,12 +439,10 @@ def rebalance(
     n_pe, m = check_setup(n_pe, mapping, policy, target, backend)
     check_policy_inputs(policy, weights, key)
     names, treedef, layers = _layers_of(masks, weights, policy, include, backend)
+    cl = _costs_of(masks, costs, names, layers, n_pe, m, target, backend)
     kw = dict(n_pe=n_pe, m=m, policy=policy, target=target, key=key, backend=backend)
-    new, reports = run_layers(layers, fold=True, **kw)
-    xp, keep = np if backend == "numpy" else jnp, layers.keep
-    before = network_metrics([r.before for r, a in zip(reports, keep, strict=True) if a], xp)
-    after = network_metrics([r.after for r, a in zip(reports, keep, strict=True) if a], xp)
-    report = NetworkReport(names, keep, reports, before, after)
+    new, reports = run_layers(layers, fold=True, costs=cl, **kw)
+    report = _network_report(names, layers.keep, reports, np if backend == "numpy" else jnp)
     return jax.tree_util.tree_unflatten(treedef, new), report
 
 
@@ -388,6 +456,7 @@ def rebalance_layer(
     target: str = "ceil_mean",
     key: Any = None,
     backend: str = "jax",
+    costs: Any = None,
 ) -> tuple[Any, RebalanceReport]:
     """u-Ticket on one layer (`rebalance` of a single kernel; `key` used as given, not folded),
     checked: non-finite weights are refused under the magnitude policy.
@@ -396,6 +465,7 @@ def rebalance_layer(
       mask: boolean hwio kernel; weights: float array of its shape (required for "magnitude").
       n_pe, mapping, policy, target, backend: as `rebalance`.
       key: `jax.random` key, required for policy="random".
+      costs: float per-weight costs broadcasting to the mask (target "expected_work" only).
 
     Returns:
       `(new_mask, report)`: the bool mask and its `RebalanceReport`.
@@ -403,13 +473,17 @@ def rebalance_layer(
     n_pe, m = check_setup(n_pe, mapping, policy, target, backend)
     check_mask(mask)
     check_policy_inputs(policy, weights, key)
+    check_target_costs(target, costs)
     if weights is not None:
         check_weights("weights", mask, weights)
+    if costs is not None:
+        expected.check_costs("costs", mask, costs, n_pe, m)
     xp = np if backend == "numpy" else jnp
     w = xp.asarray(weights) if policy == "magnitude" else None  # random never reads them
     layers = Layers((xp.asarray(mask),), (w,), (True,))
+    cl = None if costs is None else (xp.asarray(costs),)
     kw = dict(n_pe=n_pe, m=m, policy=policy, target=target, key=key, backend=backend)
-    new, reports = run_layers(layers, fold=False, **kw)
+    new, reports = run_layers(layers, fold=False, costs=cl, **kw)
     if policy == "magnitude":
         check_finite(reports, ["weights"])
     return new[0], reports[0]
