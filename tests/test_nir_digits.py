@@ -42,7 +42,8 @@ def _run(script, *args, timeout=600):
 
 @pytest.fixture(scope="module")
 def ticket(tmp_path_factory):
-    """A digits run (dense round + one u-Ticket round at 70 %) and its round-1 ticket as NIR."""
+    """A digits run (dense round + one LTH and one u-Ticket round at 70 %) and its round-1
+    u-Ticket ticket as NIR."""
     d = tmp_path_factory.mktemp("nir_digits")
     work, out = str(d / "run"), str(d / "ticket.nir")
     r = _run(
@@ -50,7 +51,7 @@ def ticket(tmp_path_factory):
         f"--workdir={work}",
         "--epochs=2",
         "--rounds=1",
-        "--arms=uticket",
+        "--arms=lth,uticket",
         "--prune_percent=70",
         "--noprogress",
     )
@@ -183,8 +184,8 @@ def test_run_ticket_errors(ticket, tmp_path):
     work, _, _ = ticket
     with pytest.raises(ValueError, match="not a run directory"):
         load_run_ticket(str(tmp_path))
-    with pytest.raises(ValueError, match="has no stage round 1 lth"):
-        load_run_ticket(work, 1, "lth")
+    with pytest.raises(ValueError, match="has no stage round 2 lth"):
+        load_run_ticket(work, 2, "lth")
     assert run_ticket.stage_record(work, None, "uticket")["round"] == 1
     # A run without variables/ (older runs, or --nosave_weights) says so.
     os.makedirs(tmp_path / "old")
@@ -270,3 +271,42 @@ def test_trace_launcher_bad_flags_fail_in_one_line(ticket, tmp_path, args, needl
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("trace.py: ") and needle in lines[0], lines
     assert not os.path.exists(out)
+
+
+def test_spike_study_reproduces_the_runs_own_figures(ticket, tmp_path):
+    """spike_study.py on the run: at the run's own PE array and the pipeline's 256 recorded
+    images, its weight-only and spike-driven cuts are those of the run's records."""
+    work, _, _ = ticket
+    out = str(tmp_path / "study")
+    r = _run("spike_study.py", f"--workdir={work}", f"--out={out}", "--n_pe=4,16")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.startswith("round 1: latency cut"), r.stdout
+    rows = json.loads(open(os.path.join(out, "study.json")).read())
+    recs = {}
+    with open(os.path.join(work, "rounds.jsonl")) as f:
+        for line in f:
+            rec = json.loads(line)
+            recs[rec["arm"]] = rec["hardware"]
+    own = [
+        x
+        for x in rows
+        if x["layer"] == "network"
+        and (x["config"]["n_pe"], x["config"]["mapping"]) == (16, "output_channel")
+    ]
+    assert len(own) == 1
+    for how, get in (
+        ("weights", lambda h, f: h["network"][f]),
+        ("spikes", lambda h, f: h["spike_driven"]["network"][f]),
+    ):
+        for name, field in hardware.survival.FIGURES:
+            want = 1 - get(recs["uticket"], field) / get(recs["lth"], field)
+            assert own[0][f"{name}_cut_{how}"] == pytest.approx(want, rel=1e-5, abs=1e-7)
+    # 2 n_pe x 2 mappings, each a network row and one per analysed layer (conv2)
+    assert len(rows) == 4 * 2 and {x["layer"] for x in rows} == {"network", "features/conv2/kernel"}
+    assert os.path.isfile(os.path.join(out, "study.csv"))
+    assert os.path.isfile(os.path.join(out, "survival_vs_npe.png"))
+    again = _run("spike_study.py", f"--workdir={work}", f"--out={out}")
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    bad = _run("spike_study.py", f"--workdir={work}", "--rounds=5", f"--out={tmp_path / 'x'}")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--rounds" in bad.stderr
+    assert not os.path.exists(tmp_path / "x")

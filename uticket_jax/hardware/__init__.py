@@ -56,9 +56,14 @@ from uticket_jax.hardware.simulator import (
 )
 from uticket_jax.hardware.spike_work import SpikeWork, layer_spike_work
 from uticket_jax.hardware.spikes import check_spikes, simulate_spikes
+from uticket_jax.hardware.survival import Priced, cut_rows, cuts, price_ticket
 from uticket_jax.hardware.tables import BACKENDS, LayerTables, count_tables, network_tables
 
 __all__ = [
+    "Priced",
+    "cut_rows",
+    "cuts",
+    "price_ticket",
     "BACKENDS",
     "DEFAULTS",
     "DEFAULT_ENERGY_MODEL",
