@@ -79,6 +79,9 @@ def make_inputs(root: str) -> dict[str, str]:
         "pickle.npz": lambda f: pickle.dump({"k": 1}, f),
         "text.npz": lambda f: f.write(b"layer,mask\n"),
         "one_layer.npz": lambda f: np.savez(f, k=np.ones((3, 3, 2, 2), bool)),
+        # spike traces (sweep.py --spike_trace): values other than 0/1, a wrong rank
+        "trace_twos.npz": lambda f: np.savez(f, **{k: np.full((2, 1, 4), 2.0) for k in SHAPES}),
+        "trace_rank.npz": lambda f: np.savez(f, **{k: np.ones((2,), bool) for k in SHAPES}),
     }
     for name, write in hostile.items():
         p[name] = os.path.join(root, name)
@@ -102,7 +105,7 @@ def make_inputs(root: str) -> dict[str, str]:
     return p
 
 
-INPUT_FLAGS = ("masks", "weights", "compare", "spike_rates", "data_dir")
+INPUT_FLAGS = ("masks", "weights", "compare", "spike_rates", "spike_trace", "data_dir")
 
 
 def _digest(paths: dict[str, str]) -> str:
