@@ -208,7 +208,7 @@ def test_a_short_pipeline_run_balances_under_the_mapping(il):
     )
     stage_masks = {}
 
-    def keep(record, masks_flat, weights_flat, records):
+    def keep(record, masks_flat, weights_flat, records, rest_flat):
         stage_masks[record.arm] = {k: np.asarray(v) for k, v in masks_flat.items()}
 
     records = pipeline.run(cfg, ds, on_stage_end=keep, progress=False, log=lambda s: None)
