@@ -134,6 +134,10 @@ class LTHConfig:
         for name in ("et", "skip_first_layer"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"--{name}: must be true or false, got {getattr(self, name)!r}")
+        self._check_choices()
+
+    def _check_choices(self) -> None:
+        """Raises ValueError naming the flag when a named setting is not one of its registry's."""
         choices = {
             "dataset": data_lib.DATASET_NAMES,
             "arch": models.MODEL_NAMES,
