@@ -148,7 +148,7 @@ def test_simulator_matches_the_oracle(il, backend):
     specs = _specs()
     ns = [1, 2, 3, 5, 8, 13]
     configs = hardware.config_grid(n_pe=ns, mapping=["output_channel", il], timesteps=[3])
-    res = hardware.simulate_masks(masks, specs, configs, backend=backend)
+    res = hardware.simulate_masks(masks, specs, configs, backend=backend, energy_model="horowitz45")
     for i, cfg in enumerate(hardware.config_rows(configs)):
         want = oracle.simulator_oracle(masks, specs, cfg, constants=dict(_H45))
         for k in ("utilization", "utilization_normalized", "latency", "cycles", "energy_total"):

@@ -188,6 +188,7 @@ def test_sweep_across_processes_equals_one_process(single_run, tmp_path):
         "--mapping=output_channel,input_split",
         "--timesteps=2",
         "--grid",
+        "--energy_model=horowitz45",
         "--e_idle_pj=0.03",
         "--leak_uw=10",
     ]

@@ -301,8 +301,10 @@ def test_spike_study_reproduces_the_runs_own_figures(ticket, tmp_path):
         for name, field in hardware.survival.FIGURES:
             want = 1 - get(recs["uticket"], field) / get(recs["lth"], field)
             assert own[0][f"{name}_cut_{how}"] == pytest.approx(want, rel=1e-5, abs=1e-7)
-    # 2 n_pe x 2 mappings, each a network row and one per analysed layer (conv2)
-    assert len(rows) == 4 * 2 and {x["layer"] for x in rows} == {"network", "features/conv2/kernel"}
+    # 2 n_pe x 2 mappings, each a network row and one per analysed layer (conv1, conv2)
+    analysed = [x["name"] for x in recs["lth"]["layers"] if x["analysed"]]
+    assert analysed == ["features/conv1/kernel", "features/conv2/kernel"]
+    assert len(rows) == 4 * 3 and {x["layer"] for x in rows} == {"network", *analysed}
     assert os.path.isfile(os.path.join(out, "study.csv"))
     assert os.path.isfile(os.path.join(out, "survival_vs_npe.png"))
     again = _run("spike_study.py", f"--workdir={work}", f"--out={out}")
