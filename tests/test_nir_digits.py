@@ -281,7 +281,8 @@ def test_spike_study_reproduces_the_runs_own_figures(ticket, tmp_path):
     r = _run("spike_study.py", f"--workdir={work}", f"--out={out}", "--n_pe=4,16")
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.startswith("round 1: latency cut"), r.stdout
-    rows = json.loads(open(os.path.join(out, "study.json")).read())
+    with open(os.path.join(out, "study.json")) as f:
+        rows = json.load(f)
     recs = {}
     with open(os.path.join(work, "rounds.jsonl")) as f:
         for line in f:
