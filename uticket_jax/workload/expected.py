@@ -46,7 +46,7 @@ from jax import lax
 from uticket_jax.workload import priorities
 from uticket_jax.workload.mapping import PEMapping
 from uticket_jax.workload.mappings import check_mask, get_mapping
-from uticket_jax.workload.targets import _level_search
+from uticket_jax.workload.targets import level_search
 
 EXPECTED_WORK = "expected_work"
 COST_UNITS = 256  # costs resolved to 1/256; the floor of a weight's cost is one unit
@@ -98,7 +98,7 @@ def group_targets(work, cap_units, q, c_max: int, xp=jnp):
     """`[G]` int32 `T = min(max_j E, q * ceil(L* / q))` (see the module docstring; `c_max`
     static, at least `cap_units.max()`)."""
     s = work.sum(-1, dtype=np.int32)  # [G]
-    level = _level_search(cap_units, s, c_max, strict=False, xp=xp)  # [G]
+    level = level_search(cap_units, s, c_max, strict=False, xp=xp)  # [G]
     rounded = (level + q - 1) // q * q
     return xp.minimum(work.max(-1), rounded).astype(np.int32)
 

@@ -46,7 +46,7 @@ def _fori(xp, steps: int, body, init):
     return lax.fori_loop(0, steps, body, init)
 
 
-def _level_search(cap, s, c_max: int, strict: bool, xp=jnp):
+def level_search(cap, s, c_max: int, strict: bool, xp=jnp):
     """Per group, the smallest `L` in `[0, c_max + 1]` with `f(L) >= s` (`> s` if strict)."""
     # cap: [G, n], s: [G]. f is monotone, so a fixed-length bisection (static length) suffices.
     lo = xp.zeros_like(s)
@@ -67,7 +67,7 @@ def _level_search(cap, s, c_max: int, strict: bool, xp=jnp):
 
 def _keep_count(loads, cap, s, c_max: int, xp=jnp):
     """keep_count targets: the water level `L0` plus one for the `r` busiest PEs above it."""
-    l0 = _level_search(cap, s, c_max, strict=True, xp=xp) - 1  # [G] largest L with f(L) <= S
+    l0 = level_search(cap, s, c_max, strict=True, xp=xp) - 1  # [G] largest L with f(L) <= S
     base = xp.minimum(cap, l0[:, None])  # [G, n]
     r = s - base.sum(-1, dtype=s.dtype)  # [G] PEs that get one more
     cand = cap > l0[:, None]  # [G, n]
@@ -97,7 +97,7 @@ def traced_targets(loads, cap, *, target: str, c_max: int, xp=jnp):
     cap = xp.asarray(cap).astype(np.int32)
     s = loads.sum(-1, dtype=np.int32)  # [G]
     if target == "ceil_mean":
-        level = _level_search(cap, s, c_max, strict=False, xp=xp)  # [G]
+        level = level_search(cap, s, c_max, strict=False, xp=xp)  # [G]
         return xp.minimum(cap, level[:, None]).astype(np.int32)
     return _keep_count(loads, cap, s, c_max, xp)
 
