@@ -83,8 +83,8 @@ def _price_round(workdir, rnd, opts, test, energy_model):
     for arm in ("lth", "uticket"):
         ticket = load_run_ticket(workdir, rnd, arm)
         trace = record_run_trace(ticket, test, batch_size=_BATCH.value)
-        infos = [i for i in models.describe_layers(ticket.model, ticket.input_shape)]
-        infos = [i for i in infos if i.path in ticket.masks]
+        layers = models.describe_layers(ticket.model, ticket.input_shape)
+        infos = [i for i in layers if i.path in ticket.masks]
         specs = hardware.specs_from_layers(
             infos, skip_first=bool(ticket.config.get("skip_first_layer", True))
         )
