@@ -117,9 +117,15 @@ def _to_targets(x, gather: bool, idx, axis: int):
 def _sparse_work(plan: Plan, arrays, xc):
     """Sparse path: each non-zero weight's input row gathered from the patches, summed per PE
     (a segment sum over the non-zeros), for every `n`."""
-    shape = plan.shape
-    pat = _patches(xc, shape, plan.geometry)  # [N, Ho, Wo, K, C]
-    rows = jnp.moveaxis(pat, (3, 4), (0, 1)).reshape(pat.shape[3] * shape.c_in, -1)  # [K*C, M]
+    shape, ((sh, sw), pads) = plan.shape, plan.geometry
+    xp = jnp.pad(jnp.moveaxis(xc, -1, 0), ((0, 0), (0, 0), *pads))  # [C, N, Hp, Wp]
+    ho, wo = (xp.shape[2] - shape.kh) // sh + 1, (xp.shape[3] - shape.kw) // sw + 1
+    taps = [
+        xp[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+        for i in range(shape.kh)
+        for j in range(shape.kw)
+    ]
+    rows = jnp.stack(taps).reshape(len(taps) * shape.c_in, -1)  # [K*C, M], row (k, c)
     rows = jnp.concatenate([rows, jnp.zeros_like(rows[:1])])  # row K*C: zeros (padding)
     inputs = jnp.take(rows, arrays["cols"], axis=0).astype(plan.dtype)  # [cap, M]
     if plan.bases:  # per output channel
