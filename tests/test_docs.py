@@ -137,3 +137,38 @@ def test_docstrings_carry_no_machine_timings():
                         for m in _TIMING.finditer(doc)
                     ]
     assert not found, "timings belong in BUILD_NOTES.md, not docstrings:\n" + "\n".join(found)
+
+
+# A section adornment: one punctuation character repeated (docutils' title underlines).
+_ADORNMENT = re.compile(r"^([=\-~^\"'`#*+])\1{2,}$")
+
+
+def _short_underlines(text: str) -> list[str]:
+    """The titles of `text` whose underline is shorter than the title (a Sphinx -W error)."""
+    lines = text.splitlines()
+    return [
+        title
+        for title, under in zip(lines, lines[1:], strict=False)
+        if title.strip()
+        and not _ADORNMENT.match(title)
+        and _ADORNMENT.match(under)
+        and len(under) < len(title)
+    ]
+
+
+def test_short_underline_is_found():
+    assert _short_underlines("A title\n-----\n") == ["A title"]
+    assert _short_underlines("A title\n-------\n\ntext\n") == []
+
+
+def test_every_title_underline_is_long_enough():
+    # CI builds the pages with warnings as errors; a short underline is the easiest one to make.
+    found = []
+    for folder, _, files in os.walk(DOCS):
+        if "_build" in folder:
+            continue
+        for name in sorted(files):
+            if name.endswith(".rst"):
+                with open(os.path.join(folder, name)) as f:
+                    found += [f"{name}: {t!r}" for t in _short_underlines(f.read())]
+    assert not found, "title underlines shorter than their titles:\n" + "\n".join(found)
