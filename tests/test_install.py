@@ -87,3 +87,33 @@ def test_the_library_runs_without_the_launchers_packages():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "LIBRARY_OK []" in out.stdout, out.stdout
+
+
+_NO_FLAX = """
+import sys
+import numpy as np
+from uticket_jax import checks, files, hardware, workload
+from uticket_jax.sparsity.masks import load_mask_file
+rng = np.random.default_rng(0)
+masks = {"a/kernel": rng.random((3, 3, 4, 8)) < 0.3, "b/kernel": rng.random((3, 3, 8, 8)) < 0.3}
+weights = {k: rng.standard_normal(m.shape).astype(np.float32) for k, m in masks.items()}
+new, _ = workload.rebalance_network(masks, weights, n_pe=4, backend="numpy")
+specs = hardware.specs_from_shapes({k: m.shape for k, m in masks.items()}, input_size=8)
+hardware.simulate_masks(new, specs, hardware.config_grid(n_pe=[2, 4]), backend="numpy")
+print("FLAX_LOADED", sorted(m for m in sys.modules if m.split(".")[0] == "flax")[:3])
+"""
+
+
+def test_weight_only_paths_do_not_import_flax():
+    # The cold start of rebalance.py and sweep.py: the spike-driven names of `hardware` need the
+    # models' convolution (and Flax); they are imported on first use, not with the package.
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_FLAX],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "FLAX_LOADED []" in out.stdout, out.stdout

@@ -7,6 +7,8 @@ Mappings are not registered here: `MAPPINGS` is a live view of the names in the 
 their own registry, `hardware.energy.ENERGY_MODELS` (`register_energy_model`).
 """
 
+import importlib
+
 from uticket_jax.hardware.config import (
     DEFAULTS,
     MAPPINGS,
@@ -54,10 +56,32 @@ from uticket_jax.hardware.simulator import (
     simulate,
     simulate_masks,
 )
-from uticket_jax.hardware.spike_work import SpikeWork, layer_spike_work
-from uticket_jax.hardware.spikes import check_spikes, simulate_spikes
-from uticket_jax.hardware.survival import Priced, cut_rows, cuts, price_ticket
 from uticket_jax.hardware.tables import BACKENDS, LayerTables, count_tables, network_tables
+
+# The spike-driven names -> their module, imported on first use: they need the models' convolution
+# (and so Flax), which the weight-only launchers (`rebalance.py`, `sweep.py` without a trace) do
+# not, and would otherwise pay for at start-up.
+_LAZY = {
+    "SpikeWork": "spike_work",
+    "layer_spike_work": "spike_work",
+    "check_spikes": "spikes",
+    "simulate_spikes": "spikes",
+    "Priced": "survival",
+    "cut_rows": "survival",
+    "cuts": "survival",
+    "price_ticket": "survival",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Priced",
