@@ -73,14 +73,19 @@ _LAZY = {
 }
 
 
+_LAZY_MODULES = ("spike_plans", "spike_work", "spikes", "survival")
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    if name in _LAZY_MODULES:  # `hardware.survival.FIGURES` without importing it first
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_LAZY_MODULES))
 
 
 __all__ = [
