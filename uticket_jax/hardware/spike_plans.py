@@ -20,7 +20,11 @@ from uticket_jax.workload.kernel import Hwio, coords
 
 PATHS = ("auto", "dense", "sparse", "generic")
 _SPARSE_DENSITY = 0.25  # "auto": the sparse path at or below this mask density
-_CHUNK_BYTES = 1 << 27  # float32 intermediates of one chunk stay below ~128 MB
+CHUNK_BYTES = 1 << 27  # float32 intermediates of one chunk stay below ~128 MB
+# The sparse path on a CPU: its gathers and segment sums are bound by memory traffic, so chunks
+# whose intermediates stay near the caches are faster (VGG16 at 98 %, B = 32, T = 5, both
+# mappings: ~0.45x the time of 128 MB chunks on a 2-core EPYC; BUILD_NOTES.md).
+CPU_SPARSE_CHUNK_BYTES = 3 << 23
 _INT32_MAX = 2**31 - 1
 
 
@@ -217,15 +221,28 @@ def _sparse_build(m, shape: Hwio, ns, mask: np.ndarray):
     return cap, bases, tuple(outs[n] for n in order), arrays, dtype
 
 
-def build_plan(m, shape: Hwio, ns, geometry, path: str, tb: int, pixels: int, mask: np.ndarray):
-    """The static `Plan` and the host arrays of one layer's kernel call."""
+def build_plan(
+    m,
+    shape: Hwio,
+    ns,
+    geometry,
+    path: str,
+    tb: int,
+    pixels: int,
+    mask: np.ndarray,
+    sparse_chunk_bytes: int = CHUNK_BYTES,
+):
+    """The static `Plan` and the host arrays of one layer's kernel call (`sparse_chunk_bytes`:
+    the sparse path's budget per chunk, `CPU_SPARSE_CHUNK_BYTES` on a CPU)."""
     nnz = int(np.count_nonzero(mask))
     kind = _flags(m, shape, ns, path, nnz / max(mask.size, 1))
     kh, kw, c_in, c_out = shape
     if kind == "sparse":
         cap, bases, outs, arrays, dtype = _sparse_build(m, shape, ns, mask)
         width = kh * kw * c_in + cap + 2 * max(o.groups * o.n for o in outs) + c_out
-        plan = _plan(kind, shape, geometry, bases, outs, (tb, pixels, nnz, width))
+        plan = _plan(
+            kind, shape, geometry, bases, outs, (tb, pixels, nnz, width), sparse_chunk_bytes
+        )
         return plan._replace(dtype=dtype), arrays
     bases, base_of = (), [0] * len(ns)
     arrays: dict[str, Any] = {"outs": []}
@@ -255,11 +272,11 @@ def build_plan(m, shape: Hwio, ns, geometry, path: str, tb: int, pixels: int, ma
     return _plan(kind, shape, geometry, bases, tuple(outs), (tb, pixels, nnz, width)), arrays
 
 
-def _plan(kind, shape, geometry, bases, outs, sizes) -> Plan:
+def _plan(kind, shape, geometry, bases, outs, sizes, budget: int = CHUNK_BYTES) -> Plan:
     """The plan with its chunking: float32 intermediates of `width` per position under
-    `_CHUNK_BYTES`, and no group's int32 sum over a chunk past 2**31 - 1."""
+    `budget` bytes, and no group's int32 sum over a chunk past 2**31 - 1."""
     tb, pixels, nnz, width = sizes
-    chunk = max(1, min(tb, _CHUNK_BYTES // (4 * pixels * width)))
+    chunk = max(1, min(tb, budget // (4 * pixels * width)))
     if pixels * max(nnz, 1) > _INT32_MAX:
         raise ValueError(f"mask: {nnz} non-zeros x {pixels} positions overflow the int32 sums")
     chunk = min(chunk, _INT32_MAX // (pixels * max(nnz, 1)))

@@ -51,6 +51,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from uticket_jax.hardware.spike_plans import (
+    CHUNK_BYTES,
+    CPU_SPARSE_CHUNK_BYTES,
     PATHS,
     Geometry,
     Plan,
@@ -229,7 +231,8 @@ def spike_work(x, mask, mapping, ns: Sequence[int], geometry: Geometry, path: st
         raise ValueError(f"mask: {mk.sum():.0f} non-zeros; float32 sums are exact below 2**24")
     xs = _as_nhwc(x)
     out_hw = _out_hw(xs.shape[1:3], shape, geometry)
-    plan, arrays = build_plan(m, shape, ns, geometry, path, xs.shape[0], out_hw, mk != 0)
+    budget = CPU_SPARSE_CHUNK_BYTES if jax.default_backend() == "cpu" else CHUNK_BYTES
+    plan, arrays = build_plan(m, shape, ns, geometry, path, xs.shape[0], out_hw, mk != 0, budget)
     if plan.kind == "input":
         k3 = mk.reshape(-1, shape.c_in, shape.c_out)
         k3 = np.concatenate([k3, np.zeros_like(k3[:, :1])], 1)  # input channel -1: zeros
