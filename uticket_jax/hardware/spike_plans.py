@@ -201,11 +201,21 @@ def _sparse_build(m, shape: Hwio, ns, mask: np.ndarray):
     order = sorted(set(ns), reverse=True)
     for k, n in enumerate(order):
         group, pe, g = _assignment(m, shape, n)
-        pid = (group * n + pe)[a, b, i, o]
+        pid = group[a, b, i, o] * n + pe[a, b, i, o]  # at the non-zeros only
         most = max(most, np.bincount(pid, minlength=1).max())
-        base = next((j for j in range(k) if _pid_map(m, shape, order[j], n) is not None), None)
+        # A larger n's PE sums are folded into this n's PEs when they are fewer rows than the
+        # non-zeros (else summing the non-zeros again reads less).
+        base = next(
+            (
+                j
+                for j in range(k)
+                if outs[order[j]].groups * order[j] < cap
+                and _pid_map(m, shape, order[j], n) is not None
+            ),
+            None,
+        )
         if per_out:
-            pid_of_out = np.append((group * n + pe)[0, 0, 0], g * n).astype(np.int32)
+            pid_of_out = np.append(group[0, 0, 0] * n + pe[0, 0, 0], g * n).astype(np.int32)
             outs[n], ids[n] = PlanOut(n, g, -1, True, True), (pid_of_out, None)
         elif base is None:
             pid = np.pad(pid.astype(np.int32), (0, cap - len(nz)), constant_values=g * n)
