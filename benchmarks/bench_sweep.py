@@ -3,8 +3,8 @@ r"""Benchmark of the vectorized hardware sweep against the project's loop oracle
   python -m benchmarks.bench_sweep            # ~70 s on a 2-core CPU (~35 s of it cold runs)
 
 A VGG16-shaped network at 98% sparsity (`workload.synthetic.vgg16_sparse`, uneven per-channel
-density), 4,096 configs per mapping (n_pe 1..64 x 8 clocks x 8 accumulate energies), warm
-(compiled) timings, best of --repeats. Per mapping it reports:
+density), 4,096 configs per mapping (n_pe 1..64 x 8 clocks x 8 accumulate energies; the largest
+n_pe is --max_n_pe), warm (compiled) timings, best of --repeats. Per mapping it reports:
   configs_per_s            the default path (workload once per distinct n_pe, then every config),
   configs_per_s_per_config the same sweep with the workload evaluated separately for every config
                            (dedupe=False: what one-config-at-a-time vmapping costs),
@@ -42,6 +42,9 @@ from uticket_jax.workload.synthetic import vgg16_sparse
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (best is reported).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the synthetic masks.")
+_MAX_N_PE = flags.DEFINE_integer(
+    "max_n_pe", 64, "Largest n_pe of the warm sweeps (n_pe 1..max x 64 variants; >= 16)."
+)
 _COLD_RUNS = flags.DEFINE_integer(
     "cold_runs", 3, "Fresh sweep.py processes per backend for cold_sweep_cli (0: skip)."
 )
@@ -92,6 +95,8 @@ def _cold_cli(masks: dict, runs: int) -> dict:
 def run() -> dict:
     if _REPEATS.value < 1:
         raise ValueError(f"--repeats: must be >= 1, got {_REPEATS.value}")
+    if _MAX_N_PE.value < 16:
+        raise ValueError(f"--max_n_pe: must be >= 16 (the oracle's config), got {_MAX_N_PE.value}")
     if _COLD_RUNS.value < 0:
         raise ValueError(f"--cold_runs: must be >= 0, got {_COLD_RUNS.value}")
     masks, _ = vgg16_sparse(_SEED.value, sparsity=0.98)
@@ -115,7 +120,7 @@ def run() -> dict:
     }
     for mapping in hardware.MAPPINGS:
         configs = hardware.config_grid(
-            n_pe=list(range(1, 65)),
+            n_pe=list(range(1, _MAX_N_PE.value + 1)),
             mapping=[mapping],
             clock_hz=[float(c) * 1e6 for c in (100, 200, 300, 400, 500, 600, 800, 1000)],
         )
