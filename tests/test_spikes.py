@@ -116,6 +116,27 @@ def test_fast_paths_equal_the_generic_path_and_refine(mapping):
         assert plan.kind == "input" and plan.bases == (8, 3)
 
 
+@pytest.mark.parametrize("mapping", MAPPINGS)
+def test_chunks_of_the_trace_add_up_to_the_whole(mapping, monkeypatch):
+    # The sparse path's chunk budget (smaller on a CPU) only splits the T*B axis: the sums of
+    # many one-step chunks (the last one padded with zero spikes) equal those of one chunk.
+    rng = np.random.default_rng(5)
+    mask = rng.random((3, 3, 8, 6)) < 0.2
+    x = rng.random((3, 3, 5, 5, 8)) < 0.3  # T*B = 9
+    geo = sw.Geometry((1, 1), ((1, 1), (1, 1)))
+    ns = (2, 4, 3)
+    whole = sw.spike_work(x, mask, mapping, ns, geo, "sparse")
+    m = workload.get_mapping(mapping)
+    plan, _ = spike_plans.build_plan(m, as_hwio4(mask.shape), ns, geo, "sparse", 9, 25, mask, 1)
+    assert (plan.chunk, plan.chunks) == (1, 9)
+    for budget in ("CHUNK_BYTES", "CPU_SPARSE_CHUNK_BYTES"):
+        monkeypatch.setattr(sw, budget, 1)
+    chunked = sw.spike_work(x, mask, mapping, ns, geo, "sparse")
+    for n in ns:
+        np.testing.assert_array_equal(np.stack(chunked[n]), np.stack(whole[n]))
+    np.testing.assert_array_equal(np.stack(whole[4]), oracle_work(x, mask, mapping, 4, 1))
+
+
 def _net(rng, p=0.4):
     shapes = {"c0": (3, 3, 3, 8), "c1": (1, 1, 8, 12), "c2": (1, 1, 12, 6), "d": (24, 5)}
     masks = {k: rng.random(s) < p for k, s in shapes.items()}
